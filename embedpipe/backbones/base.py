@@ -1,0 +1,223 @@
+"""The Backbone interface: a frozen model that turns image tensors into named layer embeddings.
+
+A backbone loads lazily (nothing heavy happens until a property or ``embed`` needs the model).
+Layers: ``pooled`` (the embedding), ``block0``..``blockN`` (intermediate stages, average-pooled to
+vectors) and ``logits`` for classifier backbones. ``embed`` runs one forward pass for all requested
+layers. ``fingerprint`` hashes spec, weights digest, preprocessing and numeric precision: it is part
+of every cache key, so features of two different models are never mixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import EmbedpipeError
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything that rebuilds a backbone; stored with caches and head files."""
+
+    spec: str = "effnet-lite0"  # "<family>:<name>" or a registered alias such as effnet-lite0
+    weights: str | None = None  # local weights file; None = the family's own default weights
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast dtype for the forward pass)
+    channels_last: bool = True  # NHWC memory layout; about 2x faster for convnets on CPU
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise EmbedpipeError(f"bad device {device!r}: use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EmbedpipeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _cpu_has_bf16() -> bool:
+    with contextlib.suppress(Exception):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it (else fp16); bf16 on CPUs with native bf16; else fp32."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise EmbedpipeError(f"bad precision {precision!r}: use auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if _cpu_has_bf16() else "fp32"
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a weights file, memoised per (path, size, mtime) within the process."""
+    st = os.stat(path)
+    memo_key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if memo_key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo_key] = h.hexdigest()
+    return _DIGESTS[memo_key]
+
+
+def check_weights_file(weights: str | None) -> None:
+    if weights is not None and not os.path.isfile(weights):
+        raise EmbedpipeError(f"weights file not found: {weights}")
+
+
+class Backbone:
+    """Base class. Subclasses implement ``_load`` and ``_forward`` and may override ``_weights_id``."""
+
+    family: str = ""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        self.config = config
+        self._model: torch.nn.Module | None = None
+        self._transform: Callable[[Any], torch.Tensor] | None = None
+        self._preprocess: dict[str, Any] = {}
+        self._n_blocks = 0
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def _load(self) -> None:
+        """Build self._model (eval, on CPU), self._transform, self._preprocess, self._n_blocks."""
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One forward pass returning a (batch, dim) tensor per requested layer."""
+        raise NotImplementedError
+
+    def _weights_id(self) -> str:
+        """What identifies the weights: a file digest, or the hub tag that names them."""
+        return file_digest(self.config.weights) if self.config.weights else "default"
+
+    # -- the public interface ----------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        return self.config.spec
+
+    def _ensure_loaded(self) -> None:
+        if self._model is None:
+            self._load()
+            assert self._model is not None
+            self._model.eval().requires_grad_(False)
+            if self.config.channels_last:
+                self._model = self._model.to(memory_format=torch.channels_last)
+            self._model.to(self.device)
+
+    @cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.device)
+
+    @cached_property
+    def precision(self) -> str:
+        return resolve_precision(self.config.precision, self.device)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        self._ensure_loaded()
+        assert self._model is not None
+        return self._model
+
+    @property
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        self._ensure_loaded()
+        assert self._transform is not None
+        return self._transform
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        self._ensure_loaded()
+        return dict(self._preprocess)
+
+    @property
+    def has_logits(self) -> bool:
+        return False
+
+    @property
+    def layers(self) -> list[str]:
+        self._ensure_loaded()
+        names = ["pooled"] + [f"block{i}" for i in range(self._n_blocks)]
+        return names + (["logits"] if self.has_logits else [])
+
+    @cached_property
+    def dims(self) -> dict[str, int]:
+        """Width of every layer, found by one forward pass on a blank image."""
+        size = self._preprocess_size()
+        probe = torch.zeros(1, 3, size, size)
+        out = self.embed(probe, self.layers)
+        return {name: int(v.shape[1]) for name, v in out.items()}
+
+    def _preprocess_size(self) -> int:
+        size = self.preprocess.get("input_size", 224)
+        return int(size[-1] if isinstance(size, list | tuple) else size)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        parts = {
+            "spec": self.config.spec,
+            "weights": self._weights_id(),
+            "preprocess": self.preprocess,
+            "precision": self.precision,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def check_layers(self, layers: Sequence[str]) -> list[str]:
+        if not layers:
+            raise EmbedpipeError("no layers requested; use e.g. --layers pooled")
+        bad = [name for name in layers if name not in self.layers]
+        if bad:
+            raise EmbedpipeError(
+                f"backbone {self.spec} has no layer {', '.join(bad)}; it has {', '.join(self.layers)}"
+            )
+        return list(dict.fromkeys(layers))
+
+    @torch.inference_mode()
+    def embed(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """Embed a (B, 3, H, W) batch; returns float32 arrays, one (B, dim) per layer."""
+        layers = self.check_layers(layers)
+        model = self.model
+        x = batch.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        amp = (
+            torch.autocast(device_type=self.device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with amp:
+            out = self._forward(x, layers)
+        del model
+        return {name: out[name].float().cpu().numpy() for name in layers}
+
+
+def pool_map(t: torch.Tensor) -> torch.Tensor:
+    """Average a feature map (B, C, H, W) or token sequence (B, L, C) to a (B, C) vector."""
+    if t.ndim == 4:
+        return t.mean(dim=(2, 3))
+    if t.ndim == 3:
+        return t.mean(dim=1)
+    return t

@@ -1,0 +1,103 @@
+"""open_clip backbones: ``open_clip:<arch>[/<pretrained-tag>]`` or a local checkpoint file.
+
+The tag is resolved (and downloaded, where there is internet) by open_clip itself; ``--weights FILE``
+is passed as open_clip's file-path ``pretrained``. ``open_clip:local-dir:/path`` uses open_clip's own
+local-directory schema (config + weights in one folder). Layers: ``pooled`` (``encode_image``, not
+normalised), ``block<i>`` (transformer blocks / ResNet stages, via ``forward_intermediates``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EmbedpipeError
+from .base import Backbone, BackboneConfig, check_weights_file, pool_map
+
+# Small architecture configs shipped with embedpipe (e.g. the tiny random-weight test model).
+CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
+
+
+class OpenClipBackbone(Backbone):
+    family = "open_clip"
+
+    def __init__(self, config: BackboneConfig, name: str) -> None:
+        super().__init__(config)
+        if name.startswith(("local-dir:", "hf-hub:")):
+            self.arch, self.tag = name, None
+        else:
+            self.arch, _, tag = name.partition("/")
+            self.tag = tag or None
+        if not self.arch:
+            raise EmbedpipeError("open_clip backbone needs an architecture, e.g. open_clip:ViT-B-32")
+        if self.tag and config.weights:
+            raise EmbedpipeError("give either a pretrained tag or --weights FILE, not both")
+        check_weights_file(config.weights)
+
+    def _load(self) -> None:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        pretrained = self.config.weights or self.tag
+        if not self.arch.startswith(("local-dir:", "hf-hub:")) and self.arch not in open_clip.list_models():
+            import difflib
+
+            close = difflib.get_close_matches(self.arch, open_clip.list_models(), n=3)
+            raise EmbedpipeError(f"unknown open_clip architecture {self.arch!r}; close: {close}")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.arch, pretrained=pretrained
+            )
+        except (OSError, RuntimeError, ValueError) as e:
+            raise EmbedpipeError(
+                f"could not build open_clip:{self.arch} with weights {pretrained or 'none'}: "
+                f"{str(e).splitlines()[0][:200]}"
+            ) from e
+        if pretrained is None and not self.arch.startswith(("local-dir:", "hf-hub:")):
+            raise EmbedpipeError(
+                f"open_clip:{self.arch} has no weights; give a tag (open_clip:{self.arch}/<tag>, "
+                f"see open_clip.list_pretrained()) or --weights FILE"
+            )
+        self._model = model
+        self._transform = preprocess
+        visual: Any = model.visual
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        size = visual.image_size
+        self._preprocess = {
+            "input_size": [3, *(size if isinstance(size, list | tuple) else (size, size))],
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "transform": repr(preprocess),
+        }
+        self._n_blocks = self._count_blocks(visual)
+
+    @staticmethod
+    def _count_blocks(visual: Any) -> int:
+        if not hasattr(visual, "forward_intermediates"):
+            return 0
+        transformer = getattr(visual, "transformer", None)
+        if transformer is not None and hasattr(transformer, "resblocks"):
+            return len(transformer.resblocks)
+        size = visual.image_size
+        size = size[-1] if isinstance(size, list | tuple) else size
+        with torch.inference_mode():
+            out = visual.forward_intermediates(torch.zeros(1, 3, size, size), intermediates_only=True)
+        return len(out["image_intermediates"])
+
+    def _weights_id(self) -> str:
+        return super()._weights_id() if self.config.weights else f"tag:{self.arch}/{self.tag}"
+
+    def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        model: Any = self.model
+        blocks = [int(name[5:]) for name in layers if name.startswith("block")]
+        if not blocks:
+            return {"pooled": model.encode_image(x)}
+        res = model.visual.forward_intermediates(
+            x, indices=blocks, intermediates_only="pooled" not in layers
+        )
+        out = {f"block{i}": pool_map(t) for i, t in zip(blocks, res["image_intermediates"], strict=True)}
+        if "pooled" in layers:
+            out["pooled"] = res["image_features"]
+        return out

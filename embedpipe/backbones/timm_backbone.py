@@ -1,0 +1,91 @@
+"""timm backbones: ``timm:<model-name>`` with hub weights, or a local weights file.
+
+A local file goes through timm's own mechanism (``pretrained_cfg_overlay=dict(file=...)``), the
+same path used for the tiny test models. Without a file, ``pretrained=True`` downloads from the hub
+(needs internet). Layers: ``pooled`` (pre-logits), ``block<i>`` (the model's feature stages, via
+``forward_intermediates``), ``logits`` when the model has a classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import EmbedpipeError
+from .base import Backbone, BackboneConfig, check_weights_file, pool_map
+
+
+class TimmBackbone(Backbone):
+    family = "timm"
+
+    def __init__(self, config: BackboneConfig, model_name: str) -> None:
+        super().__init__(config)
+        if not model_name:
+            raise EmbedpipeError("timm backbone needs a model name, e.g. timm:resnet50.a1_in1k")
+        self.model_name = model_name
+        check_weights_file(config.weights)
+
+    def _create(self, **overlay: Any) -> torch.nn.Module:
+        import timm
+
+        if not timm.is_model(self.model_name):
+            close = timm.list_models(f"*{self.model_name.split('.')[0]}*")[:5]
+            hint = f"close: {', '.join(close)}" if close else "see timm.list_models()"
+            raise EmbedpipeError(f"unknown timm model {self.model_name!r}; {hint}")
+        if self.config.weights:
+            overlay = {"file": self.config.weights, **overlay}
+        try:
+            return timm.create_model(
+                self.model_name, pretrained=True, pretrained_cfg_overlay=overlay or None
+            )
+        except (OSError, RuntimeError, ValueError) as e:
+            where = self.config.weights or "the model hub (needs internet; or pass --weights FILE)"
+            raise EmbedpipeError(
+                f"could not load weights for timm:{self.model_name} from {where}: "
+                f"{str(e).splitlines()[0][:200]}"
+            ) from e
+
+    def _load(self) -> None:
+        import timm.data
+
+        model = self._create()
+        self._setup(model, timm.data.resolve_data_config(model=model))
+
+    def _setup(self, model: torch.nn.Module, data_cfg: dict[str, Any]) -> None:
+        import timm.data
+
+        self._model = model
+        self._transform = timm.data.create_transform(**data_cfg, is_training=False)
+        self._preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()}
+        self._n_blocks = len(getattr(model, "feature_info", []) or [])
+        if not hasattr(model, "forward_intermediates"):
+            self._n_blocks = 0
+
+    @property
+    def has_logits(self) -> bool:
+        return getattr(self.model, "num_classes", 0) > 0
+
+    def _weights_id(self) -> str:
+        return super()._weights_id() if self.config.weights else f"hub:{self.model_name}"
+
+    def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        model: Any = self.model
+        blocks = [int(name[5:]) for name in layers if name.startswith("block")]
+        need_final = "pooled" in layers or "logits" in layers
+        out: dict[str, torch.Tensor] = {}
+        final = None
+        if blocks:
+            res = model.forward_intermediates(
+                x, indices=blocks, intermediates_only=not need_final, stop_early=not need_final
+            )
+            final, inters = res if need_final else (None, res)
+            out.update({f"block{i}": pool_map(t) for i, t in zip(blocks, inters, strict=True)})
+        elif need_final:
+            final = model.forward_features(x)
+        if "pooled" in layers:
+            out["pooled"] = model.forward_head(final, pre_logits=True)
+        if "logits" in layers:
+            out["logits"] = model.forward_head(final)
+        return out

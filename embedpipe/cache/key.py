@@ -1,0 +1,50 @@
+"""Cache keys: a hash of everything that produced the numbers.
+
+``feature_key`` covers how features are made (backbone fingerprint = spec, weights digest,
+preprocessing, precision; layers; storage dtype). ``manifest_digest`` covers what they are made of
+(ids, size+mtime or content hash, labels, splits). The cache key hashes both, so the same inputs
+reuse a cache and any change gives a new one. Caches that share a ``feature_key`` may lend each
+other rows, which is how adding images to a dataset embeds only the new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.sources import Record
+
+SCHEMA_VERSION = 1
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def feature_key(backbone_fingerprint: str, layers: Sequence[str], dtype: str) -> str:
+    return digest({"schema": SCHEMA_VERSION, "backbone": backbone_fingerprint,
+                   "layers": sorted(layers), "dtype": dtype})
+
+
+def manifest_digest(records: Sequence[Record]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r.id}\t{r.signature}\t{r.label}\t{r.split}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(feature: str, manifest: str) -> str:
+    return digest({"feature": feature, "manifest": manifest})
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")[:60] or "backbone"
+
+
+def cache_path(root: str | Path, dataset: str, backbone_spec: str, key: str) -> Path:
+    """``<root>/<dataset>/<backbone-slug>-<key[:16]>``."""
+    return Path(root) / slug(dataset) / f"{slug(backbone_spec)}-{key[:16]}"

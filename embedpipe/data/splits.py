@@ -1,0 +1,53 @@
+"""The seeded, stratified split rule for data that brings no split of its own.
+
+Within each class, images are ordered by a hash of (seed, id) and the first ``test`` fraction goes to
+test, the next ``val`` fraction to val, the rest to train. Because the order depends only on each
+image's own id, adding images to a dataset leaves the existing images' splits mostly unchanged.
+The rule's parameters are recorded in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+
+from ..errors import EmbedpipeError
+from .sources import Record
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    seed: int = 0  # seed of the per-id hash that orders images within a class
+    val: float = 0.15  # fraction of each class for validation (head selection)
+    test: float = 0.15  # fraction of each class held out for the reported score
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _rank(seed: int, record_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()
+
+
+def _count(n: int, fraction: float) -> int:
+    """round(n * fraction), but at least one image when the class has three or more and fraction > 0."""
+    k = round(n * fraction)
+    return max(k, 1) if fraction > 0 and n >= 3 else k
+
+
+def assign_splits(records: list[Record], rule: SplitRule) -> list[Record]:
+    if any(r.split is not None for r in records):
+        return records  # the source brings its own split
+    if not (0 <= rule.val < 1 and 0 <= rule.test < 1 and rule.val + rule.test < 1):
+        raise EmbedpipeError(f"bad split fractions val={rule.val} test={rule.test}: each in [0, 1), sum < 1")
+    by_class: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_class[r.label].append(r)
+    split_of: dict[str, str] = {}
+    for members in by_class.values():
+        ordered = sorted(members, key=lambda r: _rank(rule.seed, r.id))
+        n_test, n_val = _count(len(ordered), rule.test), _count(len(ordered), rule.val)
+        for i, r in enumerate(ordered):
+            split_of[r.id] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [replace(r, split=split_of[r.id]) for r in records]
