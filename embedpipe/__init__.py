@@ -3,10 +3,10 @@ train on the cached embeddings in seconds."""
 
 __version__ = "0.1.0"
 
-from .backbones import create_backbone, list_backbones  # noqa: E402
-from .cache import Cache, open_cache  # noqa: E402
-from .errors import EmbedpipeError  # noqa: E402
-from .extract import extract  # noqa: E402
+from .backbones import create_backbone, list_backbones
+from .cache import Cache, open_cache
+from .errors import EmbedpipeError
+from .extract import extract
 
 __all__ = [
     "Cache",

@@ -1,0 +1,229 @@
+"""The ``embedpipe`` command: thin verbs over the Python API.
+
+Every verb has ``--help`` and ``--json`` (one JSON object on stdout). Bad input is one line on stderr
+and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import EmbedpipeError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_params(pairs: Sequence[str], heads: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``key=value`` (every head) or ``head.key=value``; values are JSON when they parse, else strings."""
+    params: dict[str, dict[str, Any]] = {h: {} for h in heads}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise EmbedpipeError(f"--param {pair!r}: expected key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        scope, dot, name = key.rpartition(".")
+        targets = [scope] if dot else list(heads)
+        for head in targets:
+            if head not in params:
+                raise EmbedpipeError(f"--param {pair!r} names head {head!r}, which is not in --head")
+            params[head][name if dot else key] = value
+    return params
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj, default=str) if args.json else text)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from .backbones import DESCRIPTIONS as BB
+    from .data import list_datasets
+    from .heads import DESCRIPTIONS as HD
+
+    table = {"backbones": BB, "heads": HD, "datasets": {n: "built-in" for n in list_datasets()}}[args.what]
+    _emit(args, {args.what: table}, "\n".join(f"{k:14s} {v}" for k, v in sorted(table.items())))
+
+
+def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import SplitRule
+
+    options: dict[str, Any] = {
+        "layers": tuple(_csv(args.layers)),
+        "weights": args.weights,
+        "device": args.device,
+        "precision": args.precision,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "shard_size": args.shard_size,
+        "split": SplitRule(seed=args.split_seed, val=args.val_fraction, test=args.test_fraction),
+    }
+    return options
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from .extract import run_extract
+
+    cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir,
+                               progress=not args.quiet, **_extract_options(args))
+    _emit(args, {**cache.summary(), "stats": vars(stats)}, str(cache.path))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .cache import open_cache
+
+    cache = open_cache(args.cache)
+    summary = {**cache.summary(), "failed_ids": cache.failed, "meta": cache.meta}
+    lines = [f"{k}: {v}" for k, v in cache.summary().items()]
+    lines += [f"  skipped {i}: {reason}" for i, reason in cache.failed]
+    _emit(args, summary, "\n".join(lines))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .bench import format_table
+    from .train import train_heads
+
+    heads = _csv(args.head)
+    results = train_heads(args.cache, heads, layer=args.layer, params=parse_params(args.param, heads), out=args.out)
+    rows = [r.to_dict() for r in results]
+    table = format_table(rows, ["head", "layer", "val_acc", "test_acc", "fit_s", "n_train", "n_classes", "path"])
+    _emit(args, {"results": rows}, table)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .train import evaluate
+
+    m = evaluate(args.head_file, args.cache, args.split)
+    text = (f"{m['head']} on {m['split']} ({m['n']} images): top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
+            f"mean per-class recall {m['mean_per_class_recall']:.4f}")
+    _emit(args, m, text)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    results = predict(args.head_file, args.images, top_k=args.top_k, device=args.device)
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['image']}: error: {r['error']}")
+        else:
+            lines.append(f"{r['image']}: " + ", ".join(f"{label} {p:.3f}" for label, p in r["top"]))
+    _emit(args, {"predictions": results}, "\n".join(lines))
+    return EXIT_ERROR if any("error" in r for r in results) else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import benchmark, format_table
+
+    rows = benchmark(_csv(args.data), _csv(args.backbone), _csv(args.layers), _csv(args.heads),
+                     cache_dir=args.cache_dir, progress=not args.quiet,
+                     **{k: v for k, v in _extract_options(args).items() if k != "layers"})
+    _emit(args, {"results": rows}, format_table(rows))
+
+
+def _add_extract_flags(p: argparse.ArgumentParser, *, bench: bool = False) -> None:
+    from .backbones import DEFAULT_BACKBONE
+
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="backbone spec%s: effnet-lite0, timm:<name>, open_clip:<arch>[/<tag>] (default %%(default)s)"
+                   % ("(s), comma-separated" if bench else ""))
+    p.add_argument("--weights", help="local weights file for the backbone (timm or open_clip checkpoint)")
+    p.add_argument("--layers", default="pooled", help="comma-separated layers to store (default pooled)")
+    p.add_argument("--cache-dir", default="cache", help="cache root (default ./cache)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass (default auto)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core, max 8)")
+    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard, the unit of resume (default 1024)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split rule")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="val share per class when data has no split")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="test share per class when data has no split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        return p
+
+    p = verb("list", "list registered backbones, heads or built-in datasets")
+    p.add_argument("what", choices=["backbones", "heads", "datasets"])
+    p.set_defaults(func=cmd_list)
+
+    p = verb("extract", "embed a dataset once into the HDF5 cache; prints the cache path")
+    p.add_argument("--data", required=True, help="image folder, CSV manifest (path,label[,split]) or built-in name")
+    _add_extract_flags(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = verb("info", "describe a cache: rows per split, layers, skipped images")
+    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.set_defaults(func=cmd_info)
+
+    p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy")
+    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.add_argument("--head", default="logreg", help="head name(s), comma-separated (default logreg)")
+    p.add_argument("--layer", default="pooled", help="cached layer to train on (default pooled)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="head hyperparameter, repeatable; head.key=value to target one of several heads")
+    p.add_argument("--out", help="head file (one head) or folder (several); default <cache>/heads/")
+    p.set_defaults(func=cmd_train)
+
+    p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")
+    p.add_argument("--head-file", required=True)
+    p.add_argument("--cache", help="cache to score on (default: the one the head was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verb("predict", "classify image files with a saved head (rebuilds its backbone)")
+    p.add_argument("--head-file", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default=None, help="override the device recorded in the head file")
+    p.set_defaults(func=cmd_predict)
+
+    p = verb("bench", "extract (or reuse) and train every head on every layer; prints a table")
+    p.add_argument("--data", default="digits", help="dataset(s), comma-separated (default digits)")
+    p.add_argument("--heads", default="logreg,lgbm,mlp", help="heads, comma-separated")
+    _add_extract_flags(p, bench=True)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EmbedpipeError as e:
+        print(f"embedpipe: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("embedpipe: interrupted; finished shards are kept, re-run the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Head registry: ``create_head(name, **params)``, ``list_heads()``; every head is a scikit-learn
+classifier that saves without pickle (``save_head``/``load_head``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .base import Head
+from .io import load_head, save_head
+from .lgbm import LGBMHead
+from .logreg import LogRegHead
+from .mlp import MLPHead
+
+HEADS: Registry[Head] = Registry("head")
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_head(cls: type[Head], description: str) -> type[Head]:
+    DESCRIPTIONS[cls.name] = description
+    HEADS.register(cls.name)(cls)
+    return cls
+
+
+register_head(LogRegHead, "multinomial L2 logistic regression, torch L-BFGS, C swept on val")
+register_head(LGBMHead, "LightGBM on PCA-reduced embeddings, early stopping on val")
+register_head(MLPHead, "1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
+
+
+def create_head(name: str, **params: Any) -> Head:
+    cls = HEADS.get(name)
+    try:
+        return cls(**params)
+    except TypeError:
+        known = sorted(cls().get_params())
+        bad = sorted(set(params) - set(known))
+        from ..errors import EmbedpipeError
+
+        raise EmbedpipeError(f"head {name} has no parameter {', '.join(bad)}; it takes {', '.join(known)}") from None
+
+
+def list_heads(pattern: str = "*") -> list[str]:
+    return HEADS.names(pattern)
+
+
+__all__ = ["DESCRIPTIONS", "HEADS", "Head", "create_head", "list_heads", "load_head", "register_head", "save_head"]

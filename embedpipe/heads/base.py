@@ -1,0 +1,80 @@
+"""The Head base class: a scikit-learn classifier with a pickle-free state for saving.
+
+``__init__`` only stores keyword hyperparameters; ``fit(X, y, eval_set=None)`` validates, encodes the
+labels and calls the subclass's ``_fit`` on integer targets 0..k-1; ``predict_proba`` columns follow
+``classes_``. ``eval_set=(X_val, y_val)`` is optional: heads use it for model selection (regularisation
+sweep, early stopping); scikit-learn's own checks call ``fit(X, y)`` alone. Subclasses describe their
+learned state as JSON plus named arrays (``_get_state``/``_set_state``) so that it saves without pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+State = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
+class Head(ClassifierMixin, BaseEstimator):
+    name: ClassVar[str] = ""
+
+    # -- subclass hooks ------------------------------------------------------------------------
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _get_state(self) -> State:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    # -- scikit-learn API ----------------------------------------------------------------------
+    def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None) -> Head:
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class")
+        X_val = y_val = None
+        if eval_set is not None and len(eval_set[0]):
+            X_val = check_array(eval_set[0], dtype=np.float32)
+            yv = np.asarray(eval_set[1])
+            known = np.isin(yv, self.classes_)  # validation rows of unseen classes cannot count
+            X_val, y_val = X_val[known], np.searchsorted(self.classes_, yv[known])
+            if not len(y_val):
+                X_val = y_val = None
+        self._fit(X, y_index.astype(np.int64), X_val, y_val)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "classes_")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        return self._predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    @property
+    def n_classes_(self) -> int:
+        return len(self.classes_)
+
+
+def softmax_np(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (std, with 1 where a feature is constant)."""
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

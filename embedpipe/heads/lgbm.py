@@ -1,0 +1,107 @@
+"""LightGBM on embeddings, with defaults fitted to dense features.
+
+Trees on 1000+ dense dimensions are slow and gain little from every raw dimension, so the head first
+projects onto the top ``pca_dims`` principal components (computed on the training rows), uses few
+bins, and stops early on the validation split. The model is kept as LightGBM's own text format.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import EmbedpipeError
+from .base import Head, State
+
+
+def _lightgbm() -> Any:
+    try:
+        import lightgbm
+    except ImportError as e:  # pragma: no cover - lightgbm is a core dependency
+        raise EmbedpipeError("the lgbm head needs LightGBM: pip install lightgbm") from e
+    return lightgbm
+
+
+def pca_fit(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the top-k principal directions (k, d) of X."""
+    mean = X.mean(axis=0)
+    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
+    return mean.astype(np.float32), vt[:k].astype(np.float32)
+
+
+class LGBMHead(Head):
+    name = "lgbm"
+
+    def __init__(
+        self,
+        pca_dims: int = 64,
+        n_estimators: int = 300,
+        learning_rate: float = 0.1,
+        num_leaves: int = 15,
+        max_bin: int = 63,
+        min_child_samples: int = 10,
+        colsample: float = 0.8,
+        early_stopping_rounds: int = 20,
+        n_jobs: int = 0,
+        random_state: int = 0,
+    ) -> None:
+        self.pca_dims = pca_dims  # project onto this many principal components first; 0 = raw features
+        self.n_estimators = n_estimators  # maximum boosting rounds (one tree per class per round)
+        self.learning_rate = learning_rate  # shrinkage
+        self.num_leaves = num_leaves  # leaves per tree
+        self.max_bin = max_bin  # histogram bins per feature (LightGBM default 255)
+        self.min_child_samples = min_child_samples  # minimum rows per leaf
+        self.colsample = colsample  # fraction of features per tree
+        self.early_stopping_rounds = early_stopping_rounds  # rounds without validation gain before stopping
+        self.n_jobs = n_jobs  # threads; 0 = all cores
+        self.random_state = random_state  # seed
+
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        return X if self.components_ is None else (X - self.pca_mean_) @ self.components_.T
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        lgb = _lightgbm()
+        k = min(self.pca_dims, X.shape[1], X.shape[0])
+        if self.pca_dims and k < X.shape[1]:
+            self.pca_mean_, self.components_ = pca_fit(X, k)
+        else:
+            self.pca_mean_, self.components_ = None, None
+        n_classes = len(self.classes_)
+        params = {
+            "objective": "binary" if n_classes == 2 else "multiclass",
+            "num_class": 1 if n_classes == 2 else n_classes,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "max_bin": self.max_bin,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.colsample,
+            "num_threads": self.n_jobs,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+        train = lgb.Dataset(self._project(X), y, params={"max_bin": self.max_bin, "verbosity": -1})
+        valid, callbacks = [], []
+        if X_val is not None and self.early_stopping_rounds:
+            valid = [lgb.Dataset(self._project(X_val), y_val, reference=train)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid, callbacks=callbacks)
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.booster_ = booster
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self.booster_.predict(self._project(X), num_iteration=self.best_iteration_)
+        return np.column_stack([1 - p, p]) if p.ndim == 1 else p
+
+    def _get_state(self) -> State:
+        arrays = {} if self.components_ is None else {"pca_mean_": self.pca_mean_, "components_": self.components_}
+        return ({"best_iteration_": self.best_iteration_,
+                 "model": self.booster_.model_to_string(num_iteration=self.best_iteration_)}, arrays)
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        lgb = _lightgbm()
+        self.best_iteration_ = int(state["best_iteration_"])
+        self.booster_ = lgb.Booster(model_str=state["model"])
+        self.pca_mean_, self.components_ = arrays.get("pca_mean_"), arrays.get("components_")

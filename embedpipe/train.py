@@ -1,0 +1,172 @@
+"""Fit heads on a cache: train on the train split, select on val, report val and test.
+
+``train(cache, "logreg")`` fits one head; ``train_heads`` fits several on one load of the features.
+``evaluate`` scores a saved head (top-1, top-5, mean per-class recall) on a cache split, after checking
+that the cache was made by the same backbone, layer and label set as the head.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import Cache, open_cache
+from .errors import EmbedpipeError
+from .heads import Head, create_head, load_head, save_head
+
+
+@dataclass
+class FitResult:
+    head: str
+    layer: str
+    params: dict[str, Any]
+    val_acc: float | None
+    test_acc: float | None
+    fit_s: float
+    n_train: int
+    n_classes: int
+    path: str | None = None
+    model: Head | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("model")
+        return d
+
+
+def as_cache(cache: str | Path | Cache) -> Cache:
+    return cache if isinstance(cache, Cache) else open_cache(cache)
+
+
+def load_splits(cache: Cache, layer: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    data = {s: cache.load(s, layer) for s in ("train", "val", "test")}
+    if len(data["train"][0]) == 0:
+        raise EmbedpipeError(f"cache {cache.path} has no usable training images")
+    if len(np.unique(data["train"][1])) < 2:
+        raise EmbedpipeError(f"cache {cache.path} has fewer than 2 classes in its train split")
+    return data
+
+
+def head_info(cache: Cache, layer: str) -> dict[str, Any]:
+    """What a head was trained on: enough to check a cache against it and to rebuild the pipeline."""
+    return {
+        "cache": str(cache.path),
+        "cache_key": cache.key,
+        "dataset": cache.meta.get("dataset"),
+        "backbone": cache.backbone,
+        "backbone_fingerprint": cache.meta["backbone_fingerprint"],
+        "layer": layer,
+        "label_names": cache.label_names,
+    }
+
+
+def accuracy(head: Head, X: np.ndarray, y: np.ndarray) -> float | None:
+    return float(head.score(X, y)) if len(X) else None
+
+
+def fit_head(
+    data: dict[str, tuple[np.ndarray, np.ndarray]], name: str, layer: str, params: dict[str, Any] | None = None
+) -> FitResult:
+    head = create_head(name, **(params or {}))
+    (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
+    t0 = time.perf_counter()
+    head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
+    fit_s = time.perf_counter() - t0
+    # A head that refits on train+val reports the validation score it was selected with.
+    val = getattr(head, "best_val_score_", None)
+    val = accuracy(head, Xv, yv) if val is None else float(val)
+    return FitResult(name, layer, dict(params or {}), val, accuracy(head, Xte, yte),
+                     fit_s, len(Xtr), len(head.classes_), model=head)
+
+
+def default_head_path(cache: Cache, name: str, layer: str) -> Path:
+    return cache.path / "heads" / f"{name}-{layer}.npz"
+
+
+def train_heads(
+    cache: str | Path | Cache,
+    heads: list[str] | str = "logreg",
+    *,
+    layer: str = "pooled",
+    params: dict[str, dict[str, Any]] | None = None,
+    out: str | Path | None = None,
+    save: bool = True,
+) -> list[FitResult]:
+    """Fit each head on one load of the features. ``params`` maps head name -> hyperparameters.
+    Heads are saved to ``out`` (a file for one head, a folder for several) or next to the cache."""
+    cache = as_cache(cache)
+    names = heads.split(",") if isinstance(heads, str) else list(heads)
+    for name in names:
+        create_head(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
+    data = load_splits(cache, layer)
+    info = head_info(cache, layer)
+    results = []
+    for name in names:
+        result = fit_head(data, name, layer, (params or {}).get(name))
+        if save:
+            if out is None:
+                target = default_head_path(cache, name, layer)
+            elif len(names) == 1 and Path(out).suffix:
+                target = Path(out)
+            else:
+                target = Path(out) / f"{name}-{layer}.npz"
+            assert result.model is not None
+            result.path = str(save_head(target, result.model, info))
+        results.append(result)
+    return results
+
+
+def train(
+    cache: str | Path | Cache, head: str = "logreg", *, layer: str = "pooled",
+    out: str | Path | None = None, **params: Any,
+) -> FitResult:
+    """Fit one head with hyperparameters ``params``; returns the result (the head is ``.model``)."""
+    return train_heads(cache, [head], layer=layer, params={head: params}, out=out)[0]
+
+
+def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
+    """The layer to evaluate; raises if the cache's features are not what the head was trained on."""
+    layer = str(info.get("layer", "pooled"))
+    if info.get("backbone_fingerprint") != cache.meta.get("backbone_fingerprint"):
+        raise EmbedpipeError(
+            f"cache/head mismatch: cache {cache.path} was made by backbone {cache.backbone.get('spec')}, "
+            f"the head was trained on {info.get('backbone', {}).get('spec')} features"
+        )
+    if layer not in cache.layers or cache.dims[layer] != head.n_features_in_:
+        raise EmbedpipeError(f"cache/head mismatch: cache {cache.path} has no layer {layer} of width {head.n_features_in_}")
+    if list(info.get("label_names", [])) != cache.label_names:
+        raise EmbedpipeError(f"cache/head mismatch: the cache's class names differ from the head's ({cache.path})")
+    return layer
+
+
+def metrics(head: Head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """top-1, top-5 accuracy and mean per-class recall (balanced accuracy)."""
+    proba = head.predict_proba(X)
+    order = np.argsort(-proba, axis=1)
+    ranked = head.classes_[order[:, : min(5, proba.shape[1])]]
+    top1 = ranked[:, 0] == y
+    recalls = [float(top1[y == c].mean()) for c in np.unique(y)]
+    return {
+        "top1": float(top1.mean()),
+        "top5": float((ranked == y[:, None]).any(axis=1).mean()),
+        "mean_per_class_recall": float(np.mean(recalls)),
+        "n": len(y),
+    }
+
+
+def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, split: str = "test") -> dict[str, Any]:
+    head, info = load_head(head_file)
+    if cache is None:
+        if "cache" not in info:
+            raise EmbedpipeError(f"{head_file} records no cache; pass --cache PATH")
+        cache = info["cache"]
+    cache = as_cache(cache)
+    layer = check_compatible(cache, info, head)
+    X, y = cache.load(split, layer)
+    if not len(X):
+        raise EmbedpipeError(f"split {split!r} of cache {cache.path} is empty")
+    return {"head": head.name, "layer": layer, "split": split, "cache": str(cache.path), **metrics(head, X, y)}
