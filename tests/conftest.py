@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random-weight models saved to local files (loaded through the same
+local-checkpoint path users use) and small image folders made on the fly. Nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_TIMM = "timm:test_efficientnet"
+TINY_CLIP = "open_clip:embedpipe-tiny-vit"
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet")
+    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.pth"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import open_clip
+
+    from embedpipe.backbones.open_clip_backbone import CONFIG_DIR
+
+    open_clip.add_model_config(CONFIG_DIR)
+    torch.manual_seed(0)
+    model = open_clip.create_model("embedpipe-tiny-vit")
+    path = tmp_path_factory.mktemp("weights") / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def make_image(label: int, index: int, size: int = 40) -> Image.Image:
+    """A class-dependent pattern (colour and stripe direction) with per-image noise."""
+    rng = np.random.default_rng(1000 * label + index)
+    base = np.array([(label * 97) % 256, (label * 53 + 80) % 256, (label * 29 + 160) % 256], np.float32)
+    img = np.tile(base, (size, size, 1))
+    stripes = (np.arange(size) // 4) % 2 == 0
+    if label % 2:
+        img[:, stripes] *= 0.3
+    else:
+        img[stripes, :] *= 0.3
+    img += rng.normal(0, 12, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 8, splits: bool = False) -> Path:
+    for c in range(classes):
+        for i in range(per_class):
+            split = ("train", "val", "test")[i % 3] if splits else None
+            folder = root / split / f"class{c}" if split else root / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            make_image(c, i).save(folder / f"img{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "shapes")

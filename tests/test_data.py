@@ -1,0 +1,102 @@
+"""Data sources, the split rule and decoding (modes, EXIF, corrupt files)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image, make_image_folder
+from PIL import Image
+
+from embedpipe import EmbedpipeError
+from embedpipe.data import CsvSource, ImageFolderSource, SplitRule, assign_splits, resolve_source
+from embedpipe.data.loader import DecodeDataset, to_rgb
+
+
+def test_image_folder_flat_and_split(tmp_path: Path) -> None:
+    flat = ImageFolderSource(str(make_image_folder(tmp_path / "flat", classes=2, per_class=3)))
+    assert len(flat.records) == 6 and {r.split for r in flat.records} == {None}
+    assert flat.records[0].id == "class0/img000.png" and flat.records[0].label == "class0"
+    split = ImageFolderSource(str(make_image_folder(tmp_path / "split", classes=2, per_class=6, splits=True)))
+    assert {r.split for r in split.records} == {"train", "val", "test"}
+    assert split.records[0].id.startswith(("test/", "train/", "val/"))
+
+
+def test_csv_manifest(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    (tmp_path / "m.csv").write_text("path,label,split\nimgs/class0/img000.png,a,train\nimgs/class1/img000.png,b,test\n")
+    src = resolve_source(str(tmp_path / "m.csv"))
+    assert isinstance(src, CsvSource) and [r.split for r in src.records] == ["train", "test"]
+    assert src.records[0].path == str(tmp_path / "imgs/class0/img000.png")
+    (tmp_path / "bad.csv").write_text("file,label\nx.png,a\n")
+    with pytest.raises(EmbedpipeError, match="header must be path,label"):
+        resolve_source(str(tmp_path / "bad.csv"))
+    (tmp_path / "mixed.csv").write_text("path,label,split\na.png,a,train\nb.png,b,\n")
+    with pytest.raises(EmbedpipeError, match="some rows have a split"):
+        resolve_source(str(tmp_path / "mixed.csv"))
+    (tmp_path / "dup.csv").write_text("path,label\na.png,a\na.png,b\n")
+    with pytest.raises(EmbedpipeError, match="listed twice"):
+        resolve_source(str(tmp_path / "dup.csv"))
+
+
+def test_missing_and_empty_data(tmp_path: Path) -> None:
+    with pytest.raises(EmbedpipeError, match="not found"):
+        resolve_source(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbedpipeError, match="no class folders"):
+        resolve_source(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "cls").mkdir()
+    with pytest.raises(EmbedpipeError, match="no images"):
+        resolve_source(str(tmp_path / "empty"))
+
+
+def test_split_rule_is_seeded_stratified_and_stable() -> None:
+    src = resolve_source("digits")
+    a = assign_splits(src.records, SplitRule(seed=0))
+    assert a == assign_splits(src.records, SplitRule(seed=0))
+    assert a != assign_splits(src.records, SplitRule(seed=1))
+    for label in {r.label for r in a}:
+        members = [r for r in a if r.label == label]
+        counts = {s: sum(r.split == s for r in members) for s in ("train", "val", "test")}
+        assert counts["test"] == round(0.15 * len(members)) and counts["val"] == round(0.15 * len(members))
+    # adding images keeps almost every existing image in its split
+    b = assign_splits(src.records[:1500], SplitRule(seed=0))
+    same = sum(x.split == y.split for x, y in zip(a[:1500], b, strict=True))
+    assert same / 1500 > 0.95
+    tiny = assign_splits([r for r in src.records if r.label == "3"][:3], SplitRule())
+    assert sorted(r.split for r in tiny) == ["test", "train", "val"]
+
+
+def test_to_rgb_handles_modes_and_exif() -> None:
+    base = make_image(1, 0, size=20).resize((40, 20))
+    rgba = base.convert("RGBA")
+    rgba.putalpha(0)
+    assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)  # transparent onto white
+    for img in (base.convert("L"), base.convert("P"), base.convert("CMYK"), base.convert("1"),
+                Image.fromarray((np.arange(800).reshape(20, 40) * 80).astype(np.uint16)),
+                Image.fromarray(np.random.default_rng(0).random((20, 40)).astype(np.float32))):
+        out = to_rgb(img)
+        assert out.mode == "RGB" and out.size == (40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    base.save(buf, format="JPEG", exif=exif)
+    assert to_rgb(Image.open(io.BytesIO(buf.getvalue()))).size == (20, 40)
+
+
+def test_corrupt_files_are_reported_not_fatal(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    (root / "class0" / "empty.jpg").write_bytes(b"")
+    (root / "class0" / "notes.jpg").write_text("not an image")
+    good = io.BytesIO()
+    make_image(0, 9).save(good, format="JPEG")
+    (root / "class1" / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    src = ImageFolderSource(str(root))
+    ds = DecodeDataset(src, src.records, lambda img: np.asarray(img))
+    results = {src.records[i].id: ds[i] for i in range(len(ds))}
+    assert results["class0/empty.jpg"][2] == "empty file"
+    assert "UnidentifiedImageError" in results["class0/notes.jpg"][2]
+    assert "truncated" in results["class1/truncated.jpg"][2].lower()
+    assert results["class0/img000.png"][1] is not None and results["class0/img000.png"][2] == ""
