@@ -28,7 +28,7 @@ def test_extract_reuse_and_invalidation(image_folder: Path, tiny_timm_weights: s
     root = tmp_path / "cache"
     cache, stats = _extract(str(image_folder), tiny_timm_weights, root, layers=("pooled", "block2"))
     assert stats.embedded == 24 and cache.path.parent == root / "shapes"
-    X, y = cache.load("train", "pooled")
+    X, _ = cache.load("train", "pooled")
     assert X.dtype == np.float32 and X.shape == (len(cache.rows("train")), cache.dims["pooled"])
     assert sorted(cache.counts().values()) == [3, 3, 18] and cache.label_names == ["class0", "class1", "class2"]
     # same inputs: same cache, nothing recomputed
@@ -75,7 +75,7 @@ def test_schema_is_plain_h5py(image_folder: Path, tiny_timm_weights: str, tmp_pa
         assert f.attrs["start"] == 10 and f["ok"][()].all()
     blocks = list(cache.iter_blocks("train"))
     assert len(blocks) == 3
-    X, y = cache.load("train")
+    X, _ = cache.load("train")
     np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), X)
 
 

@@ -17,8 +17,8 @@ DESCRIPTIONS: dict[str, str] = {}
 
 
 def register_head(cls: type[Head], description: str) -> type[Head]:
+    HEADS.register(cls.name)(cls)  # raises on a duplicate name before touching DESCRIPTIONS
     DESCRIPTIONS[cls.name] = description
-    HEADS.register(cls.name)(cls)
     return cls
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 State = tuple[dict[str, Any], dict[str, np.ndarray]]
 
@@ -44,8 +44,10 @@ class Head(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class")
         X_val = y_val = None
         if eval_set is not None and len(eval_set[0]):
-            X_val = check_array(eval_set[0], dtype=np.float32)
-            yv = np.asarray(eval_set[1])
+            X_val, yv = check_X_y(eval_set[0], eval_set[1], dtype=np.float32)
+            if X_val.shape[1] != self.n_features_in_:
+                raise ValueError(f"eval_set X has {X_val.shape[1]} features, but {type(self).__name__} "
+                                 f"is expecting {self.n_features_in_} features as input")
             known = np.isin(yv, self.classes_)  # validation rows of unseen classes cannot count
             X_val, y_val = X_val[known], np.searchsorted(self.classes_, yv[known])
             if not len(y_val):
@@ -59,6 +61,7 @@ class Head(ClassifierMixin, BaseEstimator):
         return self._predict_proba(X)
 
     def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "classes_")  # NotFittedError before touching classes_
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     @property

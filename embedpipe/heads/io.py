@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,21 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
     if not path.is_file():
         raise EmbedpipeError(f"head file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("not an .npz archive")
+        with z:
             entries = {k: z[k] for k in z.files}
         doc = json.loads(entries.pop("__embedpipe__").tobytes().decode())
-    except (ValueError, KeyError, OSError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as e:
         raise EmbedpipeError(f"{path} is not a valid embedpipe head file ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise EmbedpipeError(f"{path} is not an embedpipe head file")
     if doc.get("version") != VERSION:
         raise EmbedpipeError(f"{path} is head format {doc.get('version')}; this embedpipe reads {VERSION}")
+    shapes_ok = all(isinstance(doc.get(k, {}), dict) for k in ("params", "state", "info"))
+    if not shapes_ok or type(doc.get("n_features_in")) is not int or "classes" not in entries:
+        raise EmbedpipeError(f"{path} is a damaged head file (params, state, info, n_features_in or classes)")
     cls = HEADS.get(str(doc.get("head")))
     head = cls()
     allowed = head.get_params()
@@ -83,8 +90,8 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
         raise EmbedpipeError(f"{path} has unknown or non-plain parameters {bad}")
     head.set_params(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     classes = entries.pop("classes")
-    if classes.dtype.kind not in "iufUb":
-        raise EmbedpipeError(f"{path} has classes of unsupported type {classes.dtype}")
+    if classes.ndim != 1 or classes.dtype.kind not in "iufUb":
+        raise EmbedpipeError(f"{path} has classes of unsupported type {classes.dtype} or shape {classes.shape}")
     head.classes_ = classes
     head.n_features_in_ = int(doc["n_features_in"])
     arrays = {k[2:]: v for k, v in entries.items() if k.startswith("a/")}

@@ -76,21 +76,22 @@ class LogRegHead(Head):
             assert X_val is not None and y_val is not None
             Xv = as_tensor((X_val - self.mean_) / self.scale_, dev)
             yv = torch.from_numpy(y_val).to(dev)
-            best = (-1.0, 0.0, W, b)
+            best = (-1.0, 0.0, W, b, 0)
             for C in sorted(self.Cs):
-                W, b, _ = lbfgs_logreg(Xt, yt, C, W, b, self.max_iter, self.tol)
+                W, b, n_iter = lbfgs_logreg(Xt, yt, C, W, b, self.max_iter, self.tol)
                 acc = float(((Xv @ W + b).argmax(1) == yv).float().mean())
                 self.val_scores_[repr(C)] = acc
                 if acc > best[0]:
-                    best = (acc, C, W, b)
-            self.best_val_score_, self.C_, W, b = best
+                    best = (acc, C, W, b, n_iter)
+            self.best_val_score_, self.C_, W, b, self.n_iter_ = best
             if self.refit:
                 Xt, yt = torch.cat([Xt, Xv]), torch.cat([yt, yv])
-                W, b, _ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
+                W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
         else:
             self.C_ = float(self.C if self.C is not None else 1.0)
             self.best_val_score_ = None
-            W, b, _ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
+            W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
+        # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention)
         # scikit-learn layout: coef_ (k, d) on standardised features, intercept_ (k,)
         self.coef_ = W.T.cpu().numpy()
         self.intercept_ = b.cpu().numpy()
@@ -99,11 +100,12 @@ class LogRegHead(Head):
         return softmax_np(((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_)
 
     def _get_state(self) -> State:
-        return ({"C_": self.C_, "val_scores_": self.val_scores_, "best_val_score_": self.best_val_score_},
+        return ({"C_": self.C_, "val_scores_": self.val_scores_, "best_val_score_": self.best_val_score_,
+                 "n_iter_": self.n_iter_},
                 {"coef_": self.coef_, "intercept_": self.intercept_, "mean_": self.mean_, "scale_": self.scale_})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.C_, self.val_scores_ = float(state["C_"]), dict(state["val_scores_"])
-        self.best_val_score_ = state.get("best_val_score_")
+        self.best_val_score_, self.n_iter_ = state.get("best_val_score_"), int(state.get("n_iter_", 0))
         self.coef_, self.intercept_ = arrays["coef_"], arrays["intercept_"]
         self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
