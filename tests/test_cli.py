@@ -1,0 +1,117 @@
+"""The CLI end to end: extract -> train -> evaluate -> predict, --json everywhere, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_CLIP, TINY_TIMM, make_image_folder
+
+from embedpipe.cli import build_parser, main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:  # type: ignore[type-arg]
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_cli_end_to_end(tmp_path: Path, tiny_timm_weights: str, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_image_folder(tmp_path / "shapes", classes=3, per_class=12)
+    common = ["--backbone", TINY_TIMM, "--weights", tiny_timm_weights, "--cache-dir", str(tmp_path / "c"),
+              "--workers", "0", "--precision", "fp32"]
+    ext = run_json(capsys, "extract", "--data", str(data), "--layers", "pooled,block3", *common)
+    assert ext["rows"] == {"train": 24, "val": 6, "test": 6} and ext["stats"]["embedded"] == 36
+    cache = ext["path"]
+    code, out, err = run(capsys, "extract", "--data", str(data), "--layers", "pooled,block3", *common)
+    assert code == 0 and out.strip() == cache and "nothing recomputed" in err
+
+    trained = run_json(capsys, "train", "--cache", cache, "--head", "logreg,mlp", "--param", "mlp.epochs=5",
+                       "--param", "logreg.C=1.0", "--out", str(tmp_path / "heads"))
+    by_head = {r["head"]: r for r in trained["results"]}
+    assert set(by_head) == {"logreg", "mlp"} and by_head["mlp"]["params"] == {"epochs": 5}
+    assert by_head["logreg"]["test_acc"] >= 0.5  # stripes and colours are easy, even for random features
+    head_file = by_head["logreg"]["path"]
+    assert head_file == str(tmp_path / "heads" / "logreg-pooled.npz")
+
+    code, out, _ = run(capsys, "train", "--cache", cache, "--head", "logreg", "--layer", "block3")
+    assert code == 0 and "logreg" in out and "block3" in out and Path(cache, "heads", "logreg-block3.npz").is_file()
+
+    ev = run_json(capsys, "evaluate", "--head-file", head_file)
+    assert set(ev) >= {"top1", "top5", "mean_per_class_recall"} and ev["n"] == 6 and ev["top5"] == 1.0
+    assert ev["top1"] == pytest.approx(by_head["logreg"]["test_acc"])
+
+    images = sorted(str(p) for p in (data / "class1").glob("*.png"))[:2]
+    pred = run_json(capsys, "predict", "--head-file", head_file, *images, "--top-k", "2")
+    assert [p["image"] for p in pred["predictions"]] == images
+    assert all(len(p["top"]) == 2 and p["top"][0][0] in {"class0", "class1", "class2"} for p in pred["predictions"])
+    code, out, _ = run(capsys, "predict", "--head-file", head_file, images[0])
+    assert code == 0 and out.startswith(images[0] + ": ")
+
+    info = run_json(capsys, "info", "--cache", cache)
+    assert set(info["layers"]) == {"pooled", "block3"} and info["failed"] == 0 and info["classes"] == 3
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, tiny_timm_weights: str, tiny_clip_weights: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_image_folder(tmp_path / "shapes", classes=2, per_class=6)
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    cache_dir = str(tmp_path / "c")
+    cases = [
+        (["extract", "--data", str(tmp_path / "missing")], "not found"),
+        (["extract", "--data", str(tmp_path / "empty")], "no images"),
+        (["extract", "--data", str(data), "--backbone", "resnet50"], "unknown backbone"),
+        (["extract", "--data", str(data), "--backbone", TINY_TIMM, "--weights", str(tmp_path / "w.pth")],
+         "weights file not found"),
+        (["extract", "--data", str(data), "--backbone", TINY_TIMM, "--weights", tiny_timm_weights,
+          "--layers", "block99"], "has no layer block99"),
+        (["train", "--cache", str(tmp_path)], "not an embedpipe cache"),
+        (["evaluate", "--head-file", str(tmp_path / "nope.npz")], "head file not found"),
+    ]
+    for argv, message in cases:
+        code, out, err = run(capsys, *argv, "--cache-dir", cache_dir) if argv[0] == "extract" else run(capsys, *argv)
+        assert code == 1, argv
+        assert err.count("\n") == 1 and err.startswith("embedpipe: error:") and message in err, (argv, err)
+        assert "Traceback" not in err
+
+    timm_cache = run_json(capsys, "extract", "--data", str(data), "--backbone", TINY_TIMM, "--weights",
+                          tiny_timm_weights, "--cache-dir", cache_dir, "--workers", "0")["path"]
+    clip_cache = run_json(capsys, "extract", "--data", str(data), "--backbone", TINY_CLIP, "--weights",
+                          tiny_clip_weights, "--cache-dir", cache_dir, "--workers", "0")["path"]
+    code, _, err = run(capsys, "train", "--cache", timm_cache, "--head", "nosuchhead")
+    assert code == 1 and "unknown head 'nosuchhead'" in err
+    code, _, err = run(capsys, "train", "--cache", timm_cache, "--param", "bogus=1")
+    assert code == 1 and "has no parameter bogus" in err
+    head = run_json(capsys, "train", "--cache", timm_cache, "--head", "logreg")["results"][0]["path"]
+    code, _, err = run(capsys, "evaluate", "--head-file", head, "--cache", clip_cache)
+    assert code == 1 and "cache/head mismatch" in err and err.count("\n") == 1
+
+
+def test_every_verb_has_help_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(verbs) == {"list", "extract", "info", "train", "evaluate", "predict", "bench"}
+    for name, sub in verbs.items():
+        text = sub.format_help()
+        assert "--json" in text, name
+    code, out, _ = run(capsys, "list", "heads")
+    assert code == 0 and "logreg" in out and "lgbm" in out and "mlp" in out
+    assert set(run_json(capsys, "list", "backbones")["backbones"]) == {"effnet-lite0", "timm", "open_clip"}
+
+
+def test_console_script_runs_in_a_subprocess(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "embedpipe", "list", "datasets", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"datasets": {"digits": "built-in"}}
+    bad = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("embedpipe: error:") and "Traceback" not in bad.stderr
