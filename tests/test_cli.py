@@ -78,7 +78,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_timm_weights: str, tiny_cl
         (["evaluate", "--head-file", str(tmp_path / "nope.npz")], "head file not found"),
     ]
     for argv, message in cases:
-        code, out, err = run(capsys, *argv, "--cache-dir", cache_dir) if argv[0] == "extract" else run(capsys, *argv)
+        code, _, err = run(capsys, *argv, "--cache-dir", cache_dir) if argv[0] == "extract" else run(capsys, *argv)
         assert code == 1, argv
         assert err.count("\n") == 1 and err.startswith("embedpipe: error:") and message in err, (argv, err)
         assert "Traceback" not in err
