@@ -63,8 +63,9 @@ class MLPHead(Head):
         net = build_mlp(X.shape[1], self.hidden, self.n_layers, len(self.classes_), self.dropout).to(dev)
         steps_per_epoch = max(1, -(-len(Xt) // self.batch_size))
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.lr, total_steps=self.epochs * steps_per_epoch, pct_start=0.1,
+        total_steps = self.epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.OneCycleLR(  # it divides by zero when pct_start * total_steps == 1
+            opt, max_lr=self.lr, total_steps=total_steps, pct_start=0.1 if total_steps != 10 else 0.2,
             anneal_strategy="cos")
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         Xv = yv = None

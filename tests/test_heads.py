@@ -1,0 +1,457 @@
+"""Heads: scikit-learn's rules, the logreg objective, learning with many classes, and safe save/load.
+
+Everything uses real components on small synthetic data, so the file runs on CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from embedpipe.errors import EmbedpipeError
+from embedpipe.heads import (
+    DESCRIPTIONS,
+    HEADS,
+    create_head,
+    list_heads,
+    load_head,
+    register_head,
+    save_head,
+)
+from embedpipe.heads.logreg import LogRegHead
+from embedpipe.registry import Registry
+
+# Small settings per head for the tests that fit many times (the defaults are what users get).
+SMALL: dict[str, dict[str, Any]] = {
+    "logreg": {"Cs": (0.01, 0.1, 1.0, 10.0)},
+    "mlp": {"hidden": 32, "epochs": 5, "batch_size": 32},
+    "lgbm": {"n_estimators": 30, "pca_dims": 4, "min_child_samples": 5},
+}
+
+
+def blobs(
+    n_classes: int,
+    per_class: int,
+    dim: int,
+    spread: float,
+    seed: int = 0,
+    means: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian blobs around random class means -> (X float32, y int, means)."""
+    rng = np.random.default_rng(seed)
+    if means is None:
+        means = rng.normal(size=(n_classes, dim)).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = means[y] + spread * rng.normal(size=(len(y), dim)).astype(np.float32)
+    return X.astype(np.float32), y, means
+
+
+# -- 1. scikit-learn's estimator checks over every registered head ------------------------------
+
+
+def test_every_head_is_checked() -> None:
+    assert {"logreg", "mlp", "lgbm"} <= set(list_heads())
+    assert {"lgbm", "logreg"} <= set(list_heads("l*")) and "mlp" not in list_heads("l*")
+    assert set(DESCRIPTIONS) == set(list_heads())
+
+
+@parametrize_with_checks([create_head(name) for name in list_heads()])
+def test_sklearn_estimator_checks(estimator: Any, check: Any) -> None:
+    check(estimator)
+
+
+def test_eval_set_is_validated_like_X() -> None:
+    X, y, _ = blobs(3, 10, 5, 0.5)
+    head = create_head("logreg")
+    with pytest.raises(ValueError, match="features"):
+        head.fit(X, y, eval_set=(X[:, :4], y))
+    with pytest.raises(ValueError):
+        head.fit(X, y, eval_set=(X, y[:-1]))
+
+
+@pytest.mark.parametrize("epochs, batch_size", [(1, 256), (5, 16), (10, 256), (12, 256)])
+def test_mlp_fits_with_any_schedule_length(epochs: int, batch_size: int) -> None:
+    # 10 total steps once made OneCycleLR divide by zero (pct_start * total_steps == 1)
+    X, y, _ = blobs(2, 10, 4, 0.5)
+    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size).fit(X, y)
+    assert head.n_epochs_ == epochs
+
+
+# -- 2. logreg solves scikit-learn's objective --------------------------------------------------
+
+
+def logreg_objective(
+    coef: np.ndarray, intercept: np.ndarray, X: np.ndarray, y: np.ndarray, C: float
+) -> float:
+    """mean cross-entropy + ||W||^2 / (2 C n), in float64; coef is (k, d) as in scikit-learn."""
+    z = X.astype(np.float64) @ coef.astype(np.float64).T + intercept.astype(np.float64)
+    zmax = z.max(axis=1, keepdims=True)
+    lse = (zmax + np.log(np.exp(z - zmax).sum(axis=1, keepdims=True)))[:, 0]
+    ce = float(np.mean(lse - z[np.arange(len(y)), y]))
+    return ce + float((coef.astype(np.float64) ** 2).sum()) / (2 * C * len(y))
+
+
+def test_logreg_matches_sklearn_objective() -> None:
+    # >2 classes: scikit-learn >= 1.5 fits binary problems with a single logit
+    X, y = make_classification(
+        n_samples=300,
+        n_features=20,
+        n_informative=10,
+        n_classes=4,
+        n_clusters_per_class=1,
+        random_state=0,
+    )
+    C = 0.5
+    ours = create_head("logreg", C=C, standardize=False, tol=1e-6, max_iter=2000).fit(X, y)
+    ref = LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(X, y)
+    assert ref.coef_.shape == ours.coef_.shape == (4, 20)
+    f_ours = logreg_objective(ours.coef_, ours.intercept_, X, y, C)
+    f_ref = logreg_objective(ref.coef_, ref.intercept_, X, y, C)
+    assert f_ours == pytest.approx(f_ref, rel=1e-4)
+    assert f_ours >= f_ref - 1e-6 * abs(f_ref)  # scikit-learn at tol 1e-8 is the (near-)optimum
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-3)
+    assert ours.C_ == C and ours.n_iter_ >= 1
+
+
+# -- 3. logreg regularisation sweep -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_logreg_sweep_picks_best_validation_C(refit: bool) -> None:
+    X, y = make_classification(
+        n_samples=400, n_features=20, n_informative=6, n_classes=4, flip_y=0.1, random_state=1
+    )
+    Xtr, ytr, Xv, yv = X[:300], y[:300], X[300:], y[300:]
+    Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    head = create_head("logreg", Cs=Cs, refit=refit).fit(Xtr, ytr, eval_set=(Xv, yv))
+    assert head.C_ in Cs
+    assert set(head.val_scores_) == {repr(c) for c in Cs}
+    assert head.best_val_score_ == max(head.val_scores_.values())
+    assert head.val_scores_[repr(head.C_)] == head.best_val_score_
+    assert len(set(head.val_scores_.values())) > 1  # the sweep really varies the fit
+    if not refit:  # the kept model is the one that scored best_val_score_ on the validation rows
+        assert head.score(Xv, yv) == pytest.approx(head.best_val_score_, abs=0.02)
+
+
+def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:
+    X, y, _ = blobs(3, 20, 6, 0.5)
+    fixed = create_head("logreg", C=0.3).fit(X, y, eval_set=(X, y))
+    assert fixed.C_ == 0.3 and fixed.val_scores_ == {} and fixed.best_val_score_ is None
+    default = create_head("logreg").fit(X, y)
+    assert default.C_ == 1.0 and default.val_scores_ == {}
+
+
+# -- 4. each head learns, including with far more classes than a backbone's source --------------
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("logreg", {"C": 1.0}),
+        ("mlp", {"hidden": 256, "epochs": 15}),
+    ],
+)
+def test_head_learns_2000_classes(name: str, params: dict[str, Any]) -> None:
+    k = 2000
+    Xtr, ytr, means = blobs(k, 3, 64, 0.6, seed=0)
+    Xte, yte, _ = blobs(k, 2, 64, 0.6, seed=1, means=means)
+    head = create_head(name, **params).fit(Xtr, ytr)
+    assert head.n_classes_ == k and head.predict_proba(Xte[:5]).shape == (5, k)
+    assert head.score(Xtr, ytr) >= 0.99
+    assert head.score(Xte, yte) >= 0.95
+
+
+def test_lgbm_learns_20_classes() -> None:
+    Xtr, ytr, means = blobs(20, 30, 16, 0.4, seed=0)
+    Xte, yte, _ = blobs(20, 10, 16, 0.4, seed=1, means=means)
+    Xv, yv, _ = blobs(20, 5, 16, 0.4, seed=2, means=means)
+    head = create_head("lgbm", n_estimators=100).fit(Xtr, ytr, eval_set=(Xv, yv))
+    assert 1 <= head.best_iteration_ <= 100
+    assert head.score(Xtr, ytr) >= 0.95
+    assert head.score(Xte, yte) >= 0.9
+
+
+# -- 5. save/load round trip --------------------------------------------------------------------
+
+LEARNED_SCALARS = (
+    "C_",
+    "val_scores_",
+    "best_val_score_",
+    "n_iter_",
+    "n_epochs_",
+    "best_iteration_",
+)
+
+
+@pytest.mark.parametrize(
+    "labels", [np.array(["cat", "dog", "eel"]), np.array([3, 7])], ids=["str3", "int2"]
+)
+@pytest.mark.parametrize("name", list_heads())
+def test_save_load_round_trip(tmp_path: Path, name: str, labels: np.ndarray) -> None:
+    X, y_idx, means = blobs(len(labels), 30, 8, 1.0, seed=0)
+    Xv, yv_idx, _ = blobs(len(labels), 10, 8, 1.0, seed=1, means=means)
+    y, yv = labels[y_idx], labels[yv_idx]
+    head = create_head(name, **SMALL.get(name, {})).fit(X, y, eval_set=(Xv, yv))
+    info = {
+        "cache_key": "abc123",
+        "backbone": {"spec": "effnet-lite0", "fingerprint": "f00"},
+        "layer": "pooled",
+        "label_names": [str(c) for c in labels],
+    }
+    path = save_head(tmp_path / "sub" / "head.npz", head, info=info)
+    assert [p.name for p in path.parent.iterdir()] == ["head.npz"]  # written, no temp file left
+
+    loaded, loaded_info = load_head(path)
+    assert type(loaded) is type(head)
+    assert loaded_info == info
+    assert loaded.get_params() == head.get_params()
+    assert loaded.n_features_in_ == head.n_features_in_ == 8
+    assert loaded.classes_.dtype == head.classes_.dtype
+    np.testing.assert_array_equal(loaded.classes_, labels)
+    for attr in LEARNED_SCALARS:
+        if hasattr(head, attr):
+            assert getattr(loaded, attr) == getattr(head, attr), attr
+    Xq = np.concatenate([X[:7], Xv[:7]])
+    np.testing.assert_array_equal(loaded.predict(Xq), head.predict(Xq))
+    np.testing.assert_array_equal(loaded.predict_proba(Xq), head.predict_proba(Xq))
+    assert loaded.predict(Xq).dtype == labels.dtype
+
+
+def test_save_without_info_loads_empty_info(tmp_path: Path) -> None:
+    X, y, _ = blobs(3, 10, 4, 0.5)
+    _, info = load_head(save_head(tmp_path / "h.npz", create_head("logreg").fit(X, y)))
+    assert info == {}
+
+
+# -- 6. a crafted head file cannot run code -----------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates ``marker`` (it reduces to ``open(marker, "w")``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+def _object_array(marker: Path) -> np.ndarray:
+    arr = np.empty(1, dtype=object)
+    arr[0] = _Payload(marker)
+    return arr
+
+
+@pytest.fixture(scope="module")
+def valid_entries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    X, y, _ = blobs(3, 10, 4, 0.5)
+    path = save_head(
+        tmp_path_factory.mktemp("valid") / "h.npz", create_head("logreg", C=1.0).fit(X, y)
+    )
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _doc(entries: dict[str, np.ndarray]) -> dict[str, Any]:
+    return json.loads(entries["__embedpipe__"].tobytes().decode())
+
+
+def _write(path: Path, entries: dict[str, np.ndarray], doc: dict[str, Any] | None = None) -> Path:
+    entries = dict(entries)
+    if doc is not None:
+        entries["__embedpipe__"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    np.savez(path, **entries)
+    return path
+
+
+def test_payload_is_live(tmp_path: Path) -> None:
+    """Control: the payload used below really runs when something unpickles it."""
+    marker = tmp_path / "control-ran"
+    np.savez(tmp_path / "p.npz", x=_object_array(marker))
+    with np.load(tmp_path / "p.npz", allow_pickle=True) as z:
+        z["x"][0].close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("key", ["__embedpipe__", "classes", "a/coef_", "extra"])
+def test_pickled_object_array_is_refused_unexecuted(
+    tmp_path: Path, valid_entries: dict[str, np.ndarray], key: str
+) -> None:
+    marker = tmp_path / "payload-ran"
+    path = _write(tmp_path / "evil.npz", {**valid_entries, key: _object_array(marker)})
+    with pytest.raises(EmbedpipeError):
+        load_head(path)
+    assert not marker.exists()
+
+
+def test_raw_pickle_and_object_npy_are_refused_unexecuted(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    raw = tmp_path / "raw.npz"
+    raw.write_bytes(pickle.dumps(_Payload(marker)))
+    npy = tmp_path / "obj.npy"
+    np.save(npy, _object_array(marker))
+    for path in (raw, npy):
+        with pytest.raises(EmbedpipeError):
+            load_head(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "head_name", ["os.system", "builtins.eval", "__import__", "LogRegHead", 123]
+)
+def test_unregistered_head_name_is_refused(
+    tmp_path: Path, valid_entries: dict[str, np.ndarray], head_name: Any
+) -> None:
+    doc = {**_doc(valid_entries), "head": head_name}
+    with pytest.raises(EmbedpipeError, match="unknown head"):
+        load_head(_write(tmp_path / "h.npz", valid_entries, doc))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"evil": 1},
+        {"__class__": "os.system"},
+        {"C": {"__reduce__": "os.system"}},
+        {"Cs": [{"a": 1}]},
+        {"Cs": [[1.0]]},
+    ],
+    ids=["unknown", "dunder", "dict-value", "list-of-dicts", "nested-list"],
+)
+def test_bad_params_are_refused(
+    tmp_path: Path, valid_entries: dict[str, np.ndarray], params: dict[str, Any]
+) -> None:
+    doc = _doc(valid_entries)
+    doc["params"] = {**doc["params"], **params}
+    with pytest.raises(EmbedpipeError, match="parameters"):
+        load_head(_write(tmp_path / "h.npz", valid_entries, doc))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "params-not-dict",
+        "state-not-dict",
+        "info-not-dict",
+        "no-n_features_in",
+        "n_features_in-str",
+        "no-classes",
+        "classes-2d",
+        "no-coef",
+        "no-doc",
+        "doc-not-json",
+        "doc-list",
+        "wrong-format",
+        "wrong-version",
+    ],
+)
+def test_damaged_head_file_is_refused(
+    tmp_path: Path, valid_entries: dict[str, np.ndarray], damage: str
+) -> None:
+    entries, doc = dict(valid_entries), _doc(valid_entries)
+    if damage.endswith("-not-dict"):
+        doc[damage.split("-")[0]] = [1, 2]
+    elif damage == "no-n_features_in":
+        del doc["n_features_in"]
+    elif damage == "n_features_in-str":
+        doc["n_features_in"] = "4"
+    elif damage == "no-classes":
+        del entries["classes"]
+    elif damage == "classes-2d":
+        entries["classes"] = np.zeros((3, 2))
+    elif damage == "no-coef":
+        del entries["a/coef_"]
+    elif damage == "no-doc":
+        del entries["__embedpipe__"]
+    elif damage == "doc-not-json":
+        entries["__embedpipe__"] = np.frombuffer(b"{not json", dtype=np.uint8)
+    elif damage == "doc-list":
+        entries["__embedpipe__"] = np.frombuffer(b"[1, 2]", dtype=np.uint8)
+    elif damage == "wrong-format":
+        doc["format"] = "something-else"
+    elif damage == "wrong-version":
+        doc["version"] = 999
+    rewrite_doc = "__embedpipe__" in entries and not damage.startswith("doc-")
+    path = _write(tmp_path / "h.npz", entries, doc if rewrite_doc else None)
+    with pytest.raises(EmbedpipeError):
+        load_head(path)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "npy", "plain-zip", "directory"])
+def test_non_head_file_is_refused(
+    tmp_path: Path, valid_entries: dict[str, np.ndarray], kind: str
+) -> None:
+    path = tmp_path / "h.npz"
+    if kind == "garbage":
+        path.write_bytes(b"definitely not a head file" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        _write(tmp_path / "good.npz", valid_entries)
+        path.write_bytes((tmp_path / "good.npz").read_bytes()[:300])
+    elif kind == "npy":
+        path = tmp_path / "h.npy"
+        np.save(path, np.arange(10))
+    elif kind == "plain-zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("readme.txt", "hello")
+    elif kind == "directory":
+        path.mkdir()
+    with pytest.raises(EmbedpipeError):
+        load_head(path)
+
+
+def test_missing_head_file(tmp_path: Path) -> None:
+    with pytest.raises(EmbedpipeError, match="not found"):
+        load_head(tmp_path / "nope.npz")
+
+
+# -- 7. create_head errors ----------------------------------------------------------------------
+
+
+def test_unknown_head_name_lists_close_matches() -> None:
+    with pytest.raises(EmbedpipeError, match="did you mean logreg"):
+        create_head("logre")
+    with pytest.raises(EmbedpipeError, match=r"known: .*logreg"):
+        create_head("zzzzzz")
+
+
+def test_unknown_head_parameter_is_named() -> None:
+    with pytest.raises(EmbedpipeError, match="hiden") as err:
+        create_head("mlp", hiden=64)
+    assert "hidden" in str(err.value)  # and it lists what the head does take
+
+
+# -- 8. registry --------------------------------------------------------------------------------
+
+
+def test_duplicate_registration_raises() -> None:
+    before = dict(DESCRIPTIONS)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_head(LogRegHead, "an impostor")
+    with pytest.raises(ValueError, match="registered twice"):
+        HEADS.register("mlp")(LogRegHead)
+    assert before == DESCRIPTIONS
+    assert HEADS.get("logreg") is LogRegHead and HEADS.get("mlp").__name__ == "MLPHead"
+
+
+def test_registry_pattern() -> None:
+    reg: Registry[int] = Registry("widget")
+    reg.register("alpha")(lambda: 1)
+    reg.register("alphabet")(lambda: 2)
+    with pytest.raises(ValueError, match="widget 'alpha' is registered twice"):
+        reg.register("alpha")(lambda: 3)
+    assert (
+        reg.create("alpha") == 1 and reg.names("alpha*") == ["alpha", "alphabet"] and "alpha" in reg
+    )
+    with pytest.raises(EmbedpipeError, match="unknown widget 'alpah'; did you mean alpha"):
+        reg.get("alpah")
