@@ -94,13 +94,27 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .bench import format_table
-    from .train import train_heads
+    from .train import few_shot, train_heads
 
     heads = _csv(args.head)
+    if args.shots is not None:
+        seeds = [int(s) for s in _csv(args.seeds)]
+        res = few_shot(args.cache, heads, shots=args.shots, seeds=seeds, layer=args.layer,
+                       params=parse_params(args.param, heads))
+        rows = [{"head": r["head"], "layer": r["layer"], "shots": r["shots"], "seeds": r["seeds"],
+                 "val_acc": _pm(r["val_acc_mean"], r["val_acc_std"]),
+                 "test_acc": _pm(r["test_acc_mean"], r["test_acc_std"]),
+                 "fit_s": r["fit_s_mean"], "n_train": r["n_train"]} for r in res["summary"]]
+        _emit(args, res, format_table(rows))
+        return
     results = train_heads(args.cache, heads, layer=args.layer, params=parse_params(args.param, heads), out=args.out)
     rows = [r.to_dict() for r in results]
     table = format_table(rows, ["head", "layer", "val_acc", "test_acc", "fit_s", "n_train", "n_classes", "path"])
     _emit(args, {"results": rows}, table)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -189,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head hyperparameter, repeatable; head.key=value to target one of several heads")
     p.add_argument("--out", help="head file (one head) or folder (several); default <cache>/heads/")
+    p.add_argument("--shots", type=int, help="few-shot: K training images per class per seed (heads not saved)")
+    p.add_argument("--seeds", default="0,1,2", help="few-shot seeds, comma-separated (default 0,1,2)")
     p.set_defaults(func=cmd_train)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")

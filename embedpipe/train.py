@@ -170,3 +170,52 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
     if not len(X):
         raise EmbedpipeError(f"split {split!r} of cache {cache.path} is empty")
     return {"head": head.name, "layer": layer, "split": split, "cache": str(cache.path), **metrics(head, X, y)}
+
+
+def sample_shots(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Indices of ``shots`` training rows per class (all of a class's rows when it has fewer),
+    drawn with ``seed``; sorted, so the same (y, shots, seed) always gives the same sample."""
+    if shots < 1:
+        raise EmbedpipeError(f"--shots must be at least 1, got {shots}")
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(y == c))[:shots] for c in np.unique(y)]
+    return np.sort(np.concatenate(picked))
+
+
+def few_shot(
+    cache: str | Path | Cache,
+    heads: list[str] | str = "logreg",
+    *,
+    shots: int,
+    seeds: list[int] | tuple[int, ...] = (0, 1, 2),
+    layer: str = "pooled",
+    params: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """K-shot evaluation as in CLIP_benchmark / ELEVATER: per seed, sample ``shots`` training images per
+    class, fit every head (val still selects), score on test; report mean and std over seeds. The sampled
+    ids of every seed are returned so that a run can be reproduced or audited."""
+    cache = as_cache(cache)
+    names = heads.split(",") if isinstance(heads, str) else list(heads)
+    data = load_splits(cache, layer)
+    Xtr, ytr = data["train"]
+    train_ids = cache.load_ids("train")
+    runs, samples = [], {}
+    for seed in seeds:
+        idx = sample_shots(ytr, shots, seed)
+        samples[str(seed)] = train_ids[idx].tolist()
+        subset = {**data, "train": (Xtr[idx], ytr[idx])}
+        for name in names:
+            r = fit_head(subset, name, layer, (params or {}).get(name))
+            runs.append({"head": name, "seed": seed, "val_acc": r.val_acc, "test_acc": r.test_acc,
+                         "fit_s": r.fit_s, "n_train": r.n_train})
+    summary = []
+    for name in names:
+        mine = [r for r in runs if r["head"] == name]
+        row: dict[str, Any] = {"head": name, "layer": layer, "shots": shots, "seeds": len(mine)}
+        for key in ("val_acc", "test_acc", "fit_s"):
+            vals = np.array([r[key] for r in mine if r[key] is not None], dtype=float)
+            row[f"{key}_mean"] = float(vals.mean()) if len(vals) else None
+            row[f"{key}_std"] = float(vals.std()) if len(vals) else None
+        row["n_train"] = mine[0]["n_train"]
+        summary.append(row)
+    return {"summary": summary, "runs": runs, "samples": samples}

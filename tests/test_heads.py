@@ -158,6 +158,8 @@ def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:
     [
         ("logreg", {"C": 1.0}),
         ("mlp", {"hidden": 256, "epochs": 15}),
+        ("knn", {}),
+        ("ncm", {}),
     ],
 )
 def test_head_learns_2000_classes(name: str, params: dict[str, Any]) -> None:
@@ -178,6 +180,41 @@ def test_lgbm_learns_20_classes() -> None:
     assert 1 <= head.best_iteration_ <= 100
     assert head.score(Xtr, ytr) >= 0.95
     assert head.score(Xte, yte) >= 0.9
+
+
+def test_knn_is_dino_weighted_vote() -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 4, 60)
+    Q = rng.normal(size=(7, 8)).astype(np.float32)
+    head = create_head("knn", n_neighbors=5, temperature=0.1, batch_size=3).fit(X, y)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    sims = Qn @ Xn.T
+    expected = np.zeros((7, 4))
+    for i in range(7):
+        top = np.argsort(-sims[i])[:5]
+        for j in top:
+            expected[i, y[j]] += np.exp(sims[i, j] / 0.1)
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(head.predict_proba(Q), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ncm_predicts_nearest_centred_class_mean() -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(90, 6)).astype(np.float32), np.repeat(np.arange(3), 30)
+    Q = rng.normal(size=(20, 6)).astype(np.float32)
+    head = create_head("ncm").fit(X, y)
+    mean = X.mean(0)
+    norm = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
+    centroids = norm(np.stack([norm(X[y == c] - mean).mean(0) for c in range(3)]))
+    np.testing.assert_array_equal(head.predict(Q), np.argmax(norm(Q - mean) @ centroids.T, axis=1))
+
+
+def test_lgbm_warns_with_a_time_estimate() -> None:
+    Xtr, ytr, _ = blobs(5, 20, 8, 0.4, seed=0)
+    with pytest.warns(UserWarning, match=r"lgbm: about .*s for up to 50 rounds x 5 classes.*Faster"):
+        head = create_head("lgbm", n_estimators=50, warn_after_s=0.0).fit(Xtr, ytr)
+    assert head.estimated_fit_s_ > 0
 
 
 # -- 5. save/load round trip --------------------------------------------------------------------

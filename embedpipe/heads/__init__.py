@@ -11,6 +11,7 @@ from .io import load_head, save_head
 from .lgbm import LGBMHead
 from .logreg import LogRegHead
 from .mlp import MLPHead
+from .neighbors import KNNHead, NCMHead
 
 HEADS: Registry[Head] = Registry("head")
 DESCRIPTIONS: dict[str, str] = {}
@@ -25,6 +26,8 @@ def register_head(cls: type[Head], description: str) -> type[Head]:
 register_head(LogRegHead, "multinomial L2 logistic regression, torch L-BFGS, C swept on val")
 register_head(LGBMHead, "LightGBM on PCA-reduced embeddings, early stopping on val")
 register_head(MLPHead, "1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
+register_head(KNNHead, "cosine k-nearest neighbours, temperature-weighted votes (DINO)")
+register_head(NCMHead, "nearest class mean (cosine, centred), the few-shot baseline")
 
 
 def create_head(name: str, **params: Any) -> Head:

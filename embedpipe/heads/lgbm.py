@@ -7,6 +7,8 @@ bins, and stops early on the validation split. The model is kept as LightGBM's o
 
 from __future__ import annotations
 
+import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,7 @@ class LGBMHead(Head):
         early_stopping_rounds: int = 20,
         n_jobs: int = 0,
         random_state: int = 0,
+        warn_after_s: float = 60.0,
     ) -> None:
         self.pca_dims = pca_dims  # project onto this many principal components first; 0 = raw features
         self.n_estimators = n_estimators  # maximum boosting rounds (one tree per class per round)
@@ -56,6 +59,7 @@ class LGBMHead(Head):
         self.early_stopping_rounds = early_stopping_rounds  # rounds without validation gain before stopping
         self.n_jobs = n_jobs  # threads; 0 = all cores
         self.random_state = random_state  # seed
+        self.warn_after_s = warn_after_s  # warn when the projected fit time exceeds this
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         return X if self.components_ is None else (X - self.pca_mean_) @ self.components_.T
@@ -83,13 +87,34 @@ class LGBMHead(Head):
             "verbosity": -1,
         }
         train = lgb.Dataset(self._project(X), y, params={"max_bin": self.max_bin, "verbosity": -1})
-        valid, callbacks = [], []
+        valid, callbacks = [], [self._time_estimate(n_classes)]
         if X_val is not None and self.early_stopping_rounds:
             valid = [lgb.Dataset(self._project(X_val), y_val, reference=train)]
-            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
         booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid, callbacks=callbacks)
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.booster_ = booster
+
+    def _time_estimate(self, n_classes: int) -> Any:
+        """A callback that times the first rounds (one tree per class each) and, when the projected
+        total is over ``warn_after_s``, warns with the estimate and what would make it cheaper."""
+        start = time.perf_counter()
+        probe_rounds = 3
+
+        def callback(env: Any) -> None:
+            if env.iteration + 1 != probe_rounds:
+                return
+            per_round = (time.perf_counter() - start) / probe_rounds
+            projected = per_round * self.n_estimators
+            self.estimated_fit_s_ = projected
+            if projected > self.warn_after_s:
+                warnings.warn(
+                    f"lgbm: about {projected:.0f}s for up to {self.n_estimators} rounds x {n_classes} classes "
+                    f"({per_round:.2f}s per round); early stopping may cut it. Faster: fewer pca_dims "
+                    f"(now {self.pca_dims}), fewer n_estimators, a higher learning_rate, or the logreg head.",
+                    UserWarning, stacklevel=2)
+
+        return callback
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
         p = self.booster_.predict(self._project(X), num_iteration=self.best_iteration_)

@@ -1,0 +1,79 @@
+"""Non-parametric heads on L2-normalised embeddings.
+
+``knn``: cosine k-nearest neighbours with temperature-weighted votes, as in DINO's evaluation
+(weight = exp(similarity / T), summed per class). ``ncm``: nearest class mean (cosine), the few-shot
+baseline; with ``center=True`` features are centred on the training mean before normalising
+(SimpleShot's CL2N), which usually helps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Head, State, softmax_np
+from .torch_utils import as_tensor, device_for
+
+
+def l2_normalize(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+class KNNHead(Head):
+    name = "knn"
+
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024,
+                 device: str = "auto") -> None:
+        self.n_neighbors = n_neighbors  # neighbours that vote (DINO uses 20)
+        self.temperature = temperature  # vote weight exp(cos / T); DINO uses 0.07
+        self.batch_size = batch_size  # queries per similarity block
+        self.device = device  # auto = CUDA when present
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        self.X_ = l2_normalize(X).astype(np.float32)
+        self.y_ = y.astype(np.int64)
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        dev = device_for(self.device)
+        bank, labels = as_tensor(self.X_, dev), torch.from_numpy(self.y_).to(dev)
+        k = min(self.n_neighbors, len(self.X_))
+        out = np.empty((len(X), len(self.classes_)), np.float32)
+        for start in range(0, len(X), self.batch_size):
+            q = as_tensor(l2_normalize(X[start : start + self.batch_size]), dev)
+            sims, idx = (q @ bank.T).topk(k, dim=1)
+            weights = torch.exp((sims - sims[:, :1]) / self.temperature)  # shifted: same ratios, no overflow
+            votes = torch.zeros(len(q), len(self.classes_), device=dev).scatter_add_(1, labels[idx], weights)
+            out[start : start + len(q)] = (votes / votes.sum(1, keepdim=True)).cpu().numpy()
+        return out
+
+    def _get_state(self) -> State:
+        return {}, {"X_": self.X_, "y_": self.y_}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.X_, self.y_ = arrays["X_"].astype(np.float32), arrays["y_"].astype(np.int64)
+
+
+class NCMHead(Head):
+    name = "ncm"
+
+    def __init__(self, center: bool = True, temperature: float = 0.05) -> None:
+        self.center = center  # subtract the training mean before normalising (CL2N)
+        self.temperature = temperature  # softmax temperature over cosine similarities (probabilities only)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        self.mean_ = X.mean(axis=0).astype(np.float32) if self.center else np.zeros(X.shape[1], np.float32)
+        Z = l2_normalize(X - self.mean_)
+        sums = np.zeros((len(self.classes_), X.shape[1]), np.float64)
+        np.add.at(sums, y, Z)
+        self.centroids_ = l2_normalize(sums / np.bincount(y)[:, None]).astype(np.float32)
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax_np(l2_normalize(X - self.mean_) @ self.centroids_.T / self.temperature)
+
+    def _get_state(self) -> State:
+        return {}, {"mean_": self.mean_, "centroids_": self.centroids_}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.mean_, self.centroids_ = arrays["mean_"], arrays["centroids_"]
