@@ -3,14 +3,14 @@ train on the cached embeddings in seconds."""
 
 __version__ = "0.1.0"
 
-from .backbones import BackboneConfig, create_backbone, list_backbones  # noqa: E402
-from .bench import benchmark  # noqa: E402
-from .cache import Cache, open_cache  # noqa: E402
-from .errors import EmbedpipeError  # noqa: E402
-from .extract import ExtractConfig, extract  # noqa: E402
-from .heads import create_head, list_heads  # noqa: E402
-from .predict import predict  # noqa: E402
-from .train import evaluate, train, train_heads  # noqa: E402
+from .backbones import BackboneConfig, create_backbone, list_backbones
+from .bench import benchmark
+from .cache import Cache, open_cache
+from .errors import EmbedpipeError
+from .extract import ExtractConfig, extract
+from .heads import create_head, list_heads
+from .predict import predict
+from .train import evaluate, train, train_heads
 
 __all__ = [
     "BackboneConfig",

@@ -19,7 +19,7 @@ def benchmark(
     datasets: Sequence[str] = ("digits",),
     backbones: Sequence[str] = (DEFAULT_BACKBONE,),
     layers: Sequence[str] = ("pooled",),
-    heads: Sequence[str] = ("logreg", "lgbm", "mlp"),
+    heads: Sequence[str] = ("logreg", "lgbm", "mlp", "knn", "ncm"),
     *,
     cache_dir: str | Path = "cache",
     progress: bool = True,

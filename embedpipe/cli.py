@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("bench", "extract (or reuse) and train every head on every layer; prints a table")
     p.add_argument("--data", default="digits", help="dataset(s), comma-separated (default digits)")
-    p.add_argument("--heads", default="logreg,lgbm,mlp", help="heads, comma-separated")
+    p.add_argument("--heads", default="logreg,lgbm,mlp,knn,ncm", help="heads, comma-separated")
     _add_extract_flags(p, bench=True)
     p.set_defaults(func=cmd_bench)
     return parser
