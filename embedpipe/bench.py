@@ -42,7 +42,7 @@ def benchmark(
                         "fit_s": round(result.fit_s, 3),
                         "n_train": result.n_train,
                         "classes": result.n_classes,
-                        "extract_img_s": round(stats.images_per_s, 1),
+                        "extract_img_s": round(stats.images_per_s, 1) if stats.embedded else None,
                     })
     return rows
 
