@@ -1,0 +1,164 @@
+"""Head training speed and accuracy against the plain library baselines, in one run.
+
+    .venv/bin/python benchmarks/heads.py                       # everything (about 15-25 min on 2 cores)
+    .venv/bin/python benchmarks/heads.py --only logreg --quick # one section, smaller sizes
+
+Sections (each row: the task, the method, fit seconds, test accuracy, and the ratio to the baseline):
+- logreg: embedpipe's torch L-BFGS sweep (9 C values, warm-started, refit on train+val) vs the same
+  sweep with scikit-learn LogisticRegression(lbfgs), on the same standardised features. Goal: >= 5x
+  faster, test accuracy within 0.5 points of scikit-learn's at its best C.
+- lgbm: embedpipe's lgbm head (PCA 64, 63 bins, early stopping) vs LGBMClassifier() defaults on
+  100 classes x 10k samples x 1280 dims. Goal: <= 60 s, accuracy within 2 points of the defaults.
+- mlp: 50k x 1280 x 100 classes, 10 epochs. Goal: <= 30 s.
+Data: synthetic Gaussian class clusters on a low-rank subspace (embedding-like), and the cached
+effnet-lite0 features of `digits` when that cache exists (run `make demo` first).
+Writes benchmarks/results/heads.csv and heads.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 64, noise: float = 1.0):  # type: ignore[no-untyped-def]
+    """Class means on a rank-``rank`` subspace plus isotropic noise; split 70/15/15 stratified."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(rank, d)) / np.sqrt(rank)
+    means = rng.normal(size=(k, rank)) * 1.6
+    y = np.arange(n) % k
+    X = (means[y] + rng.normal(size=(n, rank)) * noise) @ basis + rng.normal(size=(n, d)) * 0.3
+    order = rng.permutation(n)
+    X, y = X[order].astype(np.float32), y[order]
+    a, b = int(0.7 * n), int(0.85 * n)
+    return (X[:a], y[:a]), (X[a:b], y[a:b]), (X[b:], y[b:])
+
+
+def cached_digits():  # type: ignore[no-untyped-def]
+    from embedpipe import open_cache
+
+    found = sorted(Path("cache/digits").glob("effnet-lite0-*/meta.h5"))
+    if not found:
+        return None
+    cache = open_cache(found[0].parent)
+    return cache.load("train"), cache.load("val"), cache.load("test")
+
+
+def sklearn_sweep(train, val, test, Cs):  # type: ignore[no-untyped-def]
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    (Xtr, ytr), (Xv, yv), (Xte, yte) = train, val, test
+    t0 = time.perf_counter()
+    both = np.concatenate([Xtr, Xv])
+    scaler = StandardScaler().fit(both)
+    Ztr, Zv, Zte = scaler.transform(Xtr), scaler.transform(Xv), scaler.transform(Xte)
+    best = (-1.0, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for C in Cs:
+            acc = LogisticRegression(C=C, max_iter=500).fit(Ztr, ytr).score(Zv, yv)
+            if acc > best[0]:
+                best = (acc, C)
+        final = LogisticRegression(C=best[1], max_iter=500).fit(np.concatenate([Ztr, Zv]), np.concatenate([ytr, yv]))
+    return time.perf_counter() - t0, final.score(Zte, yte), best[1]
+
+
+def bench_logreg(tasks: dict[str, Any]) -> list[dict[str, Any]]:
+    from embedpipe import create_head
+    from embedpipe.heads.logreg import DEFAULT_CS
+
+    rows = []
+    for task, (train, val, test) in tasks.items():
+        sk_s, sk_acc, sk_C = sklearn_sweep(train, val, test, DEFAULT_CS)
+        t0 = time.perf_counter()
+        head = create_head("logreg").fit(*train, eval_set=val)
+        ours_s = time.perf_counter() - t0
+        ours_acc = head.score(*test)
+        n, d = train[0].shape
+        k = len(np.unique(train[1]))
+        common = {"section": "logreg", "task": task, "n_train": n, "dims": d, "classes": k}
+        rows.append({**common, "method": "sklearn LogisticRegression(lbfgs) 9-C sweep", "fit_s": round(sk_s, 2),
+                     "test_acc": round(sk_acc, 4), "chosen": f"C={sk_C:g}", "speedup": 1.0})
+        rows.append({**common, "method": "embedpipe logreg 9-C sweep (torch L-BFGS)", "fit_s": round(ours_s, 2),
+                     "test_acc": round(ours_acc, 4), "chosen": f"C={head.C_:g}", "speedup": round(sk_s / ours_s, 1)})
+        print(rows[-2], rows[-1], sep="\n", flush=True)
+    return rows
+
+
+def bench_lgbm(n: int, d: int, k: int) -> list[dict[str, Any]]:
+    import lightgbm as lgb
+
+    from embedpipe import create_head
+
+    train, val, test = synthetic(n, d, k, seed=1)
+    common = {"section": "lgbm", "task": f"synthetic {k} classes", "n_train": len(train[0]), "dims": d, "classes": k}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = create_head("lgbm").fit(*train, eval_set=val)
+    ours_s = time.perf_counter() - t0
+    ours = {**common, "method": "embedpipe lgbm (PCA 64, 63 bins, early stop)", "fit_s": round(ours_s, 2),
+            "test_acc": round(head.score(*test), 4), "chosen": f"{head.best_iteration_} rounds"}
+    print(ours, flush=True)
+    t0 = time.perf_counter()
+    base = lgb.LGBMClassifier(verbosity=-1).fit(*train)
+    base_s = time.perf_counter() - t0
+    baseline = {**common, "method": "LGBMClassifier() defaults", "fit_s": round(base_s, 2),
+                "test_acc": round(base.score(*test), 4), "chosen": "100 rounds", "speedup": 1.0}
+    ours["speedup"] = round(base_s / ours_s, 1)
+    print(baseline, flush=True)
+    return [baseline, ours]
+
+
+def bench_mlp(n: int, d: int, k: int) -> list[dict[str, Any]]:
+    from embedpipe import create_head
+
+    train, val, test = synthetic(n, d, k, seed=2)
+    t0 = time.perf_counter()
+    head = create_head("mlp", epochs=10, patience=10).fit(*train, eval_set=val)
+    secs = time.perf_counter() - t0
+    row = {"section": "mlp", "task": f"synthetic {k} classes", "n_train": len(train[0]), "dims": d, "classes": k,
+           "method": "embedpipe mlp, 10 epochs, 1x512 hidden", "fit_s": round(secs, 2),
+           "test_acc": round(head.score(*test), 4), "chosen": f"{head.n_epochs_} epochs", "speedup": None}
+    print(row, flush=True)
+    return [row]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["logreg", "lgbm", "mlp"])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes for a fast look")
+    args = parser.parse_args()
+    from _common import environment, write_results
+
+    q = 4 if args.quick else 1
+    rows: list[dict[str, Any]] = []
+    if args.only in (None, "logreg"):
+        tasks: dict[str, Any] = {f"synthetic {100} classes": synthetic(22858 // q, 512, 100, seed=0)}
+        digits = cached_digits()
+        if digits is not None:
+            tasks["digits effnet-lite0 pooled"] = digits
+        rows += bench_logreg(tasks)
+    if args.only in (None, "lgbm"):
+        rows += bench_lgbm(14286 // q, 1280, 100)
+    if args.only in (None, "mlp"):
+        rows += bench_mlp(71429 // q, 1280, 100)
+    env = environment()
+    rows = [{**r, **env} for r in rows]
+    name = "heads" if not args.quick and args.only is None else f"heads-{args.only or 'all'}{'-quick' if args.quick else ''}"
+    _, md = write_results(name, rows, ["section", "task", "n_train", "dims", "classes", "method", "fit_s",
+                                       "test_acc", "chosen", "speedup"])
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
