@@ -16,7 +16,7 @@ import numpy as np
 
 from .cache import Cache, open_cache
 from .errors import EmbedpipeError
-from .heads import Head, create_head, load_head, save_head
+from .heads import HEADS, Head, create_head, load_head, save_head
 
 
 @dataclass
@@ -69,9 +69,10 @@ def accuracy(head: Head, X: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def fit_head(
-    data: dict[str, tuple[np.ndarray, np.ndarray]], name: str, layer: str, params: dict[str, Any] | None = None
+    data: dict[str, tuple[np.ndarray, np.ndarray]], name: str, layer: str, params: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> FitResult:
-    head = create_head(name, **(params or {}))
+    head = create_head(name, **{**(context or {}), **(params or {})})
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
     head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
@@ -106,7 +107,8 @@ def train_heads(
     info = head_info(cache, layer)
     results = []
     for name in names:
-        result = fit_head(data, name, layer, (params or {}).get(name))
+        context = HEADS.get(name).context_params(cache, layer)
+        result = fit_head(data, name, layer, (params or {}).get(name), context)
         if save:
             if out is None:
                 target = default_head_path(cache, name, layer)
@@ -205,7 +207,7 @@ def few_shot(
         samples[str(seed)] = train_ids[idx].tolist()
         subset = {**data, "train": (Xtr[idx], ytr[idx])}
         for name in names:
-            r = fit_head(subset, name, layer, (params or {}).get(name))
+            r = fit_head(subset, name, layer, (params or {}).get(name), HEADS.get(name).context_params(cache, layer))
             runs.append({"head": name, "seed": seed, "val_acc": r.val_acc, "test_acc": r.test_acc,
                          "fit_s": r.fit_s, "n_train": r.n_train})
     summary = []

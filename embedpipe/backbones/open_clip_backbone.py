@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import EmbedpipeError
@@ -88,6 +89,20 @@ class OpenClipBackbone(Backbone):
 
     def _weights_id(self) -> str:
         return super()._weights_id() if self.config.weights else f"tag:{self.arch}/{self.tag}"
+
+    @torch.inference_mode()
+    def text_classifier(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """Zero-shot weights (k, d): per class, the normalised mean of the normalised text embeddings
+        of every template filled with the class name (open_clip's build_zero_shot_classifier)."""
+        import open_clip
+        from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+        model: Any = self.model
+        tokenizer = open_clip.get_tokenizer(self.arch)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            weights = build_zero_shot_classifier(model, tokenizer, list(class_names), list(templates),
+                                                 num_classes_per_batch=64, device=self.device)
+        return weights.T.float().cpu().numpy()
 
     def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         model: Any = self.model

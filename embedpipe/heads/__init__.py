@@ -12,6 +12,7 @@ from .lgbm import LGBMHead
 from .logreg import LogRegHead
 from .mlp import MLPHead
 from .neighbors import KNNHead, NCMHead
+from .zeroshot import ZeroShotHead
 
 HEADS: Registry[Head] = Registry("head")
 DESCRIPTIONS: dict[str, str] = {}
@@ -28,6 +29,7 @@ register_head(LGBMHead, "LightGBM on PCA-reduced embeddings, early stopping on v
 register_head(MLPHead, "1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
 register_head(KNNHead, "cosine k-nearest neighbours, temperature-weighted votes (DINO)")
 register_head(NCMHead, "nearest class mean (cosine, centred), the few-shot baseline")
+register_head(ZeroShotHead, "open_clip zero-shot: class names through prompts and the text encoder")
 
 
 def create_head(name: str, **params: Any) -> Head:

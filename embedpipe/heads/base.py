@@ -35,6 +35,11 @@ class Head(ClassifierMixin, BaseEstimator):
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
+        """Hyperparameters a head takes from the cache it is trained on (user parameters win)."""
+        return {}
+
     # -- scikit-learn API ----------------------------------------------------------------------
     def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None) -> Head:
         X, y = validate_data(self, X, y, dtype=np.float32)
