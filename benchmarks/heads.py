@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 64, noise: float = 1.0):  # type: ignore[no-untyped-def]
+def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 64, noise: float = 3.0):  # type: ignore[no-untyped-def]
     """Class means on a rank-``rank`` subspace plus isotropic noise; split 70/15/15 stratified."""
     rng = np.random.default_rng(seed)
     basis = rng.normal(size=(rank, d)) / np.sqrt(rank)

@@ -44,6 +44,7 @@ class LGBMHead(Head):
         max_bin: int = 63,
         min_child_samples: int = 10,
         colsample: float = 0.8,
+        reg_lambda: float = 1.0,
         early_stopping_rounds: int = 20,
         n_jobs: int = 0,
         random_state: int = 0,
@@ -56,6 +57,9 @@ class LGBMHead(Head):
         self.max_bin = max_bin  # histogram bins per feature (LightGBM default 255)
         self.min_child_samples = min_child_samples  # minimum rows per leaf
         self.colsample = colsample  # fraction of features per tree
+        # L2 on leaf values. With many classes each one-vs-rest tree sees few positives, the hessians are
+        # tiny and unregularised leaves explode (validation loss diverges after ~5 rounds); 1.0 fixes it.
+        self.reg_lambda = reg_lambda
         self.early_stopping_rounds = early_stopping_rounds  # rounds without validation gain before stopping
         self.n_jobs = n_jobs  # threads; 0 = all cores
         self.random_state = random_state  # seed
@@ -80,6 +84,7 @@ class LGBMHead(Head):
             "max_bin": self.max_bin,
             "min_child_samples": self.min_child_samples,
             "feature_fraction": self.colsample,
+            "lambda_l2": self.reg_lambda,
             "num_threads": self.n_jobs,
             "seed": self.random_state,
             "deterministic": True,
