@@ -100,3 +100,36 @@ def test_corrupt_files_are_reported_not_fatal(tmp_path: Path) -> None:
     assert "UnidentifiedImageError" in results["class0/notes.jpg"][2]
     assert "truncated" in results["class1/truncated.jpg"][2].lower()
     assert results["class0/img000.png"][1] is not None and results["class0/img000.png"][2] == ""
+
+
+GLYPHS_DIGEST = """
+from embedpipe.data import resolve_source
+import hashlib
+src = resolve_source("glyphs")
+h = hashlib.sha256()
+for r in src.records[::997]:
+    h.update(r.id.encode()); h.update(src.open(r).tobytes())
+print(len(src.classes), len(src.records), h.hexdigest())
+"""
+
+
+def test_glyphs_has_1500_classes_and_is_deterministic() -> None:
+    import subprocess
+    import sys
+
+    from embedpipe.data import resolve_source
+
+    src = resolve_source("glyphs")
+    labels = {r.label for r in src.records}
+    assert len(labels) >= 1500 and len(src.records) >= 8 * 1500
+    assert {r.split for r in src.records} == {"train", "val", "test"}
+    first = src.open(src.records[0])
+    assert first.mode == "RGB" and first.size == (64, 64)
+    assert np.asarray(first).std() > 10  # something is drawn
+    # the same images in two fresh processes (nothing shared but the code and the font files)
+    runs = [subprocess.run([sys.executable, "-c", GLYPHS_DIGEST], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].startswith("1500 12000 ")
+    # images of one class differ from each other (font, size, rotation, noise vary)
+    a, b = (np.asarray(src.open(r), np.float32) for r in src.records[8:10])
+    assert np.abs(a - b).mean() > 5

@@ -46,3 +46,10 @@ class DigitsSource(Source):
 
 
 BUILTINS.register("digits")(DigitsSource)
+
+
+@BUILTINS.register("glyphs")
+def _glyphs() -> Source:
+    from .glyphs import GlyphsSource
+
+    return GlyphsSource()
