@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/embedpipe bench --data digits --backbone effnet-lite0 --heads logreg,lgbm,mlp,knn,ncm
+	$(BIN)/embedpipe bench --config benchmarks/demo.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

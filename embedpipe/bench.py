@@ -1,65 +1,258 @@
-"""The matrix datasets x backbones x layers x heads -> one tidy row per cell, and a table.
+"""The matrix datasets x backbones x layers x heads (x shots x seeds) -> one tidy CSV row per cell.
 
-Each (dataset, backbone) pair is extracted once (or reused from the cache) with all requested
-layers in one pass; every head is then fitted on every layer.
+Each (dataset, backbone) pair is extracted once (or reused from the cache) with all layers in one
+pass; each layer's features are loaded once and every head is fitted on them. After every cell the
+CSV is rewritten atomically, so an interrupted run loses at most the cell in flight, and a re-run
+skips the cells already finished. A cell that fails is recorded with its error and the rest go on.
+Configuration comes from keyword arguments or a TOML file (``BenchConfig.from_toml``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import os
+import platform
+import sys
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .backbones import DEFAULT_BACKBONE
-from .extract import run_extract
-from .train import train_heads
+from .errors import EmbedpipeError
+from .extract import library_versions, run_extract
+from .heads import HEADS, list_heads
+from .train import fit_head, load_splits, metrics, sample_shots
+
+COLUMNS = [
+    "dataset", "backbone", "layer", "head", "shots", "seed", "status", "error",
+    "val_acc", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "n_train", "classes",
+    "extract_img_s", "date", "machine", "device", "versions",
+]
+CELL_KEY = ("dataset", "backbone", "layer", "head", "shots", "seed")
 
 
-def benchmark(
-    datasets: Sequence[str] = ("digits",),
-    backbones: Sequence[str] = (DEFAULT_BACKBONE,),
-    layers: Sequence[str] = ("pooled",),
-    heads: Sequence[str] = ("logreg", "lgbm", "mlp", "knn", "ncm"),
-    *,
-    cache_dir: str | Path = "cache",
-    progress: bool = True,
-    **extract_options: Any,
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for data in datasets:
-        for spec in backbones:
-            cache, stats = run_extract(data, spec, cache_dir=cache_dir, layers=tuple(layers),
-                                       progress=progress, **extract_options)
-            for layer in layers:
-                for result in train_heads(cache, list(heads), layer=layer):
-                    rows.append({
-                        "dataset": cache.meta.get("dataset"),
-                        "backbone": spec,
-                        "layer": layer,
-                        "head": result.head,
-                        "val_acc": result.val_acc,
-                        "test_acc": result.test_acc,
-                        "fit_s": round(result.fit_s, 3),
-                        "n_train": result.n_train,
-                        "classes": result.n_classes,
-                        "extract_img_s": round(stats.images_per_s, 1) if stats.embedded else None,
-                    })
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str = "bench"  # results/<name>.csv, .md and -*.png
+    datasets: tuple[str, ...] = ("digits",)
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    layers: tuple[str, ...] = ("pooled",)
+    heads: tuple[str, ...] = ("logreg", "lgbm", "mlp", "knn", "ncm")
+    shots: tuple[int, ...] = ()  # K-shot training sets per class; empty = the full train split
+    seeds: tuple[int, ...] = (0,)  # one K-shot sample per seed (ignored without shots)
+    head_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # head -> hyperparameters
+    weights: dict[str, str] = field(default_factory=dict)  # backbone spec -> local weights file
+    exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dataset -> heads not to run there
+    extract: dict[str, Any] = field(default_factory=dict)  # extract options (batch_size, precision, ...)
+    cache_dir: str = "cache"
+    results_dir: str = "benchmarks/results"
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> BenchConfig:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise EmbedpipeError(f"cannot read bench config {path}: {e}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise EmbedpipeError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        data.setdefault("name", Path(path).stem)
+        return cls.build(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def build(cls, **values: Any) -> BenchConfig:
+        tuples = {"datasets", "backbones", "layers", "heads", "shots", "seeds"}
+        clean = {k: tuple(v) if k in tuples else v for k, v in values.items()}
+        clean["exclude"] = {k: tuple(v) for k, v in clean.get("exclude", {}).items()}
+        config = replace(cls(), **clean)
+        for head in config.heads:
+            HEADS.get(head)  # unknown head names fail before any work
+        return config
+
+
+@dataclass
+class CellRun:
+    """What every cell of one (dataset, backbone) pair shares."""
+
+    dataset: str
+    backbone: str
+    extract_img_s: float | None
+    env: dict[str, str]
+
+
+def environment() -> dict[str, str]:
+    import json
+
+    import torch
+
+    return {
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "versions": json.dumps(library_versions(), sort_keys=True),
+    }
+
+
+def _key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row.get(k) if row.get(k) is not None else "") for k in CELL_KEY)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class Bench:
+    def __init__(self, config: BenchConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.csv_path = Path(config.results_dir) / f"{config.name}.csv"
+        self.rows = read_rows(self.csv_path)
+        self.done = {_key(r) for r in self.rows if r.get("status") == "ok"}
+
+    def cells(self, dataset: str) -> list[tuple[str, str, int | None, int | None]]:
+        """(layer, head, shots, seed) for one dataset, in run order."""
+        heads = [h for h in self.config.heads if h not in self.config.exclude.get(dataset, ())]
+        plans = [(k, s) for k in self.config.shots for s in self.config.seeds] or [(None, None)]
+        return [(layer, head, k, s) for layer in self.config.layers for k, s in plans for head in heads]
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if _key(r) != _key(row)] + [row]
+        write_rows(self.csv_path, self.rows)
+        if row["status"] == "ok":
+            self.done.add(_key(row))
+
+    def run(self) -> list[dict[str, Any]]:
+        env = environment()
+        pairs = [(d, b) for d in self.config.datasets for b in self.config.backbones]
+        total = sum(len(self.cells(d)) for d, _ in pairs)
+        at = 0
+        for dataset, backbone in pairs:
+            cells = self.cells(dataset)
+            todo = [c for c in cells if _key(self._base(dataset, backbone, *c)) not in self.done]
+            at += len(cells) - len(todo)
+            if not todo:
+                continue
+            self._say(f"[bench] {dataset} x {backbone}: {len(todo)} cells to run ({len(cells) - len(todo)} done before)")
+            try:
+                cache, stats = run_extract(dataset, backbone, cache_dir=self.config.cache_dir,
+                                           layers=tuple(self.config.layers), progress=self.progress,
+                                           weights=self.config.weights.get(backbone), **self.config.extract)
+            except Exception as e:  # the whole pair fails; record it on each of its cells
+                for cell in todo:
+                    self._record(self._failed(self._base(dataset, backbone, *cell), e, env))
+                at += len(todo)
+                continue
+            run = CellRun(dataset, backbone, round(stats.images_per_s, 1) if stats.embedded else None, env)
+            for layer in self.config.layers:
+                layer_cells = [c for c in todo if c[0] == layer]
+                if not layer_cells:
+                    continue
+                data = load_splits(cache, layer)
+                for _, head, shots, seed in layer_cells:
+                    at += 1
+                    row = self._cell(cache, data, run, layer, head, shots, seed)
+                    shown = f"test {float(row['test_acc']):.3f}" if row["status"] == "ok" else f"FAILED: {row['error']}"
+                    self._say(f"[bench {at}/{total}] {dataset} {backbone} {layer} {head}"
+                              f"{f' {shots}-shot seed {seed}' if shots else ''}: {shown}")
+                    self._record(row)
+        return self.rows
+
+    @staticmethod
+    def _base(dataset: str, backbone: str, layer: str, head: str, shots: int | None, seed: int | None) -> dict[str, Any]:
+        return {"dataset": dataset, "backbone": backbone, "layer": layer, "head": head,
+                "shots": shots if shots is not None else "", "seed": seed if seed is not None else ""}
+
+    @staticmethod
+    def _failed(base: dict[str, Any], error: BaseException, env: dict[str, str]) -> dict[str, Any]:
+        message = str(error).splitlines()[0] if str(error) else ""
+        return {**base, **env, "status": "error", "error": f"{type(error).__name__}: {message}"[:300]}
+
+    def _cell(self, cache: Any, data: dict[str, Any], run: CellRun, layer: str, head: str,
+              shots: int | None, seed: int | None) -> dict[str, Any]:
+        base = self._base(run.dataset, run.backbone, layer, head, shots, seed)
+        try:
+            if shots:
+                Xtr, ytr = data["train"]
+                idx = sample_shots(ytr, shots, int(seed or 0))
+                data = {**data, "train": (Xtr[idx], ytr[idx])}
+            result = fit_head(data, head, layer, self.config.head_params.get(head),
+                              HEADS.get(head).context_params(cache, layer))
+            assert result.model is not None
+            X_test, y_test = data["test"]
+            m = metrics(result.model, X_test, y_test) if len(X_test) else {}
+            return {**base, **run.env, "status": "ok", "error": "", "val_acc": _r(result.val_acc),
+                    "test_acc": _r(result.test_acc), "test_top5": _r(m.get("top5")),
+                    "test_mean_per_class_recall": _r(m.get("mean_per_class_recall")),
+                    "fit_s": round(result.fit_s, 3), "n_train": result.n_train, "classes": result.n_classes,
+                    "extract_img_s": run.extract_img_s}
+        except Exception as e:
+            return self._failed(base, e, run.env)
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def run_bench(config: BenchConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) a bench; writes the CSV, Markdown and plots; returns all rows of the CSV."""
+    from .report import write_report
+
+    rows = Bench(config, progress).run()
+    write_report(config, rows)
     return rows
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table; floats as 3-decimal numbers."""
+def benchmark(
+    datasets: tuple[str, ...] | list[str] = ("digits",),
+    backbones: tuple[str, ...] | list[str] = (DEFAULT_BACKBONE,),
+    layers: tuple[str, ...] | list[str] = ("pooled",),
+    heads: tuple[str, ...] | list[str] | None = None,
+    **config: Any,
+) -> list[dict[str, Any]]:
+    """Python entry point of ``embedpipe bench``; keyword arguments are BenchConfig fields."""
+    progress = config.pop("progress", True)
+    cfg = BenchConfig.build(datasets=datasets, backbones=backbones, layers=layers,
+                            heads=heads or tuple(h for h in list_heads() if h != "zeroshot"), **config)
+    return run_bench(cfg, progress)
+
+
+def format_table(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...], columns: list[str] | None = None) -> str:
+    """A Markdown table; floats with 3 decimals, None/'' as '-'."""
     if not rows:
         return "(no results)"
     columns = list(columns or rows[0].keys())
 
     def cell(v: Any) -> str:
-        if v is None:
+        if v is None or v == "":
             return "-"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     body = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"  # noqa: E731
+
+    def line(vals: list[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(columns), sep, *(line(b) for b in body)])

@@ -141,20 +141,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import benchmark, format_table
+    from .bench import BenchConfig, run_bench
+    from .report import render_markdown
 
-    rows = benchmark(_csv(args.data), _csv(args.backbone), _csv(args.layers), _csv(args.heads),
-                     cache_dir=args.cache_dir, progress=not args.quiet,
-                     **{k: v for k, v in _extract_options(args).items() if k != "layers"})
-    _emit(args, {"results": rows}, format_table(rows))
+    flags: dict[str, Any] = {
+        "name": args.name,
+        "datasets": _csv(args.data) if args.data else None,
+        "backbones": _csv(args.backbone) if args.backbone else None,
+        "layers": _csv(args.layers) if args.layers else None,
+        "heads": _csv(args.heads) if args.heads else None,
+        "shots": [int(k) for k in _csv(args.shots)] if args.shots else None,
+        "seeds": [int(k) for k in _csv(args.seeds)] if args.seeds else None,
+        "cache_dir": args.cache_dir,
+        "results_dir": args.results_dir,
+    }
+    extract = {k: v for k, v in {"batch_size": args.batch_size, "num_workers": args.workers,
+                                 "precision": args.precision, "device": args.device}.items() if v is not None}
+    if args.config:
+        config = BenchConfig.from_toml(args.config, **flags)
+    else:
+        config = BenchConfig.build(**{k: v for k, v in flags.items() if v is not None})
+    if extract:
+        config = BenchConfig.build(**{**config.__dict__, "extract": {**config.extract, **extract}})
+    if args.weights:
+        if len(config.backbones) != 1:
+            raise EmbedpipeError("--weights needs exactly one --backbone; use a config file's [weights] table")
+        config = BenchConfig.build(**{**config.__dict__, "weights": {config.backbones[0]: args.weights}})
+    rows = run_bench(config, progress=not args.quiet)
+    _emit(args, {"results": rows, "csv": f"{config.results_dir}/{config.name}.csv"}, render_markdown(config, rows))
 
 
-def _add_extract_flags(p: argparse.ArgumentParser, *, bench: bool = False) -> None:
+def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     from .backbones import DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help="backbone spec%s: effnet-lite0, timm:<name>, open_clip:<arch>[/<tag>] (default %%(default)s)"
-                   % ("(s), comma-separated" if bench else ""))
+                   help="backbone spec: effnet-lite0, timm:<name>, open_clip:<arch>[/<tag>] (default %(default)s)")
     p.add_argument("--weights", help="local weights file for the backbone (timm or open_clip checkpoint)")
     p.add_argument("--layers", default="pooled", help="comma-separated layers to store (default pooled)")
     p.add_argument("--cache-dir", default="cache", help="cache root (default ./cache)")
@@ -220,10 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the device recorded in the head file")
     p.set_defaults(func=cmd_predict)
 
-    p = verb("bench", "extract (or reuse) and train every head on every layer; prints a table")
-    p.add_argument("--data", default="digits", help="dataset(s), comma-separated (default digits)")
-    p.add_argument("--heads", default="logreg,lgbm,mlp,knn,ncm", help="heads, comma-separated")
-    _add_extract_flags(p, bench=True)
+    p = verb("bench", "datasets x backbones x layers x heads (x shots x seeds) -> CSV, Markdown and plots; resumable")
+    p.add_argument("--config", help="TOML file with any BenchConfig fields; flags given here override it")
+    p.add_argument("--name", help="results name: <results-dir>/<name>.csv/.md/-*.png (default bench)")
+    p.add_argument("--data", help="dataset(s), comma-separated (default digits)")
+    p.add_argument("--backbone", help="backbone spec(s), comma-separated (default effnet-lite0)")
+    p.add_argument("--weights", help="local weights file for the (single) backbone")
+    p.add_argument("--layers", help="layers, comma-separated (default pooled)")
+    p.add_argument("--heads", help="heads, comma-separated (default logreg,lgbm,mlp,knn,ncm)")
+    p.add_argument("--shots", help="K-shot sizes, comma-separated (default: the full train split)")
+    p.add_argument("--seeds", help="seeds for K-shot samples, comma-separated (default 0)")
+    p.add_argument("--cache-dir", help="cache root (default ./cache)")
+    p.add_argument("--results-dir", help="where results go (default benchmarks/results)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,0 +1,126 @@
+"""Bench output: the Markdown tables and PNG plots made from a bench's tidy CSV rows.
+
+``results/<name>.md`` has one row per (dataset, backbone, layer, head, shots) with test accuracy as
+mean ± std over seeds, a layer table (accuracy by layer for each head: "how many layers should I keep
+frozen?") and the failed cells with their errors. ``<name>-accuracy.png`` plots accuracy by layer and
+head; ``<name>-fit-time.png`` the fit seconds per head.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bench import BenchConfig, format_table
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group ok rows over seeds: mean ± std of test accuracy, mean fit seconds."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok":
+            groups[(r["dataset"], r["backbone"], r["layer"], r["head"], str(r.get("shots") or ""))].append(r)
+    out = []
+    for (dataset, backbone, layer, head, shots), members in groups.items():
+        acc = np.array([_float(m["test_acc"]) for m in members], dtype=float)
+        fit = np.array([_float(m["fit_s"]) for m in members], dtype=float)
+        out.append({
+            "dataset": dataset, "backbone": backbone, "layer": layer, "head": head, "shots": shots or "all",
+            "test_acc": f"{acc.mean():.3f}" + (f" ± {acc.std():.3f}" if len(acc) > 1 else ""),
+            "val_acc": _float(members[0]["val_acc"]) if len(members) == 1 else None,
+            "fit_s": round(float(fit.mean()), 2), "classes": members[0]["classes"], "n_train": members[0]["n_train"],
+            "_acc": float(acc.mean()),
+        })
+    return out
+
+
+def layer_table(summary: list[dict[str, Any]], layers: list[str]) -> str:
+    """Rows (dataset, backbone, head, shots), columns layers: test accuracy; the best layer in bold."""
+    table: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
+    for s in summary:
+        table[(s["dataset"], s["backbone"], s["head"], s["shots"])][s["layer"]] = s["_acc"]
+    rows = []
+    for (dataset, backbone, head, shots), accs in table.items():
+        best = max(accs.values())
+        row: dict[str, Any] = {"dataset": dataset, "backbone": backbone, "head": head, "shots": shots}
+        for layer in layers:
+            v = accs.get(layer)
+            row[layer] = "-" if v is None else (f"**{v:.3f}**" if v == best and len(accs) > 1 else f"{v:.3f}")
+        rows.append(row)
+    return format_table(rows)
+
+
+def plot(summary: list[dict[str, Any]], layers: list[str], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    panels = sorted({(s["dataset"], s["backbone"], s["shots"]) for s in summary})
+    if not panels:
+        return written
+    heads = sorted({s["head"] for s in summary})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (dataset, backbone, shots) in zip(axes[0], panels, strict=True):
+        for head in heads:
+            ys = [next((s["_acc"] for s in summary if (s["dataset"], s["backbone"], s["shots"], s["head"], s["layer"])
+                        == (dataset, backbone, shots, head, layer)), np.nan) for layer in layers]
+            ax.plot(layers, ys, marker="o", label=head)
+        ax.set_title(f"{dataset} / {backbone}" + (f" / {shots}-shot" if shots != "all" else ""), fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out.with_name(out.name + "-accuracy.png"))
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"{s['dataset']}/{s['layer']}" for s in summary]
+    groups = sorted(set(labels), key=labels.index)
+    width = 0.8 / max(1, len(heads))
+    for i, head in enumerate(heads):
+        vals = [next((s["fit_s"] for s in summary if f"{s['dataset']}/{s['layer']}" == g and s["head"] == head), 0)
+                for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, vals, width, label=head)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylabel("fit seconds (log above 0.01)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out.with_name(out.name + "-fit-time.png"))
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def render_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
+    summary = summarize(rows)
+    columns = ["dataset", "backbone", "layer", "head", "shots", "classes", "n_train", "val_acc", "test_acc", "fit_s"]
+    parts = [f"# {config.name}", "", format_table(summary, columns)]
+    if len({s["layer"] for s in summary}) > 1:
+        parts += ["", "Test accuracy by layer (best in bold):", "", layer_table(summary, list(config.layers))]
+    failed = [r for r in rows if r.get("status") == "error"]
+    if failed:
+        parts += ["", "Failed cells:", "", format_table(failed, ["dataset", "backbone", "layer", "head", "error"])]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(config: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
+    out = Path(config.results_dir) / config.name
+    md = out.parent / f"{config.name}.md"
+    md.write_text(render_markdown(config, rows))
+    pngs = plot(summarize(rows), list(config.layers), out)
+    return {"csv": out.parent / f"{config.name}.csv", "md": md, **{p.stem: p for p in pngs}}
