@@ -111,7 +111,7 @@ def test_every_verb_has_help_and_json(capsys: pytest.CaptureFixture[str]) -> Non
 def test_console_script_runs_in_a_subprocess(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "embedpipe", "list", "datasets", "--json"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and json.loads(proc.stdout) == {"datasets": {"digits": "built-in"}}
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"datasets": {"digits": "built-in", "glyphs": "built-in"}}
     bad = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("embedpipe: error:") and "Traceback" not in bad.stderr
