@@ -41,9 +41,13 @@ def test_tiny_backbone_layers_and_one_pass(spec: str, tiny_timm_weights: str, ti
     batch = torch.rand(3, 3, size, size)
     everything = bb.embed(batch, layers)
     assert {k: v.shape for k, v in everything.items()} == {k: (3, bb.dims[k]) for k in layers}
-    # one layer alone gives the same numbers as within the all-layer pass
+    # one layer alone gives the same numbers as within the all-layer pass, in any order of request
     for name in (layers[1], "pooled"):
         np.testing.assert_allclose(bb.embed(batch, [name])[name], everything[name], rtol=1e-4, atol=1e-5)
+    blocks = [name for name in layers if name.startswith("block")]
+    shuffled = bb.embed(batch, [blocks[-1], "pooled", blocks[0]])
+    for name in (blocks[-1], blocks[0]):
+        np.testing.assert_allclose(shuffled[name], everything[name], rtol=1e-4, atol=1e-5)
 
 
 def test_timm_pooled_is_pre_logits(tiny_timm_weights: str) -> None:

@@ -106,7 +106,7 @@ class OpenClipBackbone(Backbone):
 
     def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         model: Any = self.model
-        blocks = [int(name[5:]) for name in layers if name.startswith("block")]
+        blocks = sorted(int(name[5:]) for name in layers if name.startswith("block"))  # libraries return them in depth order
         if not blocks:
             return {"pooled": model.encode_image(x)}
         res = model.visual.forward_intermediates(

@@ -72,7 +72,7 @@ class TimmBackbone(Backbone):
 
     def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         model: Any = self.model
-        blocks = [int(name[5:]) for name in layers if name.startswith("block")]
+        blocks = sorted(int(name[5:]) for name in layers if name.startswith("block"))  # libraries return them in depth order
         need_final = "pooled" in layers or "logits" in layers
         out: dict[str, torch.Tensor] = {}
         final = None

@@ -16,6 +16,10 @@ def resolve_source(data: str | Source) -> Source:
         return data
     if data in BUILTINS:
         return BUILTINS.create(data)
+    if data.startswith("torchvision:"):
+        from .torchvision_sets import TorchvisionSource
+
+        return TorchvisionSource(data.partition(":")[2])
     if os.path.isdir(data):
         return ImageFolderSource(data)
     if os.path.isfile(data):
@@ -23,8 +27,8 @@ def resolve_source(data: str | Source) -> Source:
             return CsvSource(data)
         raise EmbedpipeError(f"{data} is a file but not a .csv manifest; give a folder, a .csv or a built-in")
     raise EmbedpipeError(
-        f"data {data!r} not found: give an image folder, a .csv manifest or a built-in "
-        f"({', '.join(BUILTINS.names())})"
+        f"data {data!r} not found: give an image folder, a .csv manifest, torchvision:CIFAR10|CIFAR100 "
+        f"or a built-in ({', '.join(BUILTINS.names())})"
     )
 
 
