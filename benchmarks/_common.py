@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import platform
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +10,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def environment() -> dict[str, Any]:
-    import torch
+    """Date, machine, device and library versions: the same fields embedpipe bench records."""
+    from embedpipe.bench import environment as bench_environment
 
-    from embedpipe.extract import library_versions
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {
-        "date": datetime.now(UTC).date().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "device": device,
-        **{f"v_{k}": v for k, v in library_versions().items()},
-    }
+    return bench_environment()
 
 
 def write_results(name: str, rows: list[dict[str, Any]], columns: list[str]) -> tuple[Path, Path]:

@@ -37,7 +37,7 @@ from .cache import (
     write_meta,
     write_shard,
 )
-from .cache.reader import _read_strings
+from .cache.reader import read_strings
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.loader import DecodeDataset, default_workers, iterate_batches
 from .errors import EmbedpipeError
@@ -116,7 +116,7 @@ def _donors(dataset_dir: Path, fkey: str, own: Path) -> dict[tuple[str, str], tu
             if meta.get("feature_key") != fkey:
                 continue
             with h5py.File(other / "meta.h5", "r") as f:
-                ids, sigs = _read_strings(f, "ids"), _read_strings(f, "signatures")
+                ids, sigs = read_strings(f, "ids"), read_strings(f, "signatures")
             size = int(meta["shard_size"])
             for s in range(int(meta["n_shards"])):
                 if not (other / shard_name(s)).is_file():

@@ -23,7 +23,7 @@ from .writer import shard_name
 JSON_ATTRS = ("layers", "dims", "backbone", "split_rule", "versions", "preprocess")
 
 
-def _read_strings(f: h5py.File, name: str) -> np.ndarray:
+def read_strings(f: h5py.File, name: str) -> np.ndarray:
     return np.array(f[name].asstr()[()], dtype=object)
 
 
@@ -60,10 +60,10 @@ class Cache:
                 f"(first {shard_name(missing[0])}); re-run the same extract command to resume"
             )
         with h5py.File(self.path / "meta.h5", "r") as f:
-            self.ids = _read_strings(f, "ids")
+            self.ids = read_strings(f, "ids")
             self.labels = f["labels"][()].astype(np.int64)
-            self.label_names: list[str] = list(_read_strings(f, "label_names"))
-            self.splits = _read_strings(f, "split")
+            self.label_names: list[str] = list(read_strings(f, "label_names"))
+            self.splits = read_strings(f, "split")
 
     # -- metadata ----------------------------------------------------------------------------
     @property
