@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import platform
 import sys
 import time
@@ -59,6 +58,8 @@ class ExtractConfig:
             raise EmbedpipeError(f"bad dtype {self.dtype!r}: use float16 or float32")
         if self.batch_size < 1 or self.shard_size < 1:
             raise EmbedpipeError("batch size and shard size must be at least 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise EmbedpipeError(f"--workers must be 0 or more, got {self.num_workers}")
 
 
 @dataclass
@@ -256,7 +257,8 @@ def _meta_attrs(
         "n_rows": n,
         "shard_size": config.shard_size,
         "n_shards": n_shards,
-        "split_rule": json.dumps(config.split.to_dict()),
+        "split_rule": json.dumps(
+            {"provided_by_source": True} if any(r.split for r in source.records) else config.split.to_dict()),
         "versions": json.dumps(library_versions()),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -273,26 +275,36 @@ def _fill_shards(
         return stats
     donors = _donors(path.parent, fkey, path)
     dims = {name: bb.dims[name] for name in layers}
-    # Per pending shard: buffers, the rows still to compute, and the rows to copy from donors.
-    buffers: dict[int, dict[str, Any]] = {}
+    # Plan each pending shard: rows to copy from donor caches and rows to compute. A shard's buffer
+    # exists only from its first batch until it is written, so memory is bounded by the shard size.
+    plan: dict[int, tuple[int, int, list[int]]] = {}  # shard -> (start, stop, rows to reuse)
+    left: dict[int, int] = {}  # shard -> rows still to compute
     batches: list[list[int]] = []
     for s in pending:
         start, stop = s * size, min(n, (s + 1) * size)
-        rows = range(start, stop)
-        reuse = [r for r in rows if (records[r].id, records[r].signature) in donors]
-        compute = [r for r in rows if (records[r].id, records[r].signature) not in donors]
-        feats = {name: np.zeros((stop - start, dims[name]), np.float32) for name in layers}
-        _copy_rows([r - start for r in reuse], [donors[(records[r].id, records[r].signature)] for r in reuse], layers, feats)
-        buffers[s] = {"start": start, "feats": feats, "ok": np.ones(stop - start, bool),
-                      "errors": [""] * (stop - start), "left": len(compute)}
+        reuse = [r for r in range(start, stop) if (records[r].id, records[r].signature) in donors]
+        compute = [r for r in range(start, stop) if (records[r].id, records[r].signature) not in donors]
+        plan[s], left[s] = (start, stop, reuse), len(compute)
         stats.reused += len(reuse)
         batches += [compute[i : i + config.batch_size] for i in range(0, len(compute), config.batch_size)]
+    buffers: dict[int, dict[str, Any]] = {}
+
+    def buffer(s: int) -> dict[str, Any]:
+        if s not in buffers:
+            start, stop, reuse = plan[s]
+            feats = {name: np.zeros((stop - start, dims[name]), np.float32) for name in layers}
+            donor_rows = [donors[(records[r].id, records[r].signature)] for r in reuse]
+            _copy_rows([r - start for r in reuse], donor_rows, layers, feats)
+            buffers[s] = {"start": start, "feats": feats, "ok": np.ones(stop - start, bool),
+                          "errors": [""] * (stop - start)}
+        return buffers[s]
 
     def finish(s: int) -> None:
-        b = buffers.pop(s)
+        b = buffer(s)
         write_shard(path, s, b["start"], key, b["feats"], b["ok"], b["errors"], config.dtype)
+        del buffers[s]
 
-    for s in [s for s in pending if buffers[s]["left"] == 0]:
+    for s in [s for s in pending if left[s] == 0]:
         finish(s)
     workers = default_workers() if config.num_workers is None else config.num_workers
     dataset = DecodeDataset(source, records, bb.transform)
@@ -302,7 +314,7 @@ def _fill_shards(
               dynamic_ncols=True, file=sys.stderr) as bar:
         for rows, batch, good, failed in iterate_batches(dataset, batches, workers):
             s = rows[0] // size
-            b = buffers[s]
+            b = buffer(s)
             if batch is not None:
                 out = bb.embed(batch, layers)
                 local = np.asarray(good) - b["start"]
@@ -312,9 +324,9 @@ def _fill_shards(
                 b["ok"][r - b["start"]] = False
                 b["errors"][r - b["start"]] = reason
                 stats.failed += 1
-            b["left"] -= len(rows)
+            left[s] -= len(rows)
             stats.embedded += len(good)
-            if b["left"] == 0:
+            if left[s] == 0:
                 finish(s)
             bar.update(len(rows))
             if stats.failed:
@@ -334,7 +346,3 @@ def _summary_line(stats: ExtractStats, up_to_date: bool) -> str:
         parts.append(f"resumed after {stats.resumed_shards} finished shards")
     parts.append(f"skipped {stats.failed} unreadable" + (" (see `embedpipe info`)" if stats.failed else ""))
     return "; ".join(parts) + f" -> {stats.cache}"
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("EMBEDPIPE_CACHE", "cache")
