@@ -26,11 +26,13 @@ from .heads import HEADS, list_heads
 from .train import fit_head, load_splits, metrics, sample_shots
 
 COLUMNS = [
-    "dataset", "backbone", "layer", "head", "shots", "seed", "status", "error",
+    "dataset", "backbone", "layer", "head", "shots", "seed", "settings", "status", "error",
     "val_acc", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "n_train", "classes",
     "extract_img_s", "date", "machine", "device", "versions",
 ]
-CELL_KEY = ("dataset", "backbone", "layer", "head", "shots", "seed")
+# A cell is finished only for the same settings: a digest of the backbone's weights file, the head's
+# hyperparameters and the extract options, so changing any of them re-runs the cell.
+CELL_KEY = ("dataset", "backbone", "layer", "head", "shots", "seed", "settings")
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,12 @@ class BenchConfig:
 
     @classmethod
     def build(cls, **values: Any) -> BenchConfig:
+        def as_tuple(v: Any) -> tuple[Any, ...]:
+            return (v,) if isinstance(v, str | int) else tuple(v)  # "digits" is one dataset, not six letters
+
         tuples = {"datasets", "backbones", "layers", "heads", "shots", "seeds"}
-        clean = {k: tuple(v) if k in tuples else v for k, v in values.items()}
-        clean["exclude"] = {k: tuple(v) for k, v in clean.get("exclude", {}).items()}
+        clean = {k: as_tuple(v) if k in tuples else v for k, v in values.items()}
+        clean["exclude"] = {k: as_tuple(v) for k, v in clean.get("exclude", {}).items()}
         config = replace(cls(), **clean)
         for head in config.heads:
             HEADS.get(head)  # unknown head names fail before any work
@@ -168,25 +173,44 @@ class Bench:
                 layer_cells = [c for c in todo if c[0] == layer]
                 if not layer_cells:
                     continue
-                data = load_splits(cache, layer)
+                try:
+                    data = load_splits(cache, layer)
+                except Exception as e:  # e.g. fewer than two classes: every cell of this layer fails
+                    for cell in layer_cells:
+                        self._record(self._failed(self._base(dataset, backbone, *cell), e, env))
+                    at += len(layer_cells)
+                    continue
                 for _, head, shots, seed in layer_cells:
                     at += 1
                     row = self._cell(cache, data, run, layer, head, shots, seed)
-                    shown = f"test {float(row['test_acc']):.3f}" if row["status"] == "ok" else f"FAILED: {row['error']}"
+                    acc = row.get("test_acc")
+                    shown = (f"test {acc:.3f}" if acc is not None else "no test split") if row["status"] == "ok" \
+                        else f"FAILED: {row['error']}"
                     self._say(f"[bench {at}/{total}] {dataset} {backbone} {layer} {head}"
                               f"{f' {shots}-shot seed {seed}' if shots else ''}: {shown}")
                     self._record(row)
         return self.rows
 
-    @staticmethod
-    def _base(dataset: str, backbone: str, layer: str, head: str, shots: int | None, seed: int | None) -> dict[str, Any]:
+    def _settings(self, backbone: str, head: str) -> str:
+        from .backbones.base import file_digest
+        from .cache.key import digest
+
+        weights = self.config.weights.get(backbone)
+        return digest({"weights": file_digest(weights) if weights and os.path.isfile(weights) else weights,
+                       "params": self.config.head_params.get(head, {}), "extract": self.config.extract})[:12]
+
+    def _base(self, dataset: str, backbone: str, layer: str, head: str, shots: int | None,
+              seed: int | None) -> dict[str, Any]:
         return {"dataset": dataset, "backbone": backbone, "layer": layer, "head": head,
-                "shots": shots if shots is not None else "", "seed": seed if seed is not None else ""}
+                "shots": shots if shots is not None else "", "seed": seed if seed is not None else "",
+                "settings": self._settings(backbone, head)}
 
     @staticmethod
     def _failed(base: dict[str, Any], error: BaseException, env: dict[str, str]) -> dict[str, Any]:
         message = str(error).splitlines()[0] if str(error) else ""
-        return {**base, **env, "status": "error", "error": f"{type(error).__name__}: {message}"[:300]}
+        if not isinstance(error, EmbedpipeError):  # our own errors already say what is wrong
+            message = f"{type(error).__name__}: {message}"
+        return {**base, **env, "status": "error", "error": message[:300]}
 
     def _cell(self, cache: Any, data: dict[str, Any], run: CellRun, layer: str, head: str,
               shots: int | None, seed: int | None) -> dict[str, Any]:

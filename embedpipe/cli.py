@@ -22,6 +22,13 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise EmbedpipeError(f"{flag} takes whole numbers separated by commas, got {text!r}") from None
+
+
 def parse_params(pairs: Sequence[str], heads: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``key=value`` (every head) or ``head.key=value``; values are JSON when they parse, else strings."""
     params: dict[str, dict[str, Any]] = {h: {} for h in heads}
@@ -98,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     heads = _csv(args.head)
     if args.shots is not None:
-        seeds = [int(s) for s in _csv(args.seeds)]
+        seeds = _ints(args.seeds, "--seeds")
         res = few_shot(args.cache, heads, shots=args.shots, seeds=seeds, layer=args.layer,
                        params=parse_params(args.param, heads))
         rows = [{"head": r["head"], "layer": r["layer"], "shots": r["shots"], "seeds": r["seeds"],
@@ -150,8 +157,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "backbones": _csv(args.backbone) if args.backbone else None,
         "layers": _csv(args.layers) if args.layers else None,
         "heads": _csv(args.heads) if args.heads else None,
-        "shots": [int(k) for k in _csv(args.shots)] if args.shots else None,
-        "seeds": [int(k) for k in _csv(args.seeds)] if args.seeds else None,
+        "shots": _ints(args.shots, "--shots") if args.shots else None,
+        "seeds": _ints(args.seeds, "--seeds") if args.seeds else None,
         "cache_dir": args.cache_dir,
         "results_dir": args.results_dir,
     }

@@ -54,7 +54,7 @@ def load_splits(cache: Cache, layer: str) -> dict[str, tuple[np.ndarray, np.ndar
 def head_info(cache: Cache, layer: str) -> dict[str, Any]:
     """What a head was trained on: enough to check a cache against it and to rebuild the pipeline."""
     return {
-        "cache": str(cache.path),
+        "cache": str(cache.path.resolve()),
         "cache_key": cache.key,
         "dataset": cache.meta.get("dataset"),
         "backbone": cache.backbone,
@@ -75,7 +75,10 @@ def fit_head(
     head = create_head(name, **{**(context or {}), **(params or {})})
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
-    head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
+    try:
+        head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
+    except (ValueError, TypeError) as e:  # a bad hyperparameter value or a head that cannot use these features
+        raise EmbedpipeError(f"head {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     fit_s = time.perf_counter() - t0
     # A head that refits on train+val reports the validation score it was selected with.
     val = getattr(head, "best_val_score_", None)

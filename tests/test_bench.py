@@ -44,7 +44,7 @@ def test_bench_rows_failing_cell_and_report(config: BenchConfig, capsys: pytest.
     assert md.startswith("# tiny") and "| dataset" in md and "Test accuracy by layer" in md and "Failed cells" in md
     assert (results / "tiny-accuracy.png").stat().st_size > 1000 and (results / "tiny-fit-time.png").is_file()
     err = capsys.readouterr().err
-    assert "[bench 1/6]" in err and "FAILED: ValueError" in err
+    assert "[bench 1/6]" in err and "FAILED: head zeroshot: zeroshot needs an open_clip backbone" in err
 
 
 def test_bench_resumes_skipping_finished_cells(config: BenchConfig, capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,6 +97,16 @@ num_workers = 0
     assert "unknown keys ['colour']" in capsys.readouterr().err
     with pytest.raises(EmbedpipeError, match="unknown head"):
         BenchConfig.build(heads=["logreg", "nope"])
+    one = BenchConfig.build(datasets="digits", heads="logreg", exclude={"digits": "knn"})
+    assert one.datasets == ("digits",) and one.heads == ("logreg",) and one.exclude == {"digits": ("knn",)}
+
+
+def test_changed_head_settings_rerun_the_cell(config: BenchConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    run_bench(config)
+    capsys.readouterr()
+    changed = BenchConfig.build(**{**config.__dict__, "heads": ("logreg",), "head_params": {"logreg": {"Cs": [1.0]}}})
+    run_bench(changed)
+    assert "2 cells to run (0 done before)" in capsys.readouterr().err
 
 
 def test_clip_probe_reproduction_exits_cleanly_offline() -> None:

@@ -91,6 +91,17 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_timm_weights: str, tiny_cl
     assert code == 1 and "unknown head 'nosuchhead'" in err
     code, _, err = run(capsys, "train", "--cache", timm_cache, "--param", "bogus=1")
     assert code == 1 and "has no parameter bogus" in err
+    for argv, message in [
+        (["--head", "zeroshot"], "head zeroshot: zeroshot needs an open_clip backbone"),
+        (["--param", "C=abc"], "head logreg:"),
+        (["--head", "ncm", "--shots", "2", "--seeds", "a,b"], "--seeds takes whole numbers"),
+    ]:
+        code, _, err = run(capsys, "train", "--cache", timm_cache, *argv)
+        assert code == 1 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    (Path(timm_cache).parent / "broken").mkdir()
+    (Path(timm_cache).parent / "broken" / "meta.h5").write_bytes(b"not hdf5")
+    code, _, err = run(capsys, "info", "--cache", str(Path(timm_cache).parent / "broken"))
+    assert code == 1 and "not a readable embedpipe cache" in err
     head = run_json(capsys, "train", "--cache", timm_cache, "--head", "logreg")["results"][0]["path"]
     code, _, err = run(capsys, "evaluate", "--head-file", head, "--cache", clip_cache)
     assert code == 1 and "cache/head mismatch" in err and err.count("\n") == 1

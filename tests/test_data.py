@@ -133,3 +133,21 @@ def test_glyphs_has_1500_classes_and_is_deterministic() -> None:
     # images of one class differ from each other (font, size, rotation, noise vary)
     a, b = (np.asarray(src.open(r), np.float32) for r in src.records[8:10])
     assert np.abs(a - b).mean() > 5
+
+
+def test_mixed_split_folders_and_csv_details_fail_clearly(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "mixed", classes=2, per_class=3, splits=True)
+    (root / "unlabeled").mkdir()
+    with pytest.raises(EmbedpipeError, match="mixes split folders"):
+        resolve_source(str(root))
+    make_image_folder(tmp_path / "imgs", classes=1, per_class=2)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("path,label\n./imgs/class0/img000.png,a\nimgs/class0/img001.png,b\n".encode("utf-8-sig"))
+    src = resolve_source(bom)  # a Path works as well as a str
+    assert [r.id for r in src.records] == ["imgs/class0/img000.png", "imgs/class0/img001.png"]
+    (tmp_path / "dup.csv").write_text("path,label\n./a.png,a\na.png,a\n")
+    with pytest.raises(EmbedpipeError, match="listed twice"):
+        resolve_source(str(tmp_path / "dup.csv"))
+    (tmp_path / "latin1.csv").write_bytes("path,label\ncaf\xe9.png,a\n".encode("latin-1"))
+    with pytest.raises(EmbedpipeError, match="not UTF-8"):
+        resolve_source(str(tmp_path / "latin1.csv"))

@@ -28,11 +28,14 @@ def read_strings(f: h5py.File, name: str) -> np.ndarray:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    with h5py.File(path / "meta.h5", "r") as f:
-        meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    for k in JSON_ATTRS:
-        if k in meta:
-            meta[k] = json.loads(meta[k])
+    try:
+        with h5py.File(path / "meta.h5", "r") as f:
+            meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        for k in JSON_ATTRS:
+            if k in meta:
+                meta[k] = json.loads(meta[k])
+    except (OSError, ValueError) as e:
+        raise EmbedpipeError(f"{path}/meta.h5 is not a readable embedpipe cache ({e}); remove the folder and re-extract") from None
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in meta.items()}
 
 

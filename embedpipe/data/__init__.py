@@ -10,10 +10,11 @@ from .sources import CsvSource, ImageFolderSource, Record, Source
 from .splits import SplitRule, assign_splits
 
 
-def resolve_source(data: str | Source) -> Source:
+def resolve_source(data: str | os.PathLike[str] | Source) -> Source:
     """A Source, a built-in name (``digits``), an ImageFolder directory or a ``.csv`` manifest."""
     if isinstance(data, Source):
         return data
+    data = os.fspath(data)
     if data in BUILTINS:
         return BUILTINS.create(data)
     if data.startswith("torchvision:"):

@@ -78,7 +78,14 @@ class ImageFolderSource(Source):
         if not subdirs:
             raise EmbedpipeError(f"no class folders in {root}: expected {root}/<class>/<image>")
         records: list[Record] = []
-        if set(subdirs) <= set(SPLITS):
+        named_splits = set(subdirs) & set(SPLITS)
+        if named_splits and named_splits != set(subdirs):
+            others = sorted(set(subdirs) - set(SPLITS))
+            raise EmbedpipeError(
+                f"{root} mixes split folders ({', '.join(sorted(named_splits))}) with other folders "
+                f"({', '.join(others[:5])}); use only train/val/test at the top, or only class folders"
+            )
+        if named_splits:
             for split in subdirs:
                 split_dir = os.path.join(self.root, split)
                 for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
@@ -100,19 +107,25 @@ class CsvSource(Source):
         base = os.path.dirname(self.csv_path)
         self.name = Path(csv_path).stem
         self.description = f"CSV manifest {self.csv_path}"
-        with open(self.csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            if "path" not in fields or "label" not in fields:
-                raise EmbedpipeError(
-                    f"{csv_path}: header must be path,label[,split]; found {','.join(fields) or 'nothing'}"
-                )
-            rows = list(reader)
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a column name
+                reader = csv.DictReader(f)
+                fields = reader.fieldnames or []
+                rows = list(reader)
+        except UnicodeDecodeError as e:
+            raise EmbedpipeError(f"{csv_path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+        except (OSError, csv.Error) as e:
+            raise EmbedpipeError(f"cannot read {csv_path}: {e}") from None
+        if "path" not in fields or "label" not in fields:
+            raise EmbedpipeError(
+                f"{csv_path}: header must be path,label[,split]; found {','.join(fields) or 'nothing'}"
+            )
         has_split = "split" in fields
         records: list[Record] = []
         seen: set[str] = set()
         for lineno, row in enumerate(rows, start=2):
             rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            rel = os.path.normpath(rel).replace(os.sep, "/") if rel else rel  # ./a.png and a.png are one file
             split = (row.get("split") or "").strip() or None if has_split else None
             if not rel or not label:
                 raise EmbedpipeError(f"{csv_path}:{lineno}: empty path or label")
