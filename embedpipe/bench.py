@@ -23,6 +23,7 @@ from .backbones import DEFAULT_BACKBONE
 from .errors import EmbedpipeError
 from .extract import library_versions, run_extract
 from .heads import HEADS, list_heads
+from .locking import exclusive
 from .train import fit_head, load_splits, metrics, sample_shots
 
 COLUMNS = [
@@ -242,8 +243,10 @@ def run_bench(config: BenchConfig, progress: bool = True) -> list[dict[str, Any]
     """Run (or resume) a bench; writes the CSV, Markdown and plots; returns all rows of the CSV."""
     from .report import write_report
 
-    rows = Bench(config, progress).run()
-    write_report(config, rows)
+    csv_path = Path(config.results_dir) / f"{config.name}.csv"
+    with exclusive(csv_path.with_name(csv_path.name + ".lock"), str(csv_path)):
+        rows = Bench(config, progress).run()
+        write_report(config, rows)
     return rows
 
 

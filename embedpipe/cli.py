@@ -93,8 +93,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     from .cache import open_cache
 
     cache = open_cache(args.cache)
-    summary = {**cache.summary(), "failed_ids": cache.failed, "meta": cache.meta}
-    lines = [f"{k}: {v}" for k, v in cache.summary().items()]
+    brief = cache.summary()
+    summary = {**brief, "failed_ids": cache.failed, "meta": cache.meta}
+    lines = [f"{k}: {v}" for k, v in brief.items()]
     lines += [f"  skipped {i}: {reason}" for i, reason in cache.failed]
     _emit(args, summary, "\n".join(lines))
 

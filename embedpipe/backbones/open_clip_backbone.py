@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import EmbedpipeError
-from .base import Backbone, BackboneConfig, check_weights_file, pool_map
+from .base import Backbone, BackboneConfig, check_weights_file, file_digest, pool_map
 
 # Small architecture configs shipped with embedpipe (e.g. the tiny random-weight test model).
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
@@ -88,7 +88,13 @@ class OpenClipBackbone(Backbone):
         return len(out["image_intermediates"])
 
     def _weights_id(self) -> str:
-        return super()._weights_id() if self.config.weights else f"tag:{self.arch}/{self.tag}"
+        if self.config.weights:
+            return super()._weights_id()
+        if self.arch.startswith("local-dir:"):  # the folder's own files: config and checkpoint(s)
+            folder = Path(self.arch.partition(":")[2])
+            files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+            return "local-dir:" + ",".join(f"{p.name}={file_digest(str(p))}" for p in files)
+        return f"tag:{self.arch}/{self.tag}"
 
     @torch.inference_mode()
     def text_classifier(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
