@@ -97,7 +97,9 @@ class Cache:
     @cached_property
     def _status(self) -> tuple[np.ndarray, list[str]]:
         ok, errors = [], []
-        for f in self._shard_files():
+        for i, f in enumerate(self._shard_files()):
+            if f.attrs.get("key") != self.key:  # a shard copied in from another cache
+                raise EmbedpipeError(f"{self.path}/{shard_name(i)} belongs to another cache; remove it and re-extract")
             ok.append(f["ok"][()])
             errors += list(f["errors"].asstr()[()])
         return np.concatenate(ok) if ok else np.zeros(0, bool), errors

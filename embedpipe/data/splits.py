@@ -37,8 +37,11 @@ def _count(n: int, fraction: float) -> int:
 
 
 def assign_splits(records: list[Record], rule: SplitRule) -> list[Record]:
-    if any(r.split is not None for r in records):
+    given = sum(r.split is not None for r in records)
+    if given == len(records):
         return records  # the source brings its own split
+    if given:
+        raise EmbedpipeError(f"{given} of {len(records)} images have a split and the rest do not; give all or none")
     if not (0 <= rule.val < 1 and 0 <= rule.test < 1 and rule.val + rule.test < 1):
         raise EmbedpipeError(f"bad split fractions val={rule.val} test={rule.test}: each in [0, 1), sum < 1")
     by_class: dict[str, list[Record]] = defaultdict(list)
