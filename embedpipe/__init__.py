@@ -10,7 +10,7 @@ from .errors import EmbedpipeError
 from .extract import ExtractConfig, extract
 from .heads import create_head, list_heads
 from .predict import predict
-from .train import evaluate, train, train_heads
+from .train import evaluate, few_shot, train, train_heads
 
 __all__ = [
     "BackboneConfig",
@@ -23,6 +23,7 @@ __all__ = [
     "create_head",
     "evaluate",
     "extract",
+    "few_shot",
     "list_backbones",
     "list_heads",
     "open_cache",
