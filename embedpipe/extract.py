@@ -191,16 +191,14 @@ def run_extract(
     key = cache_key(fkey, manifest_digest(records))
     path = cache_path(cache_dir, source.name, bb.spec, key)
     n = len(records)
-    n_shards = (n + config.shard_size - 1) // config.shard_size
 
     with exclusive(path / ".lock", str(path)):
-        if (path / "meta.h5").is_file():
-            meta = read_meta(path)
-            if meta.get("key") != key:
-                raise EmbedpipeError(f"{path} holds a different cache (key {meta.get('key')}); remove it")
-            size = int(meta["shard_size"])
-        else:
-            size = config.shard_size
+        existing = read_meta(path) if (path / "meta.h5").is_file() else None
+        if existing is not None and existing.get("key") != key:
+            raise EmbedpipeError(f"{path} holds a different cache (key {existing.get('key')}); remove it")
+        size = int(existing["shard_size"]) if existing is not None else config.shard_size  # resume keeps its shards
+        n_shards = (n + size - 1) // size
+        if existing is None:
             label_index = {name: i for i, name in enumerate(label_names)}
             write_meta(
                 path,
@@ -213,7 +211,6 @@ def run_extract(
                 },
                 attrs=_meta_attrs(source, bb, layers, config, key, fkey, n, n_shards),
             )
-        n_shards = (n + size - 1) // size
         pending = missing_shards(path, n_shards)
         stats = _fill_shards(source, records, bb, layers, config, path, key, fkey, size, pending, progress)
     stats.resumed_shards = n_shards - len(pending) if 0 < len(pending) < n_shards else 0

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbones.base import resolve_device
 from .base import Head, State, softmax_np, standardizer
-from .torch_utils import as_tensor, device_for
+from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
 
@@ -72,7 +73,7 @@ class LogRegHead(Head):
         self.device = device  # auto = CUDA when present
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        dev = device_for(self.device)
+        dev = resolve_device(self.device)
         sweep = self.C is None and X_val is not None
         X_all = np.concatenate([X, X_val]) if sweep and self.refit and X_val is not None else X
         self.mean_, self.scale_ = standardizer(X_all) if self.standardize else (

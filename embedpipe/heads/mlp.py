@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones.base import resolve_device
 from .base import Head, State, standardizer
-from .torch_utils import as_tensor, device_for
+from .torch_utils import as_tensor
 
 
 def build_mlp(d_in: int, hidden: int, n_layers: int, n_out: int, dropout: float) -> nn.Sequential:
@@ -55,7 +56,7 @@ class MLPHead(Head):
         self.device = device  # auto = CUDA when present
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        dev = device_for(self.device)
+        dev = resolve_device(self.device)
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
         self.mean_, self.scale_ = standardizer(X)

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbones.base import resolve_device
 from .base import Head, State, softmax_np
-from .torch_utils import as_tensor, device_for
+from .torch_utils import as_tensor
 
 
 def l2_normalize(X: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ class KNNHead(Head):
         self.y_ = y.astype(np.int64)
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        dev = device_for(self.device)
+        dev = resolve_device(self.device)
         bank, labels = as_tensor(self.X_, dev), torch.from_numpy(self.y_).to(dev)
         k = min(self.n_neighbors, len(self.X_))
         out = np.empty((len(X), len(self.classes_)), np.float32)

@@ -5,12 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..backbones.base import resolve_device
-
-
-def device_for(device: str) -> torch.device:
-    return resolve_device(device)
-
 
 def as_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
