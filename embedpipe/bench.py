@@ -24,7 +24,7 @@ from .errors import EmbedpipeError
 from .extract import library_versions, run_extract
 from .heads import HEADS, list_heads
 from .locking import exclusive
-from .train import fit_head, load_splits, metrics, sample_shots
+from .train import fit_head, load_splits, sample_shots
 
 COLUMNS = [
     "dataset", "backbone", "layer", "head", "shots", "seed", "settings", "status", "error",
@@ -223,9 +223,7 @@ class Bench:
                 data = {**data, "train": (Xtr[idx], ytr[idx])}
             result = fit_head(data, head, layer, self.config.head_params.get(head),
                               HEADS.get(head).context_params(cache, layer))
-            assert result.model is not None
-            X_test, y_test = data["test"]
-            m = metrics(result.model, X_test, y_test) if len(X_test) else {}
+            m = result.test_metrics
             return {**base, **run.env, "status": "ok", "error": "", "val_acc": _r(result.val_acc),
                     "test_acc": _r(result.test_acc), "test_top5": _r(m.get("top5")),
                     "test_mean_per_class_recall": _r(m.get("mean_per_class_recall")),

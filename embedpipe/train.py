@@ -29,6 +29,7 @@ class FitResult:
     fit_s: float
     n_train: int
     n_classes: int
+    test_metrics: dict[str, float] = field(default_factory=dict)  # top1 (= test_acc), top5, mean per-class recall
     path: str | None = None
     model: Head | None = field(default=None, repr=False)
 
@@ -83,8 +84,9 @@ def fit_head(
     # A head that refits on train+val reports the validation score it was selected with.
     val = getattr(head, "best_val_score_", None)
     val = accuracy(head, Xv, yv) if val is None else float(val)
-    return FitResult(name, layer, dict(params or {}), val, accuracy(head, Xte, yte),
-                     fit_s, len(Xtr), len(head.classes_), model=head)
+    test = metrics(head, Xte, yte) if len(Xte) else {}  # one predict_proba pass gives every test number
+    return FitResult(name, layer, dict(params or {}), val, test.get("top1"),
+                     fit_s, len(Xtr), len(head.classes_), test_metrics=test, model=head)
 
 
 def default_head_path(cache: Cache, name: str, layer: str) -> Path:
@@ -151,7 +153,7 @@ def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
 def metrics(head: Head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """top-1, top-5 accuracy and mean per-class recall (balanced accuracy)."""
     proba = head.predict_proba(X)
-    order = np.argsort(-proba, axis=1)
+    order = np.argsort(-proba, axis=1, kind="stable")  # ties go to the first class, as predict's argmax
     ranked = head.classes_[order[:, : min(5, proba.shape[1])]]
     top1 = ranked[:, 0] == y
     recalls = [float(top1[y == c].mean()) for c in np.unique(y)]
