@@ -57,8 +57,9 @@ class LGBMHead(Head):
         self.max_bin = max_bin  # histogram bins per feature (LightGBM default 255)
         self.min_child_samples = min_child_samples  # minimum rows per leaf
         self.colsample = colsample  # fraction of features per tree
-        # L2 on leaf values. With many classes each one-vs-rest tree sees few positives, the hessians are
-        # tiny and unregularised leaves explode (validation loss diverges after ~5 rounds); 1.0 fixes it.
+        # L2 on leaf values. With many classes each one-vs-rest tree sees few positives and tiny hessians,
+        # and unregularised leaves grow large: on benchmarks/solvers.py's 100-class data, test accuracy
+        # 0.504 with 1.0 vs 0.390 without; LightGBM's own defaults reach 0.106 (benchmarks/heads.py).
         self.reg_lambda = reg_lambda
         self.early_stopping_rounds = early_stopping_rounds  # rounds without validation gain before stopping
         self.n_jobs = n_jobs  # threads; 0 = all cores

@@ -1,0 +1,106 @@
+"""The measurements behind the heads' design choices, in one run (about a minute on 2 cores).
+
+    .venv/bin/python benchmarks/solvers.py
+
+Writes benchmarks/results/solvers.csv and solvers.md with, on the synthetic 100-class data of
+benchmarks/heads.py:
+- logreg: milliseconds per loss+gradient evaluation (16k x 512 x 100) with autograd vs the
+  hand-written closure the head uses, and an fp32 vs bf16 matmul of the same shape;
+- logreg: validation accuracy along the C path at gradient tolerance 1e-4 (the head's) vs 1e-3;
+- lgbm: test accuracy and best round with and without L2 on leaf values (reg_lambda 1.0 vs 0),
+  early stopping on validation, 100 classes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def ms_per_call(fn: Any, repeat: int = 20) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat * 1000
+
+
+def logreg_rows() -> list[dict[str, Any]]:
+    from heads import synthetic
+
+    from embedpipe import create_head
+    from embedpipe.heads.base import standardizer
+    from embedpipe.heads.logreg import DEFAULT_CS
+
+    (Xtr, ytr), (Xv, yv), _ = synthetic(22858, 512, 100, seed=0)
+    mean, scale = standardizer(Xtr)
+    X, y = torch.from_numpy((Xtr - mean) / scale), torch.from_numpy(ytr)
+    n, rows_idx, C = len(X), torch.arange(len(X)), 1.0
+    W = (torch.randn(512, 100) * 0.01).requires_grad_(True)
+    b = torch.zeros(100, requires_grad=True)
+
+    def autograd() -> None:
+        W.grad = b.grad = None
+        (torch.nn.functional.cross_entropy(X @ W + b, y) + (W * W).sum() / (2 * C * n)).backward()
+
+    @torch.no_grad()
+    def by_hand() -> None:
+        z = X @ W + b
+        (torch.logsumexp(z, 1) - z[rows_idx, y]).mean()
+        P = torch.softmax(z, 1)
+        P[rows_idx, y] -= 1
+        P /= n
+        W.grad = X.T @ P + W / (C * n)
+        b.grad = P.sum(0)
+
+    Wd, Xb, Wb = W.detach(), X.bfloat16(), W.detach().bfloat16()
+    rows = [
+        {"study": "logreg eval", "variant": "autograd loss+grad", "value": round(ms_per_call(autograd), 1), "unit": "ms"},
+        {"study": "logreg eval", "variant": "hand-written loss+grad (used)", "value": round(ms_per_call(by_hand), 1), "unit": "ms"},
+        {"study": "matmul 16k x 512 x 100", "variant": "fp32 (used)", "value": round(ms_per_call(lambda: X @ Wd), 1), "unit": "ms"},
+        {"study": "matmul 16k x 512 x 100", "variant": "bf16", "value": round(ms_per_call(lambda: Xb @ Wb), 1), "unit": "ms"},
+    ]
+    for tol in (1e-4, 1e-3):
+        head = create_head("logreg", tol=tol, refit=False).fit(Xtr, ytr, eval_set=(Xv, yv))
+        path = " ".join(f"{v:.3f}" for v in head.val_scores_.values())
+        rows.append({"study": "logreg C path val acc", "variant": f"tol {tol:g}" + (" (used)" if tol == 1e-4 else ""),
+                     "value": path, "unit": f"C={DEFAULT_CS[0]:g}..{DEFAULT_CS[-1]:g}"})
+    return rows
+
+
+def lgbm_rows() -> list[dict[str, Any]]:
+    from heads import synthetic
+
+    from embedpipe import create_head
+
+    train, val, test = synthetic(14286 // 4, 1280, 100, seed=1)
+    rows = []
+    for reg in (1.0, 0.0):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = create_head("lgbm", reg_lambda=reg).fit(*train, eval_set=val)
+        rows.append({"study": "lgbm 100 classes, 2.5k train", "variant": f"reg_lambda {reg:g}" + (" (used)" if reg else ""),
+                     "value": f"test {head.score(*test):.3f}, best round {head.best_iteration_}, "
+                              f"{time.perf_counter() - t0:.1f} s", "unit": ""})
+    return rows
+
+
+def main() -> None:
+    from _common import environment, write_results
+
+    env = environment()
+    rows = [{**r, **env} for r in logreg_rows() + lgbm_rows()]
+    _, md = write_results("solvers", rows, ["study", "variant", "value", "unit"])
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
