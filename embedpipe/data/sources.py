@@ -27,6 +27,7 @@ class Record:
     split: str | None
     path: str | None  # absolute file path; None for in-memory built-in sets
     signature: str  # changes whenever the image changes
+    error: str = ""  # set when the entry was found unusable while listing; extraction records it as failed
 
 
 class Source:
