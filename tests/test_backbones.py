@@ -54,9 +54,9 @@ def test_timm_pooled_is_pre_logits(tiny_timm_weights: str) -> None:
     bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, precision="fp32")
     x = torch.rand(2, 3, 160, 160)
     out = bb.embed(x, ["pooled", "logits"])
-    head = bb.model.get_classifier()
+    head = bb.model.get_classifier()  # on the backbone's device (CUDA when present)
     with torch.inference_mode():
-        expected = head(torch.from_numpy(out["pooled"])).numpy()
+        expected = head(torch.from_numpy(out["pooled"]).to(bb.device)).cpu().numpy()
     np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-4)
 
 
@@ -64,7 +64,8 @@ def test_open_clip_pooled_is_encode_image(tiny_clip_weights: str) -> None:
     bb = create_backbone(TINY_CLIP, weights=tiny_clip_weights, precision="fp32")
     x = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
-        expected = bb.model.encode_image(x.contiguous(memory_format=torch.channels_last)).numpy()
+        x_dev = x.to(bb.device).contiguous(memory_format=torch.channels_last)  # CUDA when present
+        expected = bb.model.encode_image(x_dev).cpu().numpy()
     np.testing.assert_allclose(bb.embed(x, ["pooled"])["pooled"], expected, rtol=1e-4, atol=1e-5)
 
 
