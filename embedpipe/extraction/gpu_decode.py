@@ -167,17 +167,18 @@ def tensor_geometry(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
 
 # -- batch decode ------------------------------------------------------------------------------
-_STREAMS: dict[int, torch.cuda.Stream] = {}
-_STREAMS_LOCK = threading.Lock()
+_LOCAL = threading.local()  # per thread: {device index: its decode stream}
 
 
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per CUDA device, used only by ``decode_batch``."""
+    """A side stream per (thread, CUDA device), used only by ``decode_batch``. Per thread, because the
+    guard in ``_decode`` (stream idle before the decode) only holds if no other thread queues work
+    and frees memory on the same stream in between."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    with _STREAMS_LOCK:
-        if index not in _STREAMS:
-            _STREAMS[index] = torch.cuda.Stream(device=index)
-        return _STREAMS[index]
+    streams = _LOCAL.__dict__.setdefault("streams", {})
+    if index not in streams:
+        streams[index] = torch.cuda.Stream(device=index)
+    return streams[index]
 
 
 def _decode(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -280,5 +281,6 @@ def decode_batch(
     if stream is not None:
         consumer = consumer_stream if consumer_stream is not None else torch.cuda.current_stream(device)
         consumer.wait_stream(stream)
-        batch.record_stream(consumer)
+        if batch.numel():  # an empty tensor has no memory to guard
+            batch.record_stream(consumer)
     return batch, order, sorted(fallback)
