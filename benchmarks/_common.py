@@ -4,22 +4,63 @@ memory of a process tree (a process and all its descendants, e.g. DataLoader wor
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import subprocess
 import threading
 import time
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 SAMPLE_S = 0.05  # how often the process tree's memory is sampled
 
 
 def environment() -> dict[str, Any]:
-    """Date, machine, device and library versions: the same fields embedpipe bench records."""
+    """Date, machine, device and library versions (embedpipe bench's fields), with ``versions``
+    widened to every dependency in pyproject.toml as resolved here, and ``pinned``: "yes" when every
+    installed package has its constraints.txt version, else the differences (installed != pinned)."""
     from embedpipe.bench import environment as bench_environment
 
-    return bench_environment()
+    env = bench_environment()
+    versions = {**json.loads(env["versions"]), **resolved_versions()}
+    differ = [f"{name} {have} != {want}" for name, (have, want) in sorted(constraint_differences().items())]
+    return {**env, "versions": json.dumps(versions, sort_keys=True), "pinned": "; ".join(differ) or "yes"}
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def resolved_versions() -> dict[str, str]:
+    """Installed version of each dependency (and extra) named in pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [*project["dependencies"], *(r for extra in project.get("optional-dependencies", {}).values() for r in extra)]
+    out = {}
+    for req in reqs:
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", req)
+        if name:
+            try:
+                out[_normalize(name.group(0))] = metadata.version(name.group(0))
+            except metadata.PackageNotFoundError:
+                out[_normalize(name.group(0))] = "not installed"
+    return out
+
+
+def constraint_differences() -> dict[str, tuple[str, str]]:
+    """name -> (installed, pinned) for installed packages whose version differs from constraints.txt
+    (a local label such as +cpu is the same release)."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[_normalize(name)] = version
+    installed = {_normalize(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    return {n: (installed[n], v) for n, v in pins.items() if n in installed and installed[n].split("+")[0] != v}
 
 
 def write_results(name: str, rows: list[dict[str, Any]], columns: list[str]) -> tuple[Path, Path]:

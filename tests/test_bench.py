@@ -184,3 +184,15 @@ def test_run_measured_counts_the_whole_process_tree() -> None:
     assert mem["peak_tree_rss_mb"] >= 300 and mem["peak_tree_pss_mb"] >= 300
     with pytest.raises(subprocess.CalledProcessError):
         run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_benchmark_environment_records_resolved_and_pinned_versions() -> None:
+    from importlib import metadata
+
+    from _common import environment
+
+    env = environment()
+    versions = json.loads(env["versions"])
+    for dist in ("torch", "torchvision", "lightgbm", "scikit-learn", "pillow", "numpy"):
+        assert versions[dist] == metadata.version(dist), dist
+    assert env["pinned"] == "yes", env["pinned"]  # this environment is the one constraints.txt pins
