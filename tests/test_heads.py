@@ -178,7 +178,7 @@ def test_logreg_sweep_stops_after_patience_values_below_the_best() -> None:
     stop = next(i for i in range(1, len(scores)) if scores[i] < max(scores[:i]))
     assert list(early.val_scores_) == [repr(c) for c in Cs[: stop + 1]]
     assert [early.val_scores_[repr(c)] for c in Cs[: stop + 1]] == scores[: stop + 1]
-    assert early.C_ == Cs[int(np.argmax(scores[: stop + 1]))]
+    assert Cs[int(np.argmax(scores[: stop + 1]))] == early.C_
 
 
 def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..backbones.base import resolve_device
-from .base import Head, State, softmax_np, standardizer
+from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
@@ -117,6 +117,11 @@ class LogRegHead(Head):
         return ({"C_": self.C_, "val_scores_": self.val_scores_, "best_val_score_": self.best_val_score_,
                  "n_iter_": self.n_iter_},
                 {"coef_": self.coef_, "intercept_": self.intercept_, "mean_": self.mean_, "scale_": self.scale_})
+
+    def _state_spec(self) -> StateSpec:
+        return ({"C_": "number", "val_scores_": "dict[str,number]", "best_val_score_": "number?", "n_iter_": "int"},
+                {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",)), "mean_": ArraySpec(("d",)),
+                 "scale_": ArraySpec(("d",), positive=True)})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.C_, self.val_scores_ = float(state["C_"]), dict(state["val_scores_"])

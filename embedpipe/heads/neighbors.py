@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..backbones.base import resolve_device
-from .base import Head, State
+from .base import ArraySpec, Head, State, StateSpec
 from .torch_utils import as_tensor
 
 _PREDICT_ROWS = 65536  # rows scored per block on the device (bounds its memory)
@@ -54,6 +54,9 @@ class KNNHead(Head):
     def _get_state(self) -> State:
         return {}, {"X_": self.X_, "y_": self.y_}
 
+    def _state_spec(self) -> StateSpec:
+        return {}, {"X_": ArraySpec(("n", "d")), "y_": ArraySpec(("n",), kind="iu", below="k")}
+
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.X_, self.y_ = arrays["X_"].astype(np.float32), arrays["y_"].astype(np.int64)
 
@@ -90,6 +93,9 @@ class NCMHead(Head):
 
     def _get_state(self) -> State:
         return {}, {"mean_": self.mean_, "centroids_": self.centroids_}
+
+    def _state_spec(self) -> StateSpec:
+        return {}, {"mean_": ArraySpec(("d",)), "centroids_": ArraySpec(("k", "d"))}
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.mean_, self.centroids_ = arrays["mean_"], arrays["centroids_"]
