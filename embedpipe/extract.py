@@ -34,7 +34,7 @@ from .data import Source, SplitRule, assign_splits, resolve_source
 from .errors import EmbedpipeError
 from .extraction.decode import DecodeOptions
 from .extraction.defaults import default_batch_size, default_workers
-from .extraction.embed import BatchDecoder, Embedder
+from .extraction.embed import BatchDecoder
 from .extraction.engine import run_local
 from .extraction.plan import ShardPlan, plan_shards
 from .extraction.shard import ShardExecutor
@@ -239,9 +239,7 @@ def _fill_shards(
     stats = ExtractStats(str(path), n, 0, 0, 0, 0.0, 0.0, 0)
     if not plans:
         return stats
-    dims = {name: bb.dims[name] for name in layers}
-    embedder = Embedder(bb, layers, opts, decoder.decode_bytes if decoder else None)
-    executor = ShardExecutor(source, records, embedder, dims, decoder.route if decoder else None)
+    executor = ShardExecutor.build(source, records, bb, layers, opts, decoder)
     workers = default_workers(bb.device) if config.num_workers is None else config.num_workers
     run = run_local(plans, source, records, executor, path, key, config.dtype, workers,
                     route=decoder.route if decoder else None, progress=progress)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backbones.base import Backbone
 from ..data.sources import Record, Source
 from .decode import Batch, DecodeOptions, Route, decode_batch_cpu
-from .embed import Embedder
+from .embed import BatchDecoder, Embedder
 from .plan import ShardPlan, copy_rows
 from .write import ShardResult
 
@@ -41,6 +42,14 @@ class ShardExecutor:
         self.source, self.records, self.embedder, self.route = source, records, embedder, route
         self.layers = embedder.layers
         self.dims = dims
+
+    @classmethod
+    def build(cls, source: Source, records: Sequence[Record], backbone: Backbone, layers: Sequence[str],
+              opts: DecodeOptions, decoder: BatchDecoder | None = None) -> ShardExecutor:
+        """An executor for one backbone (loaded once, then shard after shard: what an actor holds)."""
+        embedder = Embedder(backbone, layers, opts, decoder.decode_bytes if decoder else None)
+        dims = {name: backbone.dims[name] for name in embedder.layers}
+        return cls(source, records, embedder, dims, decoder.route if decoder else None)
 
     @property
     def opts(self) -> DecodeOptions:
