@@ -271,3 +271,26 @@ def test_bytes_routing_and_fallback(tmp_path: Path, tiny_timm_weights: str) -> N
     cos = (xa[jpg] * xb[jpg]).sum(1) / np.linalg.norm(xa[jpg], axis=1) / np.linalg.norm(xb[jpg], axis=1)
     assert cos.min() > 0.98  # decoded by the stand-in: close to PIL, not equal
     assert stats.embedded == len(ids) - 1
+
+
+def test_extract_stops_on_a_full_disk_with_one_line(tmp_path: Path, tiny_timm_weights: str) -> None:
+    """The CLI under a 64 KB file size limit: meta.h5 fits, the first shard does not."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # inherited through exec: writes fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
+    cache_dir = tmp_path / "c"
+    out = subprocess.run(
+        [sys.executable, "-m", "embedpipe", "extract", "--data", str(data), "--backbone", TINY_TIMM, "--weights",
+         tiny_timm_weights, "--cache-dir", str(cache_dir), "--layers", "pooled,logits", "--dtype", "float32",
+         "--workers", "0", "--precision", "fp32", "--quiet"],
+        capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "File too large" in lines[0] and str(cache_dir) in lines[0], out.stderr[-2000:]
+    (path,) = cache_dir.glob("data/*")
+    assert (path / "meta.h5").is_file() and not list(path.glob("shards/*"))  # no partial shard, no temp file
