@@ -191,8 +191,8 @@ def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision of the forward pass (default auto)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core, max 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 256 on GPU, 64 on CPU)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: per device, see README)")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard, the unit of resume (default 1024)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split rule")
     p.add_argument("--val-fraction", type=float, default=0.15, help="val share per class when data has no split")

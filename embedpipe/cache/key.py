@@ -1,7 +1,17 @@
 """Cache keys: a hash of everything that produced the numbers.
 
-``feature_key`` covers how features are made (backbone fingerprint = spec, weights digest,
-preprocessing, precision; layers; storage dtype). ``manifest_digest`` covers what they are made of
+``feature_key`` covers how features are made. What goes in, and where it comes from (this is the
+one place that combines them):
+
+* the backbone fingerprint (``Backbone.fingerprint``): spec, weights digest (a local file's sha256;
+  for hub weights the tag plus a digest of the loaded state_dict), preprocessing config, precision;
+* how the forward pass computes (``Backbone.compute_provenance``): device type, channels_last,
+  precision, torch / timm / open_clip versions;
+* the decode path (``DecodeOptions.path``): ``pil`` (full PIL decode), ``pil-draft`` (JPEGs decoded
+  at reduced DCT scale), ``transform`` (the backbone's own float transform), later ``gpu``;
+* the stored layers and the storage dtype.
+
+Rows of two caches are interchangeable (a donor may lend rows) only when all of this is equal. ``manifest_digest`` covers what they are made of
 (ids, size+mtime or content hash, labels, splits). The cache key hashes both, so the same inputs
 reuse a cache and any change gives a new one. Caches that share a ``feature_key`` may lend each
 other rows, which is how adding images to a dataset embeds only the new ones.
@@ -25,9 +35,13 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def feature_key(backbone_fingerprint: str, layers: Sequence[str], dtype: str) -> str:
-    return digest({"schema": SCHEMA_VERSION, "backbone": backbone_fingerprint,
-                   "layers": sorted(layers), "dtype": dtype})
+def feature_key(
+    backbone_fingerprint: str, layers: Sequence[str], dtype: str, *,
+    compute: dict[str, Any] | None = None, decode: str = "pil-draft",
+) -> str:
+    """Everything listed in the module docstring; ``compute`` = ``Backbone.compute_provenance()``."""
+    return digest({"schema": SCHEMA_VERSION, "backbone": backbone_fingerprint, "compute": compute or {},
+                   "decode": decode, "layers": sorted(layers), "dtype": dtype})
 
 
 def manifest_digest(records: Sequence[Record]) -> str:

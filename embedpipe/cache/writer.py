@@ -8,6 +8,7 @@ half-written shard. Resume = skip the shards that exist.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,16 +33,18 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """The HDF5 file is built in memory, then written with plain file I/O: a failing disk (ENOSPC,
+    EFBIG) raises a clean OSError here instead of leaving the HDF5 library with a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        yield f
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(tmp, "wb") as out:
+            out.write(buf.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:

@@ -1,15 +1,15 @@
-"""Decoding in DataLoader workers: bytes -> PIL (EXIF-rotated, RGB) -> the backbone's tensor.
+"""Per-image decoding to RGB: ``to_rgb`` (EXIF orientation, any mode -> RGB) and ``DecodeDataset``
+(record -> the backbone's own float transform, or the reason it failed).
 
-A sample that cannot be read or decoded comes back with its reason instead of a tensor; the caller
-records it and goes on. Batches are given explicitly (a list of index lists) so that they never
-cross a cache shard, which makes an interrupted-and-resumed run compute exactly the same batches.
+Extraction's read/decode stage (uint8 at model size, JPEG draft, signature checks, bytes for a batch
+decoder) lives in ``embedpipe/extraction/decode.py`` and uses ``to_rgb`` from here.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,30 +56,3 @@ class DecodeDataset(torch.utils.data.Dataset[Item]):
         except Exception as e:  # any decode failure is data, not a crash
             reason = str(e).splitlines()[0] if str(e) else ""
             return index, None, f"{type(e).__name__}: {reason}"[:300]
-
-
-def collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[int], list[tuple[int, str]]]:
-    """-> (all indices, stacked good tensors or None, indices of the good ones, (index, reason) failures)."""
-    good = [(i, t) for i, t, _ in items if t is not None]
-    failed = [(i, err) for i, t, err in items if t is None]
-    batch = torch.stack([t for _, t in good]) if good else None
-    return [i for i, _, _ in items], batch, [i for i, _ in good], failed
-
-
-def default_workers() -> int:
-    return min(8, max(0, (os.cpu_count() or 1)))
-
-
-def iterate_batches(
-    dataset: DecodeDataset, batches: list[list[int]], num_workers: int
-) -> Iterator[tuple[list[int], torch.Tensor | None, list[int], list[tuple[int, str]]]]:
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if num_workers > 0 else None,
-        persistent_workers=False,
-    )
-    yield from loader
