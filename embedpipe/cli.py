@@ -76,6 +76,8 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "num_workers": args.workers,
         "shard_size": args.shard_size,
+        "jpeg_draft": args.jpeg_draft,
+        "gpu_decode": args.gpu_decode,
         "split": SplitRule(seed=args.split_seed, val=args.val_fraction, test=args.test_fraction),
     }
     return options
@@ -194,6 +196,10 @@ def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 256 on GPU, 64 on CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: per device, see README)")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard, the unit of resume (default 1024)")
+    p.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false",
+                   help="decode large JPEGs at full size (default: reduced DCT scale, never below model size)")
+    p.add_argument("--no-gpu-decode", dest="gpu_decode", action="store_false",
+                   help="on CUDA, decode every image on the CPU (default: JPEGs on the GPU with nvJPEG)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split rule")
     p.add_argument("--val-fraction", type=float, default=0.15, help="val share per class when data has no split")
     p.add_argument("--test-fraction", type=float, default=0.15, help="test share per class when data has no split")

@@ -51,6 +51,7 @@ class ExtractConfig:
     batch_size: int | None = None  # images per forward pass; None = per device (extraction/defaults.py)
     num_workers: int | None = None  # decoding processes; None = per device (extraction/defaults.py)
     jpeg_draft: bool = True  # decode large JPEGs at reduced DCT scale (never below model size; in the key)
+    gpu_decode: bool = True  # on CUDA: JPEGs decoded by nvJPEG in batches, the rest on CPU (in the key)
     shard_size: int = 1024  # rows per shard file: the unit of resume after a crash
     split: SplitRule = field(default_factory=SplitRule)  # used when the data brings no split
 
@@ -152,6 +153,8 @@ def run_extract(
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)
     layers = bb.check_layers(config.layers)
     opts = DecodeOptions(bb.pixel_preprocess, bb.transform, config.jpeg_draft)
+    if decoder is None and config.gpu_decode and opts.pre is not None and bb.device.type == "cuda":
+        decoder = gpu_decoder()
     decode_path = opts.path if decoder is None or opts.pre is None else f"{decoder.path}+{opts.path}"
     fkey = feature_key_for(bb, layers, config.dtype, decode_path)
     if config.batch_size is None:
@@ -223,6 +226,13 @@ def _meta_attrs(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
     }
+
+
+def gpu_decoder() -> BatchDecoder:
+    """nvJPEG through torchvision: the files ``gpu_decodable`` accepts go to the GPU in batches."""
+    from .extraction.gpu_decode import DECODE_PATH, decode_batch, gpu_decodable
+
+    return BatchDecoder(gpu_decodable, decode_batch, DECODE_PATH)
 
 
 def feature_key_for(bb: Backbone, layers: Sequence[str], dtype: str, decode: str) -> str:
