@@ -29,9 +29,9 @@ from .cache import (
     cache_path,
     feature_key,
     manifest_digest,
-    missing_shards,
     read_meta,
     shard_name,
+    unfinished_shards,
     write_meta,
     write_shard,
 )
@@ -211,7 +211,7 @@ def run_extract(
                 },
                 attrs=_meta_attrs(source, bb, layers, config, key, fkey, n, n_shards),
             )
-        pending = missing_shards(path, n_shards)
+        pending = unfinished_shards(path, n_shards, key)
         stats = _fill_shards(source, records, bb, layers, config, path, key, fkey, size, pending, progress)
     stats.resumed_shards = n_shards - len(pending) if 0 < len(pending) < n_shards else 0
     stats.seconds = time.perf_counter() - t0
