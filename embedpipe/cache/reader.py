@@ -37,9 +37,12 @@ class DamagedShard(EmbedpipeError):
     """A shard on disk that cannot be trusted (truncated, flipped bytes, another cache's)."""
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, what: str = "") -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    line = text[0] if text else type(e).__name__
+    if "filter returned failure" in line or "fletcher32" in line:  # how HDF5 reports a checksum mismatch
+        return f"checksum mismatch in {what or 'a dataset'}"
+    return line
 
 
 def read_strings(f: h5py.File | h5py.Group, name: str) -> np.ndarray:
@@ -112,19 +115,20 @@ def shard_problem(path: Path, index: int, layout: ShardLayout, full: bool = Fals
     shard from another cache and a half-copied file. ``full=True`` also reads every dataset, which
     verifies every checksum (the only way to find a flipped byte inside the data)."""
     file = path / shard_name(index)
+    what = ""
     if not file.is_file():
         return "missing"
     try:
         with h5py.File(file, "r") as f:
             problem = _check_open(f, index, layout)
+            for name in [f"features/{layer}" for layer in layout.dims] + ["ok"] if problem is None and full else []:
+                what = name
+                f[name][()]
             if problem is None and full:
-                for layer in layout.dims:
-                    f["features"][layer][()]
-                f["ok"][()]
                 read_strings(f, "errors")
             return problem
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return _first_line(e)
+        return _first_line(e, what)
 
 
 def unfinished_shards(path: Path, n_shards: int, key: str) -> list[int]:
@@ -224,14 +228,14 @@ class Cache:
             raise DamagedShard(damaged_message(self.path, i, reason + more, found_by_checksum=False))
 
     @contextlib.contextmanager
-    def _reading(self, index: int) -> Iterator[None]:
-        """Turn a checksum failure (or any read error) inside shard ``index`` into one line."""
+    def _reading(self, index: int, what: str = "") -> Iterator[None]:
+        """Turn a checksum failure (or any read error) of ``what`` in shard ``index`` into one line."""
         try:
             yield
+        except DamagedShard:
+            raise
         except (OSError, ValueError, KeyError) as e:
-            reason = _first_line(e)
-            if "fletcher32" in reason or "checksum" in reason:
-                reason = "checksum mismatch: " + reason
+            reason = _first_line(e, what)
             raise DamagedShard(damaged_message(self.path, index, reason, found_by_checksum=True)) from None
 
     # -- metadata ----------------------------------------------------------------------------
@@ -267,8 +271,9 @@ class Cache:
     def _status(self) -> tuple[np.ndarray, list[str]]:
         ok, errors = [], []
         for i, f in self._shard_files():
-            with self._reading(i):
+            with self._reading(i, "ok"):
                 ok.append(f["ok"][()])
+            with self._reading(i, "errors"):
                 errors += list(read_strings(f, "errors"))
         return np.concatenate(ok) if ok else np.zeros(0, bool), errors
 
@@ -322,7 +327,7 @@ class Cache:
             start, stop = self.layout.rows(i)
             keep = wanted[start:stop]
             if keep.any():
-                with self._reading(i):
+                with self._reading(i, f"features/{layer}"):
                     block = f["features"][layer][()]
                 yield block[keep].astype(dtype, copy=False), self.labels[start:stop][keep]
 
