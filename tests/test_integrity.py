@@ -90,7 +90,7 @@ def test_truncated_shard_named_and_recomputed(
         open_cache(cache_dir)
     code, err = _info(capsys, "--cache", str(cache_dir))
     assert code == 1 and err.startswith("embedpipe: error: shard shards/00002.h5 of") and "\n" not in err
-    assert unfinished_shards(cache_dir, 3, open_cache.__module__ and _key(cache_dir)) == [2]
+    assert unfinished_shards(cache_dir, 3, _key(cache_dir)) == [2]
     _, stats = _extract(image_folder, tiny_timm_weights, tmp_path / "c")
     assert stats.embedded == 8 and _features(cache_dir) == before
 

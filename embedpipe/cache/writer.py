@@ -6,6 +6,7 @@ Invariants (the reader and resume rely on them):
   renamed and the directory fsync'ed. After a crash a ``.tmp`` may remain; nothing ever opens one, and
   the next write of that shard overwrites it. Resume = recompute every shard that fails the cheap
   check (``reader.unfinished_shards``).
+- Files are built in memory and reach the disk through one plain write (see ``atomic_h5``).
 - Every byte a reader uses is checksummed: numeric datasets carry HDF5's Fletcher-32 filter (chunked,
   at most ``CHUNK_BYTES`` a chunk), string datasets a ``sha256`` attribute over their text, and the
   object headers holding attributes are in the v1.10 file format, whose metadata HDF5 checksums itself.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -61,8 +63,8 @@ def put_array(f: h5py.File | h5py.Group, name: str, values: np.ndarray) -> None:
     f.create_dataset(name, data=values, chunks=(chunk_rows, *values.shape[1:]), fletcher32=True)
 
 
-def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
-    fd = os.open(path, flags)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -81,17 +83,25 @@ def _cause(e: OSError) -> str:
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
     """Yield an open HDF5 file that becomes ``path`` only once fully written and synced.
 
+    The file is built in memory (a shard is a few MB) and written with one plain ``write``: when the
+    disk fails HDF5 would be left with a half-closed file (h5py raises from ``close`` and the process
+    can crash later), whereas a Python write fails cleanly with the operating system's errno.
+
     The parent folder is created when missing, but not its parents: a cache folder that vanished
     during a run is an error, not silently recreated. Any OSError (ENOSPC, EFBIG, EACCES, ENOENT)
     becomes a one-line EmbedpipeError naming the cause and the folder; the ``.tmp`` is removed.
     """
     tmp = path.with_name(path.name + ".tmp")
     folder = path.parent.parent if path.parent.name == "shards" else path.parent
+    image = io.BytesIO()
+    with h5py.File(image, "w", libver=LIBVER) as f:  # built in memory: HDF5 itself never meets a failing disk
+        yield f
     try:
         path.parent.mkdir(exist_ok=True)
-        with h5py.File(tmp, "w", libver=LIBVER) as f:
-            yield f
-        _fsync(tmp)
+        with open(tmp, "wb") as out:
+            out.write(image.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
         _fsync(path.parent)
     except OSError as e:
