@@ -2,7 +2,7 @@
 each time, and check that the finished cache equals an uninterrupted run's, byte for byte.
 
 Moments are drawn in turn from three kinds: ``start`` (a random delay after launch, usually before
-the first shard), ``write`` (as soon as a ``.tmp`` appears: inside a shard write) and ``between``
+the first shard), ``write`` (as soon as a shard's ``.tmp`` appears: inside a shard write) and ``between``
 (after a random number of new shards). Each kill records where it landed (shards done, whether a
 ``.tmp`` was left). tests/test_faults.py runs a short loop; this script runs the long one:
 
@@ -56,28 +56,28 @@ def extract_cmd(data: Path, cache_dir: Path, weights: str, shard_size: int) -> l
             "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet"]
 
 
-def _shards(cache_dir: Path) -> tuple[int, bool]:
-    """(finished shard files, whether a .tmp is present) anywhere under the cache root."""
-    done = tmp = 0
+def _shards(cache_dir: Path) -> tuple[int, bool, bool]:
+    """(finished shard files, a shard .tmp is present, any .tmp is present) under the cache root."""
+    done, shard_tmp, any_tmp = 0, False, False
     for folder, _, files in os.walk(cache_dir):
+        in_shards = Path(folder).name == "shards"
         for name in files:
-            if name.endswith(".h5") and Path(folder).name == "shards":
-                done += 1
-            elif name.endswith(".tmp"):
-                tmp += 1
-    return done, tmp > 0
+            done += in_shards and name.endswith(".h5")
+            shard_tmp |= in_shards and name.endswith(".tmp")
+            any_tmp |= name.endswith(".tmp")
+    return done, shard_tmp, any_tmp
 
 
 def kill_once(cmd: list[str], cache_dir: Path, kind: str, rng: random.Random, timeout: float = 300) -> Kill:
     """Launch ``cmd``, SIGKILL it at a moment of ``kind``, and say where the kill landed."""
-    before, _ = _shards(cache_dir)
+    before, _, _ = _shards(cache_dir)
     target = before + rng.randint(1, 3)
     delay = rng.uniform(0.0, 3.0)
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[1]))}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     t0 = time.monotonic()
     while proc.poll() is None and time.monotonic() - t0 < timeout:
-        done, tmp = _shards(cache_dir)
+        done, tmp, _ = _shards(cache_dir)
         if ((kind == "start" and time.monotonic() - t0 >= delay) or (kind == "write" and tmp)
                 or (kind == "between" and done >= target)):
             proc.send_signal(signal.SIGKILL)
@@ -86,7 +86,7 @@ def kill_once(cmd: list[str], cache_dir: Path, kind: str, rng: random.Random, ti
     _, err = proc.communicate(timeout=timeout)
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"extract failed (exit {proc.returncode}): {err.decode()[-2000:]}")
-    after, tmp_left = _shards(cache_dir)
+    after, _, tmp_left = _shards(cache_dir)
     return Kill(kind, before, after, tmp_left, proc.returncode == -signal.SIGKILL)
 
 
