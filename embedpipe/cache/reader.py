@@ -64,7 +64,7 @@ def read_meta(path: Path) -> dict[str, Any]:
                 meta[k] = json.loads(meta[k])
     except (OSError, ValueError) as e:
         raise EmbedpipeError(
-            f"{path}/meta.h5 is damaged or not an embedpipe cache ({_first_line(e)}); delete that file and "
+            f"{path}/meta.h5 is damaged or not a readable embedpipe cache ({_first_line(e)}); delete that file and "
             "re-run the same extract command (finished shards are kept)"
         ) from None
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in meta.items()}
