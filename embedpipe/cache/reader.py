@@ -168,8 +168,9 @@ def verify_cache(path: str | Path) -> list[tuple[int, str]]:
     return [(i, p) for i in range(layout.n_shards) if (p := shard_problem(path, i, layout, full=True))]
 
 
-def verify_message(path: Path, problems: list[tuple[int, str]]) -> str:
+def verify_message(path: str | Path, problems: list[tuple[int, str]]) -> str:
     """One line for ``verify_cache``'s findings."""
+    path = Path(path)
     missing = [i for i, p in problems if p == "missing"]
     damaged = [(i, p) for i, p in problems if p != "missing"]
     parts = []
@@ -179,7 +180,9 @@ def verify_message(path: Path, problems: list[tuple[int, str]]) -> str:
         parts.append(f"{len(damaged)} damaged shard(s) in {path}: {listed}{more}; delete those files and "
                      "re-run the same extract command to recompute them")
     if missing:
-        parts.append(f"{len(missing)} shard(s) not written yet (first {shard_name(missing[0])})")
+        then = ("an extract is still writing them" if held_by_another(path / ".lock")
+                else "re-run the same extract command to resume")
+        parts.append(f"{len(missing)} shard(s) of {path} not written yet (first {shard_name(missing[0])}); {then}")
     return "; ".join(parts)
 
 
