@@ -92,10 +92,16 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .cache import open_cache
+    from .cache import open_cache, verify_cache, verify_message
 
+    if args.verify and (problems := verify_cache(args.cache)):
+        raise EmbedpipeError(verify_message(args.cache, problems))
     cache = open_cache(args.cache)
     brief = cache.summary()
+    if args.verify:
+        brief["verified"] = f"all {cache.n_shards} shards read in full; " + (
+            "every checksum matches" if cache.checksummed
+            else "written without checksums by an older embedpipe, so flipped bytes cannot be detected")
     summary = {**brief, "failed_ids": cache.failed, "meta": cache.meta}
     lines = [f"{k}: {v}" for k, v in brief.items()]
     lines += [f"  skipped {i}: {reason}" for i, reason in cache.failed]
@@ -229,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("info", "describe a cache: rows per split, layers, skipped images")
     p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every shard in full and check every checksum (finds flipped bytes)")
     p.set_defaults(func=cmd_info)
 
     p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy")

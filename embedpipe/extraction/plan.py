@@ -1,6 +1,7 @@
 """Plan stage: manifest + cache folder + feature key -> one ShardPlan per shard that needs work.
 
-A shard needs work when its file is missing, or when it holds failed rows (a re-run retries them:
+A shard needs work when its file is missing or fails the reader's cheap check (truncated, another
+cache's key, wrong rows or shapes: ``unfinished_shards``; it is then recomputed whole), or when it holds failed rows (a re-run retries them:
 the shard is planned again with its good rows copied from itself and only the failed rows
 recomputed, so fixing a file's permissions and re-running fixes the cache). A row is copied instead
 of computed when a donor holds it: a sibling cache of the same dataset with the same feature key
@@ -22,9 +23,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..cache import read_meta, shard_name
+from ..cache import read_meta, shard_name, unfinished_shards
 from ..cache.reader import read_strings
 from ..data.sources import Record
+from ..errors import EmbedpipeError
 
 Donor = tuple[str, int, int]  # (cache folder, shard index, row within that shard)
 
@@ -83,8 +85,9 @@ def plan_shards(
     n = len(records)
     n_shards = (n + shard_size - 1) // shard_size
     todo: list[tuple[int, tuple[np.ndarray, list[str]] | None]] = []
+    unfinished = set(unfinished_shards(path, n_shards, key))
     for s in range(n_shards):
-        if not (path / shard_name(s)).is_file():
+        if s in unfinished:
             todo.append((s, None))
             continue
         existing = _shard_rows(path, s, key)
@@ -129,6 +132,11 @@ def copy_rows(plan: ShardPlan, layers: Sequence[str], out: dict[str, np.ndarray]
         pairs.sort()
         src = [j for j, _ in pairs]
         dest = [t for _, t in pairs]
-        with h5py.File(Path(cache) / shard_name(shard), "r") as f:
-            for layer in layers:
-                out[layer][dest] = f["features"][layer][src]
+        try:
+            with h5py.File(Path(cache) / shard_name(shard), "r") as f:
+                for layer in layers:
+                    out[layer][dest] = f["features"][layer][src]
+        except (OSError, KeyError) as e:  # a checksum mismatch or a damaged file in a donor cache
+            raise EmbedpipeError(
+                f"donor shard {shard_name(shard)} of {cache} is damaged ({str(e).splitlines()[0][:120]}); "
+                "delete that file and re-run the same extract command") from None
