@@ -52,6 +52,7 @@ class ExtractConfig:
     num_workers: int | None = None  # decoding processes; None = one per CPU core, at most 8
     shard_size: int = 1024  # rows per shard file: the unit of resume after a crash
     split: SplitRule = field(default_factory=SplitRule)  # used when the data brings no split
+    signature: str = "stat"  # a file's identity in the key: stat (size+mtime) or content (sha256; reads every file)
 
     def check(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -181,7 +182,7 @@ def run_extract(
     ExtractConfig (layers, dtype, batch_size, num_workers, shard_size, split)."""
     t0 = time.perf_counter()
     bb_options, config = _configs(options)
-    source = resolve_source(data)
+    source = resolve_source(data, signature=config.signature)
     records, label_names = prepare_records(source, config.split)
     if isinstance(backbone, Backbone) and bb_options:
         raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
