@@ -22,7 +22,13 @@ from conftest import TINY_TIMM, make_image, make_image_folder
 from embedpipe import extract
 from embedpipe.cache.key import cache_path, unique_slug
 from embedpipe.data import resolve_source
-from embedpipe.data.sources import PATH_MAX, check_entries, check_file, display_name, list_image_folder
+from embedpipe.data.sources import (
+    PATH_MAX,
+    check_entries,
+    check_file,
+    display_name,
+    list_image_folder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
