@@ -29,6 +29,7 @@ from embedpipe.data.sources import (
     display_name,
     list_image_folder,
 )
+from embedpipe.extract import run_extract
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,6 +224,7 @@ def test_entry_that_vanishes_between_listing_and_stat(tmp_path: Path) -> None:
 UNPRIVILEGED_LISTING = """
 import json, sys
 from embedpipe.data import resolve_source
+from embedpipe.extract import run_extract
 print(json.dumps([[r.id, r.signature, r.error] for r in resolve_source(sys.argv[1]).records]))
 """
 
@@ -274,9 +276,12 @@ def test_csv_manifest_rows_that_cannot_be_used(tmp_path: Path, tiny_timm_weights
     assert ok == {rid: not r.error for rid, r in records.items()}
     assert dict(cache.failed)["../nowhere.png"] == "outside the manifest's folder and missing"
     assert cache.meta["source"].endswith("; 3 paths outside the manifest's folder")
-    from embedpipe.cli import main
-
-    assert main(["info", "--cache", str(cache.path)]) == 0
+    # the missing file appears: the next run embeds it and reuses every row that was good
+    make_image(1, 7).save(tmp_path / "m" / "imgs" / "missing.png")
+    fixed, stats = run_extract(manifest, TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "cache",
+                               progress=False, num_workers=0)
+    assert dict(zip(fixed.ids, fixed.ok, strict=True))["imgs/missing.png"]
+    assert stats.embedded == 1 and stats.reused == sum(ok.values())
 
 
 def test_content_signature_catches_an_edit_that_keeps_size_and_mtime(tmp_path: Path, tiny_timm_weights: str) -> None:
@@ -320,7 +325,7 @@ def test_dataset_names_that_differ_get_different_folders(tmp_path: Path, tiny_ti
     for s in slugs:
         assert s and s.isascii() and s not in (".", "..") and "/" not in s and len(s) <= 60
     assert unique_slug("shapes") == "shapes" and unique_slug("cifar10") == "cifar10"  # plain names keep their folder
-    assert unique_slug("my data").startswith("my-data-")
+    assert unique_slug("my data") == "my-data-b2167b0a"  # the README's example
     assert cache_path("c", "数据", "timm:x", "0" * 64).parent != cache_path("c", "画像", "timm:x", "0" * 64).parent
     # end to end: two datasets named only with non-ASCII characters, same files, same mtimes
     a = make_image_folder(tmp_path / "数据", classes=2, per_class=3)
