@@ -125,8 +125,9 @@ def _content_signature(fd: int) -> str:
 def check_file(path: str, signature: str = "stat") -> tuple[str, str]:
     """``(signature, error)`` of one path; ``error`` is "" when it is a readable regular file.
 
-    Never opens anything but a regular file (a FIFO would block, a device could be endless). The file
-    is opened to prove it is readable; in ``content`` mode it is also read (streamed) and hashed.
+    Never opens anything but a regular file (a FIFO would block, a device could be endless). In
+    ``stat`` mode nothing is opened (``access`` checks the permission); in ``content`` mode the file
+    is read (streamed) and hashed.
     """
     try:
         st = os.stat(path)  # follows symbolic links
@@ -137,6 +138,10 @@ def check_file(path: str, signature: str = "stat") -> tuple[str, str]:
         if kind == "a folder":
             return "error:folder", "a folder, not an image file"
         return "error:special-file", f"{kind}, not a regular file (never opened)"
+    if signature == "stat":  # permission check without opening: one syscall (the read stage catches the rest)
+        if not os.access(path, os.R_OK):
+            return "error:unreadable", "no permission to read"
+        return f"{st.st_size}:{st.st_mtime_ns}", ""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -145,9 +150,7 @@ def check_file(path: str, signature: str = "stat") -> tuple[str, str]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
             return "error:special-file", f"{_special_kind(st.st_mode)}, not a regular file (never read)"
-        if signature == "content":
-            return _content_signature(fd), ""
-        return f"{st.st_size}:{st.st_mtime_ns}", ""
+        return _content_signature(fd), ""
     except OSError as e:
         return "error:unreadable", f"read failed ({display_name(e.strerror or str(e))})"
     finally:
