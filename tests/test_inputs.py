@@ -203,9 +203,19 @@ def test_listing_survives_the_zoo(zoo: tuple[str, dict[str, str], list[str]]) ->
     assert "FIFO" in records["cat/fifo.png"].error and "character device" in records["cat/null.png"].error
     assert "holding no images" in records["cat/empty.jpg"].error
     assert src.name == "zoo-\\xff"  # type: ignore[attr-defined]
-    assert "ignored 1 top-level entries that are not class folders (loose.txt)" in src.description  # type: ignore[attr-defined]
+    assert "ignored 1 entries that are not class folders (loose.txt)" in src.description  # type: ignore[attr-defined]
     # the same listing twice gives the same records: signatures of failures are stable
     assert finishes(lambda: resolve_source(root), fifos).records == src.records  # type: ignore[attr-defined]
+
+
+def test_names_that_show_alike_do_not_stop_the_run(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "data", classes=1, per_class=2)
+    make_image(0, 5).save(root / "class0" / "a\\xff.png")  # a real backslash in a UTF-8 name
+    make_image(0, 6).save(bytes_path(root / "class0", b"a\xff.png"))  # the byte 0xff
+    src = resolve_source(root)
+    assert [r.id for r in src.records] == ["class0/a\\xff.png", "class0/img000.png", "class0/img001.png"]
+    assert src.records[0].path == str(root / "class0" / "a\\xff.png")
+    assert src.notes == (f"skipped 1 non-UTF-8 names that show as another file's name ({root}/class0/a\\xff.png)",)
 
 
 def test_entry_that_vanishes_between_listing_and_stat(tmp_path: Path) -> None:
@@ -393,4 +403,4 @@ def test_zoo_extract_in_process_and_cli(zoo: tuple[str, dict[str, str], list[str
     shown = text.stdout.decode("utf-8", "surrogateescape")  # the cache path may come out as its raw bytes
     assert "skipped cat/bad-\\xff.jpg: UnidentifiedImageError" in shown
     assert "skipped cat/broken.png: broken symbolic link" in shown
-    assert "source: ImageFolder " in shown and "zoo-\\xff; ignored 1 top-level entries" in shown
+    assert "source: ImageFolder " in shown and "zoo-\\xff; ignored 1 entries that are not class folders" in shown

@@ -308,8 +308,25 @@ def list_image_folder(root: str) -> Listing:
             _walk_class(os.path.join(root, top), root, display_name(top), None, above, out)
     if ignored:
         shown = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
-        out.notes.append(f"ignored {len(ignored)} top-level entries that are not class folders ({shown})")
+        out.notes.append(f"ignored {len(ignored)} entries that are not class folders ({shown})")
     return out
+
+
+def _unique_ids(records: list[Record], notes: list[str]) -> list[Record]:
+    """Records sorted by id, one per id. Two names can show as one id only when one of them is not
+    UTF-8 (``a\xff.png`` as bytes, and as text with a real backslash): the UTF-8 one is kept and the
+    other named in ``notes``, instead of failing the whole run on duplicate ids."""
+    by_id: dict[str, Record] = {}
+    dropped: list[str] = []
+    for r in records:
+        other = by_id.setdefault(r.id, r)
+        if other is not r:
+            keep, drop = (other, r) if other.path == display_name(other.path or "") else (r, other)
+            by_id[r.id] = keep
+            dropped.append(display_name(drop.path or r.id))
+    if dropped:
+        notes.append(f"skipped {len(dropped)} non-UTF-8 names that show as another file's name ({', '.join(dropped[:3])})")
+    return sorted(by_id.values(), key=lambda r: r.id)
 
 
 class ImageFolderSource(Source):
@@ -323,7 +340,7 @@ class ImageFolderSource(Source):
         self.root = os.path.abspath(root)
         self.name = display_name(Path(self.root).name)
         listing = list_image_folder(self.root)
-        records = sorted([*listing.failed, *check_entries(listing.entries, signature)], key=lambda r: r.id)
+        records = _unique_ids([*listing.failed, *check_entries(listing.entries, signature)], listing.notes)
         if not records:
             raise EmbedpipeError(f"no images found under {display_name(root)}")
         self.records = records
