@@ -52,7 +52,14 @@ def parse_params(pairs: Sequence[str], heads: Sequence[str]) -> dict[str, dict[s
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj, default=str) if args.json else text)
+    if args.json:
+        print(json.dumps(obj, default=str))  # ASCII: non-UTF-8 names come out as \u escapes
+        return
+    try:
+        print(text)
+    except UnicodeEncodeError:  # a name the terminal's encoding cannot show (e.g. non-UTF-8 bytes)
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        print(text.encode(encoding, "backslashreplace").decode(encoding))
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -79,6 +86,7 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
         "jpeg_draft": args.jpeg_draft,
         "gpu_decode": args.gpu_decode,
         "split": SplitRule(seed=args.split_seed, val=args.val_fraction, test=args.test_fraction),
+        "signature": args.signature,
     }
     return options
 
@@ -103,7 +111,7 @@ def cmd_info(args: argparse.Namespace) -> None:
             "every checksum matches" if cache.checksummed
             else "written without checksums by an older embedpipe, so flipped bytes cannot be detected")
     summary = {**brief, "failed_ids": cache.failed, "meta": cache.meta}
-    lines = [f"{k}: {v}" for k, v in brief.items()]
+    lines = [f"{k}: {v}" for k, v in brief.items()] + [f"source: {cache.meta.get('source', '?')}"]
     lines += [f"  skipped {i}: {reason}" for i, reason in cache.failed]
     _emit(args, summary, "\n".join(lines))
 
@@ -209,6 +217,9 @@ def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split rule")
     p.add_argument("--val-fraction", type=float, default=0.15, help="val share per class when data has no split")
     p.add_argument("--test-fraction", type=float, default=0.15, help="test share per class when data has no split")
+    p.add_argument("--signature", default="stat", choices=["stat", "content"],
+                   help="what identifies a file in the key: stat (size+mtime, free) or content (sha256 of its "
+                        "bytes: catches edits that keep size and mtime; reads every file) (default stat)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
 
 

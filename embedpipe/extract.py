@@ -54,6 +54,7 @@ class ExtractConfig:
     gpu_decode: bool = True  # on CUDA: JPEGs decoded by nvJPEG in batches, the rest on CPU (in the key)
     shard_size: int = 1024  # rows per shard file: the unit of resume after a crash
     split: SplitRule = field(default_factory=SplitRule)  # used when the data brings no split
+    signature: str = "stat"  # a file's identity in the key: stat (size+mtime) or content (sha256; reads every file)
 
     def check(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -146,7 +147,7 @@ def run_extract(
     cache); a shard whose rows fail again for the same reasons is left as it is."""
     t0 = time.perf_counter()
     bb_options, config = _configs(options)
-    source = resolve_source(data)
+    source = resolve_source(data, signature=config.signature)
     records, label_names = prepare_records(source, config.split)
     if isinstance(backbone, Backbone) and bb_options:
         raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")

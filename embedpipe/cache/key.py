@@ -55,10 +55,26 @@ def cache_key(feature: str, manifest: str) -> str:
     return digest({"feature": feature, "manifest": manifest})
 
 
+SLUG_MAX = 60  # characters of a readable folder name kept before the hash suffix
+
+
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")[:60] or "backbone"
+    """A readable ASCII folder name: runs of other characters become ``-``. Lossy (``a b`` and ``a-b``
+    give one slug), so fine only where something unique follows it, as the key does for backbones."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")[:SLUG_MAX]
+
+
+def unique_slug(text: str) -> str:
+    """``slug(text)`` when that is exactly ``text``; otherwise the readable part plus 8 hex digits of
+    the exact name, so names that differ (``数据`` and ``画像``, ``a b`` and ``a-b``) get different folders."""
+    readable = slug(text)
+    if readable == text and readable not in ("", ".", ".."):
+        return readable
+    tag = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{readable[: SLUG_MAX - 9].rstrip('-')}-{tag}" if readable.strip(".") else tag
 
 
 def cache_path(root: str | Path, dataset: str, backbone_spec: str, key: str) -> Path:
-    """``<root>/<dataset>/<backbone-slug>-<key[:16]>``."""
-    return Path(root) / slug(dataset) / f"{slug(backbone_spec)}-{key[:16]}"
+    """``<root>/<dataset-folder>/<backbone-slug>-<key[:16]>``; the dataset folder is ``unique_slug``
+    of the name, since caches in one dataset folder lend each other rows."""
+    return Path(root) / unique_slug(dataset) / f"{slug(backbone_spec) or 'backbone'}-{key[:16]}"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .sources import Record, Source
+from .sources import Record, Source, display_name
 
 Item = tuple[int, torch.Tensor | None, str]
 
@@ -45,6 +45,8 @@ class DecodeDataset(torch.utils.data.Dataset[Item]):
 
     def __getitem__(self, index: int) -> Item:
         record = self.records[index]
+        if record.error:  # found unusable while listing: never opened (it may be a FIFO)
+            return index, None, record.error
         try:
             if record.path is not None and os.path.getsize(record.path) == 0:
                 return index, None, "empty file"
@@ -55,4 +57,5 @@ class DecodeDataset(torch.utils.data.Dataset[Item]):
                     return index, self.transform(to_rgb(img)), ""
         except Exception as e:  # any decode failure is data, not a crash
             reason = str(e).splitlines()[0] if str(e) else ""
+            reason = display_name(reason)  # a non-UTF-8 path in the message: \xNN, so HDF5 can store it
             return index, None, f"{type(e).__name__}: {reason}"[:300]
