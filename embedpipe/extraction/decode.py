@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 
 from ..data.loader import to_rgb
-from ..data.sources import Record, Source, file_signature
+from ..data.safety import check_size
+from ..data.sources import Record, Source, display_name, file_signature
 from .preprocess import Preprocess, pil_geometry, pil_to_uint8
 
 CHANGED = "changed while reading"
@@ -78,7 +79,8 @@ class Batch:
 
 
 def failure_reason(e: BaseException) -> str:
-    first = str(e).splitlines()[0] if str(e) else ""
+    """One line; a non-UTF-8 path inside the message becomes \\xNN, so HDF5 can store it."""
+    first = display_name(str(e).splitlines()[0]) if str(e) else ""
     return f"{type(e).__name__}: {first}"[:300]
 
 
@@ -101,6 +103,7 @@ def _draft(img: Image.Image, pre: Preprocess) -> None:
 
 def decode_image(img: Image.Image, opts: DecodeOptions) -> torch.Tensor:
     """An opened (not yet loaded) PIL image -> model input for one image."""
+    check_size(img)  # absurd dimensions / decompression bombs: refused from the header, before decoding
     if opts.pre is not None and opts.draft:
         _draft(img, opts.pre)
     img.load()
