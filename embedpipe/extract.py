@@ -38,6 +38,7 @@ from .cache import (
 from .cache.reader import read_strings
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.loader import DecodeDataset, default_workers, iterate_batches
+from .engines import check_engine
 from .errors import EmbedpipeError
 from .locking import exclusive
 
@@ -163,10 +164,13 @@ def extract(
     *,
     cache_dir: str | Path = "cache",
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> Cache:
     """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``)."""
-    return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, **options)[0]
+    return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, engine=engine,
+                       ray_address=ray_address, **options)[0]
 
 
 def run_extract(
@@ -175,12 +179,23 @@ def run_extract(
     *,
     cache_dir: str | Path = "cache",
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> tuple[Cache, ExtractStats]:
     """Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
-    ExtractConfig (layers, dtype, batch_size, num_workers, shard_size, split)."""
+    ExtractConfig (layers, dtype, batch_size, num_workers, shard_size, split). ``engine="ray"``
+    computes the shards on a Ray cluster (``ray_address``, or a local instance): same cache."""
     t0 = time.perf_counter()
     bb_options, config = _configs(options)
+    remote = None
+    if check_engine(engine) == "ray":
+        from .engines.ray_engine import RayEngine
+
+        remote = RayEngine(ray_address, bb_options)
+        bb_options = remote.driver_options
+    elif ray_address:
+        raise EmbedpipeError("--ray-address needs --engine ray")
     source = resolve_source(data)
     records, label_names = prepare_records(source, config.split)
     if isinstance(backbone, Backbone) and bb_options:
@@ -212,7 +227,8 @@ def run_extract(
                 attrs=_meta_attrs(source, bb, layers, config, key, fkey, n, n_shards),
             )
         pending = missing_shards(path, n_shards)
-        stats = _fill_shards(source, records, bb, layers, config, path, key, fkey, size, pending, progress)
+        fill = remote.fill_shards if remote is not None else _fill_shards
+        stats = fill(source, records, bb, layers, config, path, key, fkey, size, pending, progress)
     stats.resumed_shards = n_shards - len(pending) if 0 < len(pending) < n_shards else 0
     stats.seconds = time.perf_counter() - t0
     cache = Cache(path)
