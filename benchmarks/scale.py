@@ -43,7 +43,7 @@ def child(variant: str, args: argparse.Namespace, cache_dir: str) -> dict[str, o
         engine = "ray"
         cores = os.cpu_count() or 1
         if variant == "ray":
-            ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level="WARNING")
         else:
             from ray.cluster_utils import Cluster
 

@@ -188,6 +188,8 @@ def run_extract(
     computes the shards on a Ray cluster (``ray_address``, or a local instance): same cache."""
     t0 = time.perf_counter()
     bb_options, config = _configs(options)
+    source = resolve_source(data)
+    records, label_names = prepare_records(source, config.split)
     remote = None
     if check_engine(engine) == "ray":
         from .engines.ray_engine import RayEngine
@@ -196,8 +198,6 @@ def run_extract(
         bb_options = remote.driver_options
     elif ray_address:
         raise EmbedpipeError("--ray-address needs --engine ray")
-    source = resolve_source(data)
-    records, label_names = prepare_records(source, config.split)
     if isinstance(backbone, Backbone) and bb_options:
         raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)

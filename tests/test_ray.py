@@ -43,7 +43,7 @@ def ray_cluster() -> Iterator[str]:
     assert ray is not None
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
@@ -109,7 +109,8 @@ def test_missing_ray_is_one_line_and_import_needs_no_ray(tmp_path: Path) -> None
         assert "ray" not in [m for m in sys.modules if sys.modules[m] is not None]
         sys.exit(embedpipe.cli.main(sys.argv[1:]))
     """)
-    proc = subprocess.run([sys.executable, "-c", code, "extract", "--data", str(tmp_path), "--engine", "ray"],
+    data = make_image_folder(tmp_path / "shapes", classes=2, per_class=1)
+    proc = subprocess.run([sys.executable, "-c", code, "extract", "--data", str(data), "--engine", "ray"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == 'embedpipe: error: the Ray engine needs Ray: pip install "embedpipe[ray]"'
@@ -171,6 +172,7 @@ def test_sigkill_of_an_embedding_worker_is_retried(ray_cluster: str, digits_data
 
 
 @needs_ray
+@pytest.mark.slow  # two driver processes, each importing torch and joining Ray
 def test_killed_driver_resumes_with_the_same_command(ray_cluster: str, digits_data: Path, digits_local: Path,
                                                      tiny_timm_weights: str, tmp_path: Path) -> None:
     root = tmp_path / "cache"

@@ -97,12 +97,14 @@ class RayEngine:
     def __init__(self, address: str | None, bb_options: dict[str, Any]) -> None:
         self.ray = import_ray()
         _quiet_ray()
+        address = address or os.environ.get("RAY_ADDRESS") or None
         if not self.ray.is_initialized():  # an existing connection in this process is reused
             try:
                 if address:
                     self.ray.init(address=address, logging_level=logging.WARNING)
                 else:
-                    self.ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+                    self.ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                                  logging_level=logging.WARNING)  # "local": never join a stray instance
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
