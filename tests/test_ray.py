@@ -3,7 +3,9 @@ a multi-node simulation, bench, and the one-line error without Ray.
 
 One local Ray instance (``ray.init(num_cpus=2)``) is shared by the in-process tests; subprocess
 drivers join it by address. Features are compared exactly: fp32 forward pass on CPU, float32
-storage, same batches on both engines, so a Ray cache is bit-identical to a local one.
+storage, same batches and (2-CPU actors) the same torch thread count on both engines, so a Ray cache
+is bit-identical to a local one. The multi-node simulation's 1-CPU workers run one torch thread,
+which sums in another order: there features agree within THREADS_RTOL.
 """
 
 from __future__ import annotations
@@ -54,8 +56,13 @@ def _extract(data: object, weights: str, cache_dir: Path, **kw: object):  # type
     return run_extract(data, TINY_TIMM, weights=weights, cache_dir=cache_dir, **options)  # type: ignore[arg-type]
 
 
-def assert_same_cache(a: Path, b: Path) -> None:
-    """Same key (directory name), same files, same meta.h5 (but its creation time), same shards, bit for bit."""
+# Workers with fewer CPU threads than the local run sum in another order: float32 rounding differs.
+THREADS_RTOL = 1e-5  # max |a - b| <= THREADS_RTOL * max |a| per stored array
+
+
+def assert_same_cache(a: Path, b: Path, exact: bool = True) -> None:
+    """Same key (directory name), same files, same meta.h5 (but its creation time), same shards: bit for
+    bit, or (``exact=False``) features within THREADS_RTOL."""
     assert a.name == b.name
     files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file() and p.name != ".lock")
     assert files == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file() and p.name != ".lock")
@@ -68,7 +75,11 @@ def assert_same_cache(a: Path, b: Path) -> None:
             assert datasets and set(datasets) == {n for n in datasets if n in fb}, name
             for d in datasets:
                 va, vb = fa[d][()], fb[d][()]
-                assert va.dtype == vb.dtype and np.array_equal(va, vb), f"{name}:{d}"
+                assert va.dtype == vb.dtype, f"{name}:{d}"
+                if exact or not d.startswith("features/"):
+                    assert np.array_equal(va, vb), f"{name}:{d}"
+                else:
+                    assert np.abs(va - vb).max() <= THREADS_RTOL * np.abs(va).max(), f"{name}:{d}"
 
 
 def _datasets(f: h5py.File) -> list[str]:
@@ -230,7 +241,7 @@ def test_multi_node_cluster_spreads_shards(digits_data: Path, digits_local: Path
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["workers"] == 3 and sorted(map(int, out["shards"])) == list(range(7))
     assert len(set(out["shards"].values())) >= 2, out["shards"]  # one node did not take every shard
-    assert_same_cache(digits_local, Path(out["path"]))
+    assert_same_cache(digits_local, Path(out["path"]), exact=False)  # 1-CPU workers: 1 torch thread
 
 
 @needs_ray
