@@ -36,7 +36,7 @@ def child(variant: str, args: argparse.Namespace, cache_dir: str) -> dict[str, o
     source = resolve_source(args.data)
     source.records = source.records[: args.limit]
     t0 = time.perf_counter()
-    engine = "local"
+    engine, cluster = "local", None
     if variant != "local":
         import ray
 
@@ -54,6 +54,12 @@ def child(variant: str, args: argparse.Namespace, cache_dir: str) -> dict[str, o
     ray_start_s = time.perf_counter() - t0
     cache, stats = run_extract(source, args.backbone, cache_dir=cache_dir, progress=False, engine=engine,
                                shard_size=args.shard_size, batch_size=args.batch_size)
+    if engine == "ray":
+        import ray
+
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
     return {"images": stats.embedded + stats.failed, "seconds": round(stats.seconds, 2),
             "ray_start_s": round(ray_start_s, 2) if engine == "ray" else 0.0,
             "workers": getattr(stats, "workers", 1), "nodes": getattr(stats, "nodes", 1),
