@@ -128,6 +128,15 @@ def test_missing_ray_is_one_line_and_import_needs_no_ray(tmp_path: Path) -> None
 
 
 @needs_ray
+def test_unreachable_address_is_one_line(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "shapes", classes=2, per_class=1)
+    proc = subprocess.run([sys.executable, "-m", "embedpipe", "extract", "--data", str(data), "--engine", "ray",
+                           "--ray-address", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("embedpipe: error: no Ray cluster answers at 127.0.0.1:1")
+
+
+@needs_ray
 def test_ray_cache_equals_local_with_broken_files(ray_cluster: str, tiny_timm_weights: str, tmp_path: Path,
                                                   capfd: pytest.CaptureFixture[str]) -> None:
     data = make_image_folder(tmp_path / "shapes", classes=3, per_class=5)

@@ -37,6 +37,7 @@ from .shard_adapter import ShardContext, ShardRunner, make_context
 
 RAY_MISSING = 'the Ray engine needs Ray: pip install "embedpipe[ray]"'
 ALIVE_POLL_S = 2.0  # how often the progress bar asks the cluster how many workers are alive
+CONNECT_TIMEOUT_S = 5.0  # a --ray-address host:port must accept a TCP connection within this
 GPU_PROBE_TIMEOUT_S = 300  # waiting for a GPU to resolve precision "auto" on the cluster
 
 
@@ -101,6 +102,7 @@ class RayEngine:
         if not self.ray.is_initialized():  # an existing connection in this process is reused
             try:
                 if address:
+                    _check_reachable(address)
                     self.ray.init(address=address, logging_level=logging.WARNING)
                 else:
                     self.ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
@@ -234,6 +236,20 @@ def _as_error(e: BaseException) -> EmbedpipeError:
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
     return EmbedpipeError(f"the Ray run failed ({type(e).__name__}: {first[:300]}); finished shards are "
                           "kept, re-run the same command to resume")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes of Ray's own retries, when a host:port address does not answer."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray://... : left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise EmbedpipeError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                             "`ray start --head` there, or leave out --ray-address for a local instance") from None
 
 
 def _quiet_ray() -> None:
