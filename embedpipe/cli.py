@@ -94,8 +94,8 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_extract(args: argparse.Namespace) -> None:
     from .extract import run_extract
 
-    cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir,
-                               progress=not args.quiet, **_extract_options(args))
+    cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir, progress=not args.quiet,
+                               engine=args.engine, ray_address=args.ray_address, **_extract_options(args))
     _emit(args, {**cache.summary(), "stats": vars(stats)}, str(cache.path))
 
 
@@ -178,6 +178,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "seeds": _ints(args.seeds, "--seeds") if args.seeds else None,
         "cache_dir": args.cache_dir,
         "results_dir": args.results_dir,
+        "engine": args.engine,
+        "ray_address": args.ray_address,
     }
     extract = {k: v for k, v in {"batch_size": args.batch_size, "num_workers": args.workers,
                                  "precision": args.precision, "device": args.device}.items() if v is not None}
@@ -221,6 +223,13 @@ def _add_extract_flags(p: argparse.ArgumentParser) -> None:
                    help="what identifies a file in the key: stat (size+mtime, free) or content (sha256 of its "
                         "bytes: catches edits that keep size and mtime; reads every file) (default stat)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    _add_engine_flags(p, "local")
+
+
+def _add_engine_flags(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--engine", default=default, choices=["local", "ray"],
+                   help="where shards are computed: this process, or a Ray cluster (default local)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray instance)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_engine_flags(p, None)
     p.set_defaults(func=cmd_bench)
     return parser
 

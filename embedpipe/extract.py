@@ -31,6 +31,7 @@ from .cache import (
     write_meta,
 )
 from .data import Source, SplitRule, assign_splits, resolve_source
+from .engines import check_engine
 from .errors import EmbedpipeError
 from .extraction.decode import DecodeOptions
 from .extraction.defaults import default_batch_size, default_workers
@@ -123,10 +124,13 @@ def extract(
     *,
     cache_dir: str | Path = "cache",
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> Cache:
     """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``)."""
-    return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, **options)[0]
+    return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, engine=engine,
+                       ray_address=ray_address, **options)[0]
 
 
 def run_extract(
@@ -136,11 +140,15 @@ def run_extract(
     cache_dir: str | Path = "cache",
     progress: bool = True,
     decoder: BatchDecoder | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> tuple[Cache, ExtractStats]:
     """Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
-    ExtractConfig (layers, dtype, batch_size, num_workers, jpeg_draft, shard_size, split).
-    ``decoder`` is a batch decoder for raw bytes (the GPU JPEG decoder); None = CPU decoding only.
+    ExtractConfig (layers, dtype, batch_size, num_workers, jpeg_draft, gpu_decode, signature,
+    shard_size, split). ``decoder`` is a batch decoder for raw bytes; None = the GPU JPEG decoder on
+    CUDA (unless gpu_decode=False), CPU decoding elsewhere. ``engine="ray"`` computes the shards on a
+    Ray cluster (``ray_address``, or a local instance): the same plan, the same cache.
 
     A re-run retries failed rows: a shard holding failed rows is planned again, its good rows copied
     from itself and only the failed rows decoded again (so fixing a file and re-running fixes the
@@ -149,6 +157,14 @@ def run_extract(
     bb_options, config = _configs(options)
     source = resolve_source(data, signature=config.signature)
     records, label_names = prepare_records(source, config.split)
+    remote = None
+    if check_engine(engine) == "ray":
+        from .engines.ray_engine import RayEngine
+
+        remote = RayEngine(ray_address, bb_options)
+        bb_options = remote.driver_options
+    elif ray_address:
+        raise EmbedpipeError("--ray-address needs --engine ray")
     if isinstance(backbone, Backbone) and bb_options:
         raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)
@@ -185,7 +201,8 @@ def run_extract(
             ))
         assert config.batch_size is not None
         plans = plan_shards(records, path, key, fkey, size, config.batch_size)
-        stats = _fill_shards(source, records, bb, layers, config, path, key, plans, opts, decoder, progress)
+        fill = remote.fill_shards if remote is not None else _fill_shards
+        stats = fill(source, records, bb, layers, config, path, key, plans, opts, decoder, progress)
     missing = sum(1 for p in plans if not p.previous_failures)
     stats.resumed_shards = n_shards - missing if 0 < missing < n_shards else 0
     stats.seconds = time.perf_counter() - t0
