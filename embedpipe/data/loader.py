@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: EXIF orientation applied, transparency onto white, 16-bit/float rescaled."""
     img = ImageOps.exif_transpose(img) or img
