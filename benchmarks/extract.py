@@ -220,7 +220,7 @@ def main() -> None:
             print(f"{scenario:7s} {variant:16s} {img_s:8.1f} img/s  x{img_s / base:.2f}  "
                   f"rss {r['peak_rss_mb']} MB (+worker {r['worker_peak_rss_mb']} MB)", file=sys.stderr)
     csv_path, md_path = write_results("extract", rows, [
-        "scenario", "variant", "images", "seconds", "img_s", "speedup", "peak_rss_mb", "worker_peak_rss_mb",
+        "scenario", "variant", "images", "seconds", "img_s", "loop_img_s", "speedup", "peak_rss_mb", "worker_peak_rss_mb",
         "device", "machine"])
     print(md_path.read_text())
     print(f"wrote {csv_path}")
