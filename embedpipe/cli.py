@@ -83,6 +83,7 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "num_workers": args.workers,
         "shard_size": args.shard_size,
+        "image_size": args.image_size,
         "jpeg_draft": args.jpeg_draft,
         "gpu_decode": args.gpu_decode,
         "split": SplitRule(seed=args.split_seed, val=args.val_fraction, test=args.test_fraction),
@@ -212,6 +213,8 @@ def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 256 on GPU, 64 on CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: per device, see README)")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard, the unit of resume (default 1024)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input side in px for timm convnets (default: the model's own, e.g. 224)")
     p.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false",
                    help="decode large JPEGs at full size (default: reduced DCT scale, never below model size)")
     p.add_argument("--no-gpu-decode", dest="gpu_decode", action="store_false",
