@@ -43,10 +43,11 @@ def predict(
             results.append({"image": path})
         except Exception as e:
             results.append({"image": path, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
-    layer = info["layer"]
+    layers = str(info["layer"]).split(",")  # a multi-layer head's columns are these layers side by side
     for start in range(0, len(tensors), batch_size):
         chunk = tensors[start : start + batch_size]
-        X = backbone.embed(torch.stack([t for _, t in chunk]), [layer])[layer]
+        feats = backbone.embed(torch.stack([t for _, t in chunk]), layers)
+        X = np.concatenate([np.asarray(feats[name], dtype=np.float32) for name in layers], axis=1)
         proba = head.predict_proba(X)
         for (i, _), p in zip(chunk, proba, strict=True):
             order = np.argsort(-p)[:top_k]
