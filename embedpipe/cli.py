@@ -134,6 +134,13 @@ def _pm(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def cmd_advise(args: argparse.Namespace) -> None:
+    from .advise import advise, format_advice
+
+    report = advise(args.cache, out=args.out, plot=not args.no_plot)
+    _emit(args, report, format_advice(report))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .train import evaluate
 
@@ -246,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, help="few-shot: K training images per class per seed (heads not saved)")
     p.add_argument("--seeds", default="0,1,2", help="few-shot seeds, comma-separated (default 0,1,2)")
     p.set_defaults(func=cmd_train)
+
+    p = verb("advise", "transfer report: how many layers to keep frozen, from a layer sweep and the data's size")
+    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.add_argument("--out", help="accuracy-by-depth plot (default <cache>/advise.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.set_defaults(func=cmd_advise)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")
     p.add_argument("--head-file", required=True)

@@ -71,7 +71,7 @@ def test_carve_val_is_seeded_stratified_and_stable() -> None:
     assert np.array_equal(mask, carve_val(ids, labels))
     assert not np.array_equal(mask, carve_val(ids, labels, SplitRule(seed=1, val=0.15, test=0)))
     # adding images keeps the earlier images' assignment (the order depends only on each id)
-    more = carve_val(ids + ["c0/new"], labels + [0])
+    more = carve_val([*ids, "c0/new"], [*labels, 0])
     assert (more[:-1] == mask).mean() > 0.95
 
 
