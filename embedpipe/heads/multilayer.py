@@ -163,7 +163,7 @@ class MultiLayerHead(Head):
         sel = self.selected_
         eval_set = ((X_val[:, sel] - self.mean_[sel]) / self.scale_[sel], y_val) if have_val else None
         self.clf_.fit((X[:, sel] - self.mean_[sel]) / self.scale_[sel], y, eval_set=eval_set)
-        self.C_ = self.clf_.C_
+        self.C_, self.n_iter_ = self.clf_.C_, self.clf_.n_iter_  # n_iter_: L-BFGS iterations of the final fit
         self.best_val_score_ = self.clf_.best_val_score_
         self.group_norms_ = norms.astype(np.float32)
         self._report(names, gscale)
@@ -207,6 +207,7 @@ class MultiLayerHead(Head):
         clf.n_features_in_ = len(self.selected_)
         clf._set_state(state["clf"], {k[4:]: v for k, v in arrays.items() if k.startswith("clf.")})
         self.clf_ = clf
+        self.n_iter_ = clf.n_iter_
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
