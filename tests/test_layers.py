@@ -98,6 +98,12 @@ def test_train_multilayer_on_all_cached_layers_saves_the_layer_list(layered_cach
     assert info["layer"] == "pooled,block1,block2" and head.layer_names == ("pooled", "block1", "block2")
     assert head.n_features_in_ == sum(layered_cache.dims[n] for n in ("pooled", "block1", "block2"))
     assert evaluate(result.path)["top1"] == pytest.approx(result.test_acc)
+    proc = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(layered_cache.path),
+                           "--head", "multilayer", "--layer", "block2,pooled", "--param", "keeps=[0.5,1.0]",
+                           "--out", str(tmp_path / "two.npz")], capture_output=True, text=True, check=True)
+    assert "multilayer: layer contributions" in proc.stdout
+    assert [line.split()[0] for line in proc.stdout.splitlines()[-2:]] == ["block2", "pooled"]
+    assert load_head(tmp_path / "two.npz")[1]["layer"] == "block2,pooled"
 
 
 def _folder_without_val(root: Path) -> Path:

@@ -99,6 +99,7 @@ class MultiLayerHead(Head):
         keep: float | None = None,
         keeps: tuple[float, ...] = DEFAULT_KEEPS,
         probe_C: float = 30.0,
+        probe_iter: int = 100,
         C: float | None = None,
         Cs: tuple[float, ...] = DEFAULT_ML_CS,
         max_iter: int = 500,
@@ -112,6 +113,7 @@ class MultiLayerHead(Head):
         self.keep = keep  # fixed fraction of features to keep; None = choose from keeps on val
         self.keeps = keeps  # fractions tried on val
         self.probe_C = probe_C  # inverse L2 strength of the quick fit that scores each fraction
+        self.probe_iter = probe_iter  # its L-BFGS iterations (a ranking of fractions, not a final model)
         self.C = C  # final classifier's C; None = the logreg head's sweep over Cs on val
         self.Cs = Cs  # the final sweep
         self.max_iter = max_iter  # L-BFGS iterations per fit
@@ -150,7 +152,7 @@ class MultiLayerHead(Head):
             for frac in sorted(fractions):
                 cols = torch.from_numpy(np.sort(order[: max(1, round(frac * d))])).to(dev)
                 Wp, bp, _ = lbfgs_logreg(Xt[:, cols], yt, self.probe_C, torch.zeros(len(cols), k, device=dev),
-                                         torch.zeros(k, device=dev), self.max_iter, self.tol)
+                                         torch.zeros(k, device=dev), self.probe_iter, self.tol)
                 acc = float(((Xv[:, cols] @ Wp + bp).argmax(1) == yv).float().mean())
                 self.keep_scores_[repr(float(frac))] = acc
                 if acc > best_acc + 1e-9:
