@@ -88,7 +88,7 @@ def main() -> None:
     env = environment()
     paths = [Path(p) for p in args.cache] if args.cache else find_caches(["digits", "glyphs"])
     rows = [row for p in paths for row in run_cache(p, args.quick, env)]
-    csv_path, md_path = write_results("layers", rows, ["dataset", "method", "layer", "val_acc", "test_acc", "fit_s",
+    _, md_path = write_results("layers", rows, ["dataset", "method", "layer", "val_acc", "test_acc", "fit_s",
                                                        "best_single", "gain_vs_best", "ratio_vs_pooled",
                                                        "ratio_vs_best", "contributions"])
     print(md_path.read_text())

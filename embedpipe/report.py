@@ -115,7 +115,7 @@ def advise_table(rows: list[dict[str, Any]]) -> str:
     out = []
     for dataset, backbone in sorted({(r["dataset"], r["backbone"]) for r in rows if r.get("status") == "ok"}):
         ev = evidence_from_rows(rows, dataset, backbone)
-        if ev is None or not ev.scores:
+        if ev is None or len(ev.scores) < 2:  # one layer: no sweep to read the distance from
             continue
         d = decide(ev)
         rec = d["recommendation"]
