@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     heads = _csv(args.head)
     if args.shots is not None:
         seeds = _ints(args.seeds, "--seeds")
-        res = few_shot(args.cache, heads, shots=args.shots, seeds=seeds, layer=args.layer,
+        res = few_shot(args.cache, heads, shots=args.shots, seeds=seeds, layer=args.layer or "pooled",
                        params=parse_params(args.param, heads))
         rows = [{"head": r["head"], "layer": r["layer"], "shots": r["shots"], "seeds": r["seeds"],
                  "val_acc": _pm(r["val_acc_mean"], r["val_acc_std"]),
@@ -134,12 +134,28 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     results = train_heads(args.cache, heads, layer=args.layer, params=parse_params(args.param, heads), out=args.out)
     rows = [r.to_dict() for r in results]
+    note = results[0].val_split.get("note") if results else None
+    if note:
+        print(f"embedpipe: {note}", file=sys.stderr)
     table = format_table(rows, ["head", "layer", "val_acc", "test_acc", "fit_s", "n_train", "n_classes", "path"])
+    for r in results:
+        if "layer_contributions_" in r.report:
+            kept = r.report.get("layer_kept_", {})
+            table += f"\n{r.head}: layer contributions (share of weight norm, features kept; kept {r.report['keep_']:.0%}):"
+            table += "".join(f"\n  {name:10s} {share:6.1%}  {kept.get(name, 0)} features"
+                             for name, share in r.report["layer_contributions_"].items())
     _emit(args, {"results": rows}, table)
 
 
 def _pm(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def cmd_advise(args: argparse.Namespace) -> None:
+    from .advise import advise, format_advice
+
+    report = advise(args.cache, out=args.out, plot=not args.no_plot)
+    _emit(args, report, format_advice(report))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -265,13 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy")
     p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
     p.add_argument("--head", default="logreg", help="head name(s), comma-separated (default logreg)")
-    p.add_argument("--layer", default="pooled", help="cached layer to train on (default pooled)")
+    p.add_argument("--layer", default=None,
+                   help="cached layer(s) to train on, comma-separated for multilayer (default pooled; "
+                        "multilayer: every cached layer)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head hyperparameter, repeatable; head.key=value to target one of several heads")
     p.add_argument("--out", help="head file (one head) or folder (several); default <cache>/heads/")
     p.add_argument("--shots", type=int, help="few-shot: K training images per class per seed (heads not saved)")
     p.add_argument("--seeds", default="0,1,2", help="few-shot seeds, comma-separated (default 0,1,2)")
     p.set_defaults(func=cmd_train)
+
+    p = verb("advise", "transfer report: how many layers to keep frozen, from a layer sweep and the data's size")
+    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.add_argument("--out", help="accuracy-by-depth plot (default <cache>/advise.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.set_defaults(func=cmd_advise)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")
     p.add_argument("--head-file", required=True)

@@ -43,7 +43,7 @@ def predict(
         )
     names = class_names(head.classes_, info.get("label_names"))
     assert names is not None  # load_head refuses label names that do not name the classes
-    layer = info["layer"]
+    layers = str(info["layer"]).split(",")  # a multi-layer head's columns are these layers side by side
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):  # decode one batch at a time: memory stays bounded
         tensors: list[tuple[int, torch.Tensor]] = []
@@ -56,7 +56,8 @@ def predict(
                 results[-1]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if not tensors:
             continue
-        X = backbone.embed(torch.stack([t for _, t in tensors]), [layer])[layer]
+        feats = backbone.embed(torch.stack([t for _, t in tensors]), layers)
+        X = np.concatenate([np.asarray(feats[name], dtype=np.float32) for name in layers], axis=1)
         for (i, _), p in zip(tensors, head.predict_proba(X), strict=True):
             order = np.argsort(-p)[:top_k]
             results[i]["top"] = [(names[j], float(p[j])) for j in order]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -335,9 +335,20 @@ class Cache:
                 yield block[keep].astype(dtype, copy=False), self.labels[start:stop][keep]
 
     def load(
-        self, split: str | None = "train", layer: str = "pooled", dtype: Any = np.float32
+        self, split: str | None = "train", layer: str | Sequence[str] = "pooled", dtype: Any = np.float32
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All usable rows of a split as ``(X, y)``: X (n, dim) in ``dtype``, y integer labels."""
+        """All usable rows of a split as ``(X, y)``: X (n, dim) in ``dtype``, y integer labels.
+
+        Several layers (a list, or names joined by commas: ``"pooled,block4"``) are concatenated
+        column-wise in the order given: X is (n, sum of their widths), the first layer's columns first.
+        """
+        names = layer.split(",") if isinstance(layer, str) else list(layer)
+        if len(names) != 1:
+            for name in names:
+                self._check_layer(name)
+            parts = [self.load(split, name, dtype) for name in names]
+            return np.concatenate([p[0] for p in parts], axis=1), parts[0][1]
+        layer = names[0]
         self._check_layer(layer)
         n = len(self.rows(split))
         X = np.empty((n, self.dims[layer]), dtype=dtype)
