@@ -37,7 +37,7 @@ class ArraySpec:
 
 
 # JSON values of ``_get_state``'s dict, by name: "int", "number", "str", "number?" (or null),
-# "dict[str,number]".
+# "dict[str,number]", "dict" (a nested head's state).
 StateSpec = tuple[dict[str, str], dict[str, ArraySpec]]
 
 

@@ -230,6 +230,8 @@ def _value_is(value: Any, kind: str) -> bool:
         return value is None or (number and np.isfinite(value))
     if kind == "str":
         return isinstance(value, str)
+    if kind == "dict":  # a nested head's own state (that head's _set_state reads it)
+        return isinstance(value, dict)
     if kind == "dict[str,number]":
         return isinstance(value, dict) and all(_value_is(v, "number") for v in value.values())
     raise ValueError(f"unknown state value kind {kind!r}")  # a head's own spec is wrong

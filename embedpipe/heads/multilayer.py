@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..backbones.base import resolve_device
-from .base import Head, State, standardizer
+from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .logreg import LogRegHead, lbfgs_logreg
 from .torch_utils import as_tensor
 
@@ -193,6 +193,16 @@ class MultiLayerHead(Head):
         arrays = {"mean_": self.mean_, "scale_": self.scale_, "selected_": self.selected_,
                   "group_norms_": self.group_norms_, **{f"clf.{k}": v for k, v in clf_arrays.items()}}
         return state, arrays
+
+    def _state_spec(self) -> StateSpec:
+        # s = features kept by the selection; the final logreg sees only those
+        return ({"keep_": "number", "keep_scores_": "dict[str,number]", "C_": "number", "lambda_": "number",
+                 "best_val_score_": "number?", "layer_kept_": "dict[str,number]",
+                 "layer_contributions_": "dict[str,number]", "clf": "dict"},
+                {"mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True),
+                 "selected_": ArraySpec(("s",), kind="iu", below="d"), "group_norms_": ArraySpec(("d",)),
+                 "clf.coef_": ArraySpec(("k", "s")), "clf.intercept_": ArraySpec(("k",)),
+                 "clf.mean_": ArraySpec(("s",)), "clf.scale_": ArraySpec(("s",), positive=True)})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.keep_, self.keep_scores_ = float(state["keep_"]), dict(state["keep_scores_"])
