@@ -198,6 +198,7 @@ from embedpipe.extraction.write import ShardResult, ShardWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 path = Path(sys.argv[1])
+path.mkdir(parents=True)  # the cache folder exists (meta.h5 is written first); shards/ is made by the writer
 writer = ShardWriter(path, "k", "float32")
 small = ShardResult(0, 0, {"pooled": np.ones((4, 8), np.float32)}, np.ones(4, bool), [""] * 4)
 big = ShardResult(1, 4, {"pooled": np.ones((1000, 1000), np.float32)}, np.ones(1000, bool), [""] * 1000)

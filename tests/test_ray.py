@@ -153,9 +153,13 @@ def test_ray_cache_equals_local_with_broken_files(ray_cluster: str, tiny_timm_we
     assert dict(remote.failed) == dict(local.failed) and "broken.png" in str(remote.failed)
     err = capfd.readouterr().err
     assert "shards=3/3" in err and "workers=" in err and "ray: 3 shards on 1 workers x 2 CPUs" in err
-    # the same command again: nothing to compute
+    # the same command again: only the 3 failed rows are retried (they fail again), nothing is embedded
+    before = {p.name: p.stat().st_mtime_ns for p in (remote.path / "shards").iterdir()}
     again, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
-    assert again.path == remote.path and stats.embedded == 0 and stats.shard_log == []
+    assert again.path == remote.path and stats.embedded == 0
+    assert sum(e["computed"] for e in stats.shard_log) == 3 and sum(e["failed"] for e in stats.shard_log) == 3
+    assert {p.name: p.stat().st_mtime_ns for p in (remote.path / "shards").iterdir()} == before  # not rewritten
+    assert_same_cache(local.path, again.path)
 
 
 def _actor_pids() -> list[int]:

@@ -52,6 +52,8 @@ def describe_os_error(e: BaseException) -> str:
 
 
 def write_error(path: Path, index: int, e: BaseException) -> EmbedpipeError:
+    if isinstance(e, EmbedpipeError):  # atomic_h5 already named the cause and the folder
+        return e
     return EmbedpipeError(
         f"cannot write {shard_name(index)} in cache folder {path}: {describe_os_error(e)}; "
         "free space (or raise the file size limit) and re-run the same command to resume"
