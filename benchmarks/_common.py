@@ -177,3 +177,23 @@ def run_measured(cmd: list[str], timeout: float | None = None, **popen: Any) -> 
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd, stdout, stderr)
     return stdout, stderr, mem.result()
+
+
+def camera_jpeg(seed: int, size: tuple[int, int]) -> bytes:
+    """A real photo (scikit-learn's sample images) cropped, scaled to ``size`` with sensor-like noise, q90."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photo = load_sample_images().images[seed % 2]
+    h, w = photo.shape[:2]
+    ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    img = Image.fromarray(photo[y : y + ch, x : x + cw]).resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(img, np.float32) + rng.normal(0, 4, (size[1], size[0], 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()

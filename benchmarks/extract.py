@@ -23,7 +23,6 @@ Generated images are kept in --data-dir (default /tmp/embedpipe-bench-data) and 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import resource
 import subprocess
@@ -70,26 +69,10 @@ def make_pngs(root: Path, n: int) -> Path:
     return folder
 
 
-def camera_jpeg(seed: int, size: tuple[int, int]) -> bytes:
-    """A real photo (scikit-learn's sample images) cropped, scaled to ``size`` with sensor-like noise, q90."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(seed)
-    photo = load_sample_images().images[seed % 2]
-    h, w = photo.shape[:2]
-    ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    img = Image.fromarray(photo[y : y + ch, x : x + cw]).resize(size, Image.Resampling.BICUBIC)
-    arr = np.asarray(img, np.float32) + rng.normal(0, 4, (size[1], size[0], 3))
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def make_camera(root: Path, n: int) -> Path:
     """n 12 MP (4000x3000) and n 2 MP (1600x1200) JPEGs in 2 class folders."""
+    from _common import camera_jpeg
+
     folder = root / f"camera-{n}"
     if (folder / ".done").is_file():
         return folder
