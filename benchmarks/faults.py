@@ -131,16 +131,18 @@ def kill_loop(data: Path, work: Path, weights: str, kills: int, shard_size: int,
     the end. Returns the kills and the finished cache; compare it with a clean run's."""
     rng = random.Random(seed)
     cmd = extract_cmd(data, work / "killed", weights, shard_size)
-    log = []
-    for i in range(kills):
-        log.append(kill_once(cmd, work / "killed", KINDS[i % len(KINDS)], rng))
+    log: list[Kill] = []
+    while sum(k.killed for k in log) < kills:  # count kills that landed; a run that finished ends the loop
+        log.append(kill_once(cmd, work / "killed", KINDS[len(log) % len(KINDS)], rng))
+        if not log[-1].killed:
+            break
     return log, run_to_end(cmd)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="random kills in the loop (default 20)")
-    parser.add_argument("--images", type=int, default=32, help="images per class, 3 classes (default 32)")
+    parser.add_argument("--images", type=int, default=64, help="images per class, 3 classes (default 64)")
     parser.add_argument("--shard-size", type=int, default=8, help="rows per shard (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -162,7 +164,7 @@ def main() -> None:
         diffs = cache_differences(killed, clean)
     landed = [k for k in log if k.killed]
     row = {
-        **environment(), "kills": args.kills, "landed": len(landed),
+        **environment(), "kills": args.kills, "attempts": len(log), "landed": len(landed),
         "inside_write": sum(k.tmp_left for k in landed),
         "before_first_shard": sum(k.shards_after == 0 for k in landed),
         "survived": len(landed) if not diffs else 0, "identical": not diffs,
@@ -172,7 +174,7 @@ def main() -> None:
     for k in log:
         print(asdict(k))
     csv_path, md_path = write_results("faults", [row], [
-        "kills", "landed", "before_first_shard", "inside_write", "survived", "identical", "images",
+        "kills", "attempts", "landed", "before_first_shard", "inside_write", "survived", "identical", "images",
         "shard_size", "seconds"])
     print(f"{row['survived']} of {row['landed']} kills survived (identical={row['identical']}) -> {csv_path}, {md_path}")
     if diffs:
