@@ -191,6 +191,8 @@ def run_extract(
     key = cache_key(fkey, manifest_digest(records))
     path = cache_path(cache_dir, source.name, bb.spec, key)
     n = len(records)
+    if progress:
+        print(size_estimate_line(bb, layers, config.dtype, n), file=sys.stderr)
 
     with exclusive(path / ".lock", str(path)):
         existing = read_meta(path) if (path / "meta.h5").is_file() else None
@@ -222,6 +224,23 @@ def run_extract(
     return cache, stats
 
 
+def size_estimate_line(bb: Backbone, layers: Sequence[str], dtype: str, rows: int) -> str:
+    """'cache size estimate: ...' (rows x per-row bytes of every layer); informs, refuses nothing."""
+    item = np.dtype(dtype).itemsize
+    per_row = {name: bb.dims[name] * item for name in layers}
+    total = rows * sum(per_row.values())
+    parts = ", ".join(f"{name} {'x'.join(map(str, bb.shapes[name]))} = {b:,} B" for name, b in per_row.items())
+    return f"cache size estimate: {rows} rows x {sum(per_row.values()):,} B/row = {format_bytes(total)} ({parts})"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def _meta_attrs(
     source: Source, bb: Backbone, layers: list[str], config: ExtractConfig, key: str, fkey: str,
     n: int, n_shards: int,
@@ -241,6 +260,7 @@ def _meta_attrs(
         "preprocess": json.dumps(bb.preprocess, default=str),
         "layers": json.dumps(layers),
         "dims": json.dumps({name: bb.dims[name] for name in layers}),
+        "shapes": json.dumps({name: list(bb.shapes[name]) for name in layers}),
         "dtype": config.dtype,
         "n_rows": n,
         "shard_size": config.shard_size,
@@ -262,7 +282,7 @@ def _fill_shards(
     if not pending:
         return stats
     donors = _donors(path.parent, fkey, path)
-    dims = {name: bb.dims[name] for name in layers}
+    shapes = {name: bb.shapes[name] for name in layers}
     # Plan each pending shard: rows to copy from donor caches and rows to compute. A shard's buffer
     # exists only from its first batch until it is written, so memory is bounded by the shard size.
     plan: dict[int, tuple[int, int, list[int]]] = {}  # shard -> (start, stop, rows to reuse)
@@ -280,7 +300,7 @@ def _fill_shards(
     def buffer(s: int) -> dict[str, Any]:
         if s not in buffers:
             start, stop, reuse = plan[s]
-            feats = {name: np.zeros((stop - start, dims[name]), np.float32) for name in layers}
+            feats = {name: np.zeros((stop - start, *shapes[name]), np.float32) for name in layers}
             donor_rows = [donors[(records[r].id, records[r].signature)] for r in reuse]
             _copy_rows([r - start for r in reuse], donor_rows, layers, feats)
             buffers[s] = {"start": start, "feats": feats, "ok": np.ones(stop - start, bool),

@@ -20,7 +20,7 @@ from ..errors import EmbedpipeError
 from .key import SCHEMA_VERSION
 from .writer import shard_name
 
-JSON_ATTRS = ("layers", "dims", "backbone", "split_rule", "versions", "preprocess")
+JSON_ATTRS = ("layers", "dims", "shapes", "backbone", "split_rule", "versions", "preprocess")
 
 
 def read_strings(f: h5py.File, name: str) -> np.ndarray:
@@ -86,6 +86,18 @@ class Cache:
         return dict(self.meta["dims"])
 
     @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of every layer: (dim,) for vectors, (C, H, W) or (L, C) for ``:map`` layers
+        (caches written before shapes were recorded hold vectors only)."""
+        recorded = self.meta.get("shapes") or {}
+        return {name: tuple(recorded.get(name, (dim,))) for name, dim in self.dims.items()}
+
+    def disk_bytes(self) -> int:
+        """Bytes on disk of meta.h5 and every shard."""
+        files = [self.path / "meta.h5"] + [self.path / shard_name(i) for i in range(self.n_shards)]
+        return sum(p.stat().st_size for p in files if p.is_file())
+
+    @property
     def backbone(self) -> dict[str, Any]:
         return dict(self.meta["backbone"])
 
@@ -148,10 +160,11 @@ class Cache:
     def load(
         self, split: str | None = "train", layer: str = "pooled", dtype: Any = np.float32
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All usable rows of a split as ``(X, y)``: X (n, dim) in ``dtype``, y integer labels."""
+        """All usable rows of a split as ``(X, y)``: X (n, *shape) in ``dtype`` ((n, dim) for vector
+        layers), y integer labels."""
         self._check_layer(layer)
         n = len(self.rows(split))
-        X = np.empty((n, self.dims[layer]), dtype=dtype)
+        X = np.empty((n, *self.shapes[layer]), dtype=dtype)
         y = np.empty(n, dtype=np.int64)
         at = 0
         for xb, yb in self.iter_blocks(split, layer, dtype):
@@ -168,7 +181,8 @@ class Cache:
             "key": self.key,
             "dataset": self.meta.get("dataset"),
             "backbone": self.backbone.get("spec"),
-            "layers": self.dims,
+            "layers": {name: list(shape) for name, shape in self.shapes.items()},
+            "disk_bytes": self.disk_bytes(),
             "classes": len(self.label_names),
             "rows": self.counts(),
             "failed": len(self.failed),

@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 
 STR = h5py.string_dtype("utf-8")
+MAP_CHUNK_ROWS = 8  # rows per HDF5 chunk of an unpooled (:map) layer
+MAP_COMPRESSION: str | None = None  # gzip saves ~x on float16 maps but slows reads (see README); None = off
 
 
 def shard_name(index: int) -> str:
@@ -62,7 +64,11 @@ def write_shard(
         f.attrs.update({"start": start, "stop": start + len(ok), "key": key})
         group = f.create_group("features")
         for layer, values in features.items():
-            group.create_dataset(layer, data=values.astype(dtype, copy=False))
+            # Maps (rows, *shape) are chunked a few rows at a time, so a reader of some rows reads only
+            # their chunks; vectors stay contiguous, as before.
+            chunks = (min(len(values), MAP_CHUNK_ROWS), *values.shape[1:]) if values.ndim > 2 and len(values) else None
+            group.create_dataset(layer, data=values.astype(dtype, copy=False), chunks=chunks,
+                                 compression=MAP_COMPRESSION if chunks else None)
         f.create_dataset("ok", data=ok.astype(bool))
         f.create_dataset("errors", data=np.array(errors, dtype=object), dtype=STR)
 
