@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import environment, write_results  # noqa: E402
+from _common import environment, write_results
 
 
 def main() -> None:

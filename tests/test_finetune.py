@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_TIMM, make_image_folder
+
 from embedpipe import extract
 from embedpipe.backbones import create_backbone
 from embedpipe.errors import EmbedpipeError
@@ -51,7 +51,7 @@ def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path
     assert [h["unfrozen"] for h in head.history_][:3] == [0, 1, 2]  # classifier alone, then one block at a time
     assert result.val_acc is not None and result.val_acc > 0.5  # 4 classes: chance is 0.25
     # Saved without pickle; the loaded head gives the same probabilities on the cached maps.
-    loaded, info = load_head(result.path)
+    loaded, _info = load_head(result.path)
     X, _ = map_cache.load("test", LAYER)
     assert X.shape[1:] == tuple(map_cache.shapes[LAYER])
     np.testing.assert_allclose(loaded.predict_proba(X), head.predict_proba(X), rtol=1e-5, atol=1e-6)
