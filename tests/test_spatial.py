@@ -22,7 +22,8 @@ from embedpipe.extract import run_extract
 
 def test_maps_are_the_unpooled_blocks(tiny_timm_weights: str, tiny_clip_weights: str) -> None:
     timm_bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, precision="fp32", device="cpu")
-    x = torch.randn(2, 3, 64, 64)
+    size = timm_bb.preprocess["input_size"][-1]  # shapes are measured at the backbone's own input size
+    x = torch.randn(2, 3, size, size)
     out = timm_bb.embed(x, ["block2", "block2:map"])
     assert out["block2:map"].ndim == 4 and timm_bb.shapes["block2:map"] == out["block2:map"].shape[1:]
     np.testing.assert_allclose(out["block2:map"].mean(axis=(2, 3)), out["block2"], rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import numpy as np
 
 STR = h5py.string_dtype("utf-8")
 MAP_CHUNK_ROWS = 8  # rows per HDF5 chunk of an unpooled (:map) layer
-MAP_COMPRESSION: str | None = None  # gzip saves ~x on float16 maps but slows reads (see README); None = off
+MAP_COMPRESSION: str | None = None  # None: gzip saved 7% of float16 maps for 3x the read CPU, lzf 0% (README)
 
 
 def shard_name(index: int) -> str:

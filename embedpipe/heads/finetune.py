@@ -208,7 +208,7 @@ class FinetuneHead(Head):
                 for i, unit in enumerate(self.tail_.units):
                     unit.requires_grad_(i >= first)
             order = torch.randperm(len(Xt), generator=gen).to(dev)
-            t0, total = time.perf_counter(), 0.0
+            t0, cpu0, total = time.perf_counter(), time.process_time(), 0.0
             for i in range(steps_per_epoch):
                 idx = order[i * self.batch_size : (i + 1) * self.batch_size]
                 xb, yb = Xt[idx], F.one_hot(yt[idx], len(self.classes_)).float()
@@ -238,10 +238,11 @@ class FinetuneHead(Head):
             self.n_epochs_ += 1
             acc = self._accuracy(Xv, yv) if Xv is not None and yv is not None else None
             self.history_.append({"epoch": epoch + 1, "unfrozen": n_open, "loss": total / len(Xt),
-                                  "val_acc": acc, "seconds": time.perf_counter() - t0})
+                                  "val_acc": acc, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
             if self.verbose:
                 self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
-                          + (f", val {acc:.3f}" if acc is not None else "") + f", {time.perf_counter() - t0:.1f}s")
+                          + (f", val {acc:.3f}" if acc is not None else "")
+                          + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
             if acc is None:
                 continue
             if acc > best_acc:
