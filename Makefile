@@ -1,18 +1,26 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both create .venv when it is missing and install embedpipe with its dependencies.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Both create .venv when it is missing and install embedpipe with its dependencies at the exact
+# versions of constraints.txt (what the README's figures and the tests were run with).
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
+# Where torch and torchvision come from; e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# installs the CPU-only wheels (about 1 GB instead of about 6 GB with the CUDA libraries).
+TORCH_INDEX ?=
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch torchvision --index-url $(TORCH_INDEX)
+endif
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +31,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check embedpipe tests benchmarks
+
+# Re-pin constraints.txt to what .venv holds now (after a deliberate upgrade), then re-run the
+# benchmarks whose figures the README quotes.
+lock: $(STAMP)
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable --exclude embedpipe | grep -v '^#'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	touch $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

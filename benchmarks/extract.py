@@ -1,17 +1,29 @@
-"""Extraction throughput: `embedpipe extract` against a plain hand-written timm loop, same images,
-same backbone, one run. Writes benchmarks/results/extract.csv and extract.md.
+"""Extraction throughput on CPU: `embedpipe extract` (defaults) against hand-written loops, same
+images, same backbone (effnet-lite0), one run. Writes benchmarks/results/extract.csv and extract.md.
 
-    .venv/bin/python benchmarks/extract.py                 # digits, effnet-lite0, 1797 images
-    .venv/bin/python benchmarks/extract.py --limit 256     # quicker
+    .venv/bin/python benchmarks/extract.py                          # all three scenarios, full size
+    .venv/bin/python benchmarks/extract.py --scenario camera --camera 8 --png 64 --limit 128   # quick check
 
-Each variant runs in its own subprocess so its peak memory (the process and its decoding workers)
-is measured separately. The baseline is what a user writes by hand: decode with PIL in the main
-process, timm's transform, batches of 64, fp32, contiguous memory, torch.inference_mode.
+Scenarios (each compared as a ratio against its own baseline, measured in the same run):
+
+* ``digits``: the built-in 1797 digits (64x64, in memory). Baseline ``plain_loop``: PIL + the
+  backbone's transform in the main process, batches of 64, fp32, torch.inference_mode.
+* ``pngs``: an ImageFolder of small PNGs (10 classes, 48-160 px; 1500 by default). Same baseline.
+* ``camera``: camera-size JPEGs (60 of 4000x3000 and 60 of 1600x1200 by default; real photos,
+  cropped and scaled, with sensor-like noise, quality 90). Baseline ``dataloader_loop``: a competent
+  hand-written loop: DataLoader with 2 workers, PIL + the transform, channels_last, bf16 autocast
+  where the CPU has native bf16 (fp32 otherwise).
+
+``embedpipe`` runs with its defaults; ``embedpipe_w0`` / ``embedpipe_w2`` pin 0 or 2 decoding
+workers (how the CPU default was chosen). Each variant runs in its own subprocess, so its peak memory
+is its own: ``peak_rss_mb`` is the process, ``worker_peak_rss_mb`` its largest decoding worker.
+Generated images are kept in --data-dir (default /tmp/embedpipe-bench-data) and reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import subprocess
@@ -19,11 +31,79 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+BACKBONE = "effnet-lite0"
+VARIANTS = {
+    "digits": ["plain_loop", "embedpipe", "embedpipe_w0", "embedpipe_w2"],
+    "pngs": ["plain_loop", "embedpipe", "embedpipe_w0", "embedpipe_w2"],
+    "camera": ["dataloader_loop", "embedpipe", "embedpipe_w0", "embedpipe_w2"],
+}
 
-def run_baseline(data: str, limit: int) -> dict[str, float]:
+
+# -- data --------------------------------------------------------------------------------------
+def make_pngs(root: Path, n: int) -> Path:
+    """n small PNGs in 10 class folders: class-coloured shapes with noise, 48-160 px."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder = root / f"pngs-{n}"
+    if (folder / ".done").is_file():
+        return folder
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        c = i % 10
+        w, h = (int(v) for v in rng.integers(48, 161, 2))
+        img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(img)
+        colour = ((c * 97) % 256, (c * 53 + 80) % 256, (c * 29 + 160) % 256)
+        for _ in range(3):
+            x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+            box = (int(x0), int(y0), int(x0 + w // 2), int(y0 + h // 2))
+            (draw.ellipse if c % 2 else draw.rectangle)(box, fill=colour)
+        arr = np.clip(np.asarray(img, np.float32) + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+        (folder / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(folder / f"class{c}" / f"img{i:05d}.png")
+    (folder / ".done").touch()
+    return folder
+
+
+def camera_jpeg(seed: int, size: tuple[int, int]) -> bytes:
+    """A real photo (scikit-learn's sample images) cropped, scaled to ``size`` with sensor-like noise, q90."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photo = load_sample_images().images[seed % 2]
+    h, w = photo.shape[:2]
+    ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    img = Image.fromarray(photo[y : y + ch, x : x + cw]).resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(img, np.float32) + rng.normal(0, 4, (size[1], size[0], 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_camera(root: Path, n: int) -> Path:
+    """n 12 MP (4000x3000) and n 2 MP (1600x1200) JPEGs in 2 class folders."""
+    folder = root / f"camera-{n}"
+    if (folder / ".done").is_file():
+        return folder
+    for i in range(2 * n):
+        size = (4000, 3000) if i < n else (1600, 1200)
+        (folder / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / f"class{i % 2}" / f"photo{i:04d}.jpg").write_bytes(camera_jpeg(i, size))
+    (folder / ".done").touch()
+    return folder
+
+
+# -- variants (each in its own subprocess) -----------------------------------------------------
+def run_plain_loop(data: str, limit: int) -> dict[str, float]:
+    """PIL + the backbone's transform in this process, fp32, contiguous, batches of 64."""
     import torch
 
     from embedpipe import create_backbone
@@ -31,7 +111,7 @@ def run_baseline(data: str, limit: int) -> dict[str, float]:
 
     source = resolve_source(data)
     records = source.records[:limit]
-    bb = create_backbone("effnet-lite0", precision="fp32", channels_last=False)
+    bb = create_backbone(BACKBONE, precision="fp32", channels_last=False)
     model, transform = bb.model, bb.transform
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -41,47 +121,107 @@ def run_baseline(data: str, limit: int) -> dict[str, float]:
     return {"images": len(records), "seconds": time.perf_counter() - t0}
 
 
-def run_embedpipe(data: str, limit: int) -> dict[str, float]:
+class _Folder:  # a picklable dataset for the DataLoader loop
+    def __init__(self, paths: list[str], transform: Any) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Any:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB"))
+
+
+def run_dataloader_loop(data: str, limit: int) -> dict[str, float]:
+    """DataLoader(2 workers) + PIL + transform, channels_last, bf16 autocast where the CPU has it."""
+    import contextlib
+
+    import torch
+
+    from embedpipe import create_backbone
+    from embedpipe.backbones.base import _cpu_has_bf16
+    from embedpipe.data import resolve_source
+
+    source = resolve_source(data)
+    records = source.records[:limit]
+    bb = create_backbone(BACKBONE, precision="fp32", channels_last=True)
+    model, transform = bb.model, bb.transform
+    loader = torch.utils.data.DataLoader(_Folder([r.path for r in records], transform),  # type: ignore[misc]
+                                         batch_size=64, num_workers=2)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if _cpu_has_bf16() else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with torch.inference_mode(), amp:
+        for batch in loader:
+            x = batch.contiguous(memory_format=torch.channels_last)
+            model.forward_head(model.forward_features(x), pre_logits=True)
+    return {"images": len(records), "seconds": time.perf_counter() - t0}
+
+
+def run_embedpipe(data: str, limit: int, workers: int | None) -> dict[str, float]:
     from embedpipe.data import resolve_source
     from embedpipe.extract import run_extract
 
     source = resolve_source(data)
     source.records = source.records[:limit]
+    options = {} if workers is None else {"num_workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
-        _, stats = run_extract(source, "effnet-lite0", cache_dir=tmp, progress=False)
-    return {"images": stats.embedded, "seconds": stats.seconds, "pure_img_s": stats.images_per_s}
+        _, stats = run_extract(source, BACKBONE, cache_dir=tmp, progress=False, **options)
+    return {"images": stats.embedded, "seconds": stats.seconds, "loop_img_s": round(stats.images_per_s, 1)}
 
 
 def child(variant: str, data: str, limit: int) -> None:
-    result = (run_baseline if variant == "baseline" else run_embedpipe)(data, limit)
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 0)
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({**result, "peak_rss_mb": round(peak / 1024), "worker_peak_rss_mb": round(workers / 1024)}))
+    if variant == "plain_loop":
+        result = run_plain_loop(data, limit)
+    elif variant == "dataloader_loop":
+        result = run_dataloader_loop(data, limit)
+    else:
+        workers = {"embedpipe": None, "embedpipe_w0": 0, "embedpipe_w1": 1, "embedpipe_w2": 2}[variant]
+        result = run_embedpipe(data, limit, workers)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({**result, "peak_rss_mb": round(peak / 1024), "worker_peak_rss_mb": round(workers_peak / 1024)}))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--limit", type=int, default=1797)
-    parser.add_argument("--variant", choices=["baseline", "embedpipe"], help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["digits", "pngs", "camera", "all"], default="all")
+    parser.add_argument("--limit", type=int, default=1797, help="images per scenario at most")
+    parser.add_argument("--png", type=int, default=1500, help="small PNGs to generate")
+    parser.add_argument("--camera", type=int, default=60, help="JPEGs of each camera size to generate")
+    parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "embedpipe-bench-data"))
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         return child(args.variant, args.data, args.limit)
     from _common import environment, write_results
 
     env = environment()
+    root = Path(args.data_dir)
+    scenarios = ["digits", "pngs", "camera"] if args.scenario == "all" else [args.scenario]
     rows = []
-    for variant in ("baseline", "embedpipe"):
-        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--data", args.data,
-                              "--limit", str(args.limit)], capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"variant": variant, "dataset": args.data, "backbone": "effnet-lite0", **r,
-                     "img_s": round(r["images"] / r["seconds"], 1), **env})
-    base = rows[0]["img_s"]
-    for r in rows:
-        r["speedup"] = round(r["img_s"] / base, 2)
-    csv_path, md_path = write_results(
-        "extract", rows, ["variant", "dataset", "images", "seconds", "img_s", "speedup", "peak_rss_mb", "device", "machine"])
+    for scenario in scenarios:
+        data = {"digits": lambda: "digits", "pngs": lambda: str(make_pngs(root, args.png)),
+                "camera": lambda: str(make_camera(root, args.camera))}[scenario]()
+        base = None
+        for variant in VARIANTS[scenario]:
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--data", data,
+                                  "--limit", str(args.limit)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{scenario}/{variant} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            img_s = r["images"] / r["seconds"]
+            base = base or img_s
+            rows.append({"scenario": scenario, "variant": variant, "backbone": BACKBONE, **r,
+                         "img_s": round(img_s, 1), "speedup": round(img_s / base, 2), **env})
+            print(f"{scenario:7s} {variant:16s} {img_s:8.1f} img/s  x{img_s / base:.2f}  "
+                  f"rss {r['peak_rss_mb']} MB (+worker {r['worker_peak_rss_mb']} MB)", file=sys.stderr)
+    csv_path, md_path = write_results("extract", rows, [
+        "scenario", "variant", "images", "seconds", "img_s", "loop_img_s", "speedup", "peak_rss_mb", "worker_peak_rss_mb",
+        "device", "machine"])
     print(md_path.read_text())
     print(f"wrote {csv_path}")
 

@@ -3,6 +3,7 @@ train on the cached embeddings in seconds."""
 
 __version__ = "0.1.0"
 
+from .advise import advise
 from .backbones import BackboneConfig, create_backbone, list_backbones
 from .bench import benchmark
 from .cache import Cache, open_cache
@@ -18,6 +19,7 @@ __all__ = [
     "EmbedpipeError",
     "ExtractConfig",
     "__version__",
+    "advise",
     "benchmark",
     "create_backbone",
     "create_head",

@@ -51,6 +51,8 @@ class BenchConfig:
     extract: dict[str, Any] = field(default_factory=dict)  # extract options (batch_size, precision, ...)
     cache_dir: str = "cache"
     results_dir: str = "benchmarks/results"
+    engine: str = "local"  # extraction engine: local, or ray (same caches, computed on a Ray cluster)
+    ray_address: str | None = None  # Ray cluster to join; None = start a local Ray instance
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> BenchConfig:
@@ -163,6 +165,7 @@ class Bench:
             try:
                 cache, stats = run_extract(dataset, backbone, cache_dir=self.config.cache_dir,
                                            layers=tuple(self.config.layers), progress=self.progress,
+                                           engine=self.config.engine, ray_address=self.config.ray_address,
                                            weights=self.config.weights.get(backbone), **self.config.extract)
             except Exception as e:  # the whole pair fails; record it on each of its cells
                 for cell in todo:

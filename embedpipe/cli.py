@@ -52,7 +52,14 @@ def parse_params(pairs: Sequence[str], heads: Sequence[str]) -> dict[str, dict[s
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj, default=str) if args.json else text)
+    if args.json:
+        print(json.dumps(obj, default=str))  # ASCII: non-UTF-8 names come out as \u escapes
+        return
+    try:
+        print(text)
+    except UnicodeEncodeError:  # a name the terminal's encoding cannot show (e.g. non-UTF-8 bytes)
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        print(text.encode(encoding, "backslashreplace").decode(encoding))
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -76,7 +83,11 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "num_workers": args.workers,
         "shard_size": args.shard_size,
+        "image_size": args.image_size,
+        "jpeg_draft": args.jpeg_draft,
+        "gpu_decode": args.gpu_decode,
         "split": SplitRule(seed=args.split_seed, val=args.val_fraction, test=args.test_fraction),
+        "signature": args.signature,
     }
     return options
 
@@ -84,18 +95,24 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_extract(args: argparse.Namespace) -> None:
     from .extract import run_extract
 
-    cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir,
-                               progress=not args.quiet, **_extract_options(args))
+    cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir, progress=not args.quiet,
+                               engine=args.engine, ray_address=args.ray_address, **_extract_options(args))
     _emit(args, {**cache.summary(), "stats": vars(stats)}, str(cache.path))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .cache import open_cache
+    from .cache import open_cache, verify_cache, verify_message
 
+    if args.verify and (problems := verify_cache(args.cache)):
+        raise EmbedpipeError(verify_message(args.cache, problems))
     cache = open_cache(args.cache)
     brief = cache.summary()
+    if args.verify:
+        brief["verified"] = f"all {cache.n_shards} shards read in full; " + (
+            "every checksum matches" if cache.checksummed
+            else "written without checksums by an older embedpipe, so flipped bytes cannot be detected")
     summary = {**brief, "failed_ids": cache.failed, "meta": cache.meta}
-    lines = [f"{k}: {v}" for k, v in brief.items()]
+    lines = [f"{k}: {v}" for k, v in brief.items()] + [f"source: {cache.meta.get('source', '?')}"]
     lines += [f"  skipped {i}: {reason}" for i, reason in cache.failed]
     _emit(args, summary, "\n".join(lines))
 
@@ -107,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     heads = _csv(args.head)
     if args.shots is not None:
         seeds = _ints(args.seeds, "--seeds")
-        res = few_shot(args.cache, heads, shots=args.shots, seeds=seeds, layer=args.layer,
+        res = few_shot(args.cache, heads, shots=args.shots, seeds=seeds, layer=args.layer or "pooled",
                        params=parse_params(args.param, heads))
         rows = [{"head": r["head"], "layer": r["layer"], "shots": r["shots"], "seeds": r["seeds"],
                  "val_acc": _pm(r["val_acc_mean"], r["val_acc_std"]),
@@ -117,12 +134,28 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     results = train_heads(args.cache, heads, layer=args.layer, params=parse_params(args.param, heads), out=args.out)
     rows = [r.to_dict() for r in results]
+    note = results[0].val_split.get("note") if results else None
+    if note:
+        print(f"embedpipe: {note}", file=sys.stderr)
     table = format_table(rows, ["head", "layer", "val_acc", "test_acc", "fit_s", "n_train", "n_classes", "path"])
+    for r in results:
+        if "layer_contributions_" in r.report:
+            kept = r.report.get("layer_kept_", {})
+            table += f"\n{r.head}: layer contributions (share of weight norm, features kept; kept {r.report['keep_']:.0%}):"
+            table += "".join(f"\n  {name:10s} {share:6.1%}  {kept.get(name, 0)} features"
+                             for name, share in r.report["layer_contributions_"].items())
     _emit(args, {"results": rows}, table)
 
 
 def _pm(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def cmd_advise(args: argparse.Namespace) -> None:
+    from .advise import advise, format_advice
+
+    report = advise(args.cache, out=args.out, plot=not args.no_plot)
+    _emit(args, report, format_advice(report))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -162,6 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "seeds": _ints(args.seeds, "--seeds") if args.seeds else None,
         "cache_dir": args.cache_dir,
         "results_dir": args.results_dir,
+        "engine": args.engine,
+        "ray_address": args.ray_address,
     }
     extract = {k: v for k, v in {"batch_size": args.batch_size, "num_workers": args.workers,
                                  "precision": args.precision, "device": args.device}.items() if v is not None}
@@ -191,13 +226,29 @@ def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision of the forward pass (default auto)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core, max 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 256 on GPU, 64 on CPU)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: per device, see README)")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard, the unit of resume (default 1024)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input side in px for timm convnets (default: the model's own, e.g. 224)")
+    p.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false",
+                   help="decode large JPEGs at full size (default: reduced DCT scale, never below model size)")
+    p.add_argument("--no-gpu-decode", dest="gpu_decode", action="store_false",
+                   help="on CUDA, decode every image on the CPU (default: JPEGs on the GPU with nvJPEG)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split rule")
     p.add_argument("--val-fraction", type=float, default=0.15, help="val share per class when data has no split")
     p.add_argument("--test-fraction", type=float, default=0.15, help="test share per class when data has no split")
+    p.add_argument("--signature", default="stat", choices=["stat", "content"],
+                   help="what identifies a file in the key: stat (size+mtime, free) or content (sha256 of its "
+                        "bytes: catches edits that keep size and mtime; reads every file) (default stat)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    _add_engine_flags(p, "local")
+
+
+def _add_engine_flags(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--engine", default=default, choices=["local", "ray"],
+                   help="where shards are computed: this process, or a Ray cluster (default local)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray instance)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,18 +274,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("info", "describe a cache: rows per split, layers, skipped images")
     p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every shard in full and check every checksum (finds flipped bytes)")
     p.set_defaults(func=cmd_info)
 
     p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy")
     p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
     p.add_argument("--head", default="logreg", help="head name(s), comma-separated (default logreg)")
-    p.add_argument("--layer", default="pooled", help="cached layer to train on (default pooled)")
+    p.add_argument("--layer", default=None,
+                   help="cached layer(s) to train on, comma-separated for multilayer (default pooled; "
+                        "multilayer: every cached layer)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head hyperparameter, repeatable; head.key=value to target one of several heads")
     p.add_argument("--out", help="head file (one head) or folder (several); default <cache>/heads/")
     p.add_argument("--shots", type=int, help="few-shot: K training images per class per seed (heads not saved)")
     p.add_argument("--seeds", default="0,1,2", help="few-shot seeds, comma-separated (default 0,1,2)")
     p.set_defaults(func=cmd_train)
+
+    p = verb("advise", "transfer report: how many layers to keep frozen, from a layer sweep and the data's size")
+    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p.add_argument("--out", help="accuracy-by-depth plot (default <cache>/advise.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.set_defaults(func=cmd_advise)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")
     p.add_argument("--head-file", required=True)
@@ -266,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_engine_flags(p, None)
     p.set_defaults(func=cmd_bench)
     return parser
 

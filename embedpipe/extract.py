@@ -8,7 +8,6 @@ rest from the earlier cache of the same backbone and layers.
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import sys
 import time
@@ -20,7 +19,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from .backbones import DEFAULT_BACKBONE, Backbone, BackboneConfig, create_backbone
 from .cache import (
@@ -29,16 +27,19 @@ from .cache import (
     cache_path,
     feature_key,
     manifest_digest,
-    missing_shards,
     read_meta,
-    shard_name,
     write_meta,
-    write_shard,
 )
-from .cache.reader import read_strings
 from .data import Source, SplitRule, assign_splits, resolve_source
-from .data.loader import DecodeDataset, default_workers, iterate_batches
+from .engines import check_engine
 from .errors import EmbedpipeError
+from .extraction.decode import DecodeOptions
+from .extraction.defaults import default_batch_size, default_workers
+from .extraction.embed import BatchDecoder
+from .extraction.engine import run_local
+from .extraction.plan import ShardPlan, plan_shards
+from .extraction.shard import ShardExecutor
+from .extraction.write import describe_os_error
 from .locking import exclusive
 
 
@@ -48,15 +49,18 @@ class ExtractConfig:
 
     layers: tuple[str, ...] = ("pooled",)  # layers stored from one forward pass
     dtype: str = "float16"  # storage dtype: float16 (half the disk, ample precision) or float32
-    batch_size: int = 64  # images per forward pass
-    num_workers: int | None = None  # decoding processes; None = one per CPU core, at most 8
+    batch_size: int | None = None  # images per forward pass; None = per device (extraction/defaults.py)
+    num_workers: int | None = None  # decoding processes; None = per device (extraction/defaults.py)
+    jpeg_draft: bool = True  # decode large JPEGs at reduced DCT scale (never below model size; in the key)
+    gpu_decode: bool = True  # on CUDA: JPEGs decoded by nvJPEG in batches, the rest on CPU (in the key)
     shard_size: int = 1024  # rows per shard file: the unit of resume after a crash
     split: SplitRule = field(default_factory=SplitRule)  # used when the data brings no split
+    signature: str = "stat"  # a file's identity in the key: stat (size+mtime) or content (sha256; reads every file)
 
     def check(self) -> None:
         if self.dtype not in ("float16", "float32"):
             raise EmbedpipeError(f"bad dtype {self.dtype!r}: use float16 or float32")
-        if self.batch_size < 1 or self.shard_size < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
             raise EmbedpipeError("batch size and shard size must be at least 1")
         if self.num_workers is not None and self.num_workers < 0:
             raise EmbedpipeError(f"--workers must be 0 or more, got {self.num_workers}")
@@ -72,6 +76,7 @@ class ExtractStats:
     seconds: float
     images_per_s: float
     resumed_shards: int
+    retried: int = 0  # failed rows of an earlier run tried again
 
 
 def library_versions() -> dict[str, str]:
@@ -90,50 +95,6 @@ def library_versions() -> dict[str, str]:
         "h5py": h5py.__version__,
         "numpy": np.__version__,
     }
-
-
-def _donors(dataset_dir: Path, fkey: str, own: Path) -> dict[tuple[str, str], tuple[Path, int, int]]:
-    """(id, signature) -> (cache, shard, row in shard) for every good row of sibling caches that
-    were made by the same backbone, layers and dtype."""
-    found: dict[tuple[str, str], tuple[Path, int, int]] = {}
-    if not dataset_dir.is_dir():
-        return found
-    for other in sorted(dataset_dir.iterdir()):
-        if other == own or not (other / "meta.h5").is_file():
-            continue
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            meta = read_meta(other)
-            if meta.get("feature_key") != fkey:
-                continue
-            with h5py.File(other / "meta.h5", "r") as f:
-                ids, sigs = read_strings(f, "ids"), read_strings(f, "signatures")
-            size = int(meta["shard_size"])
-            for s in range(int(meta["n_shards"])):
-                if not (other / shard_name(s)).is_file():
-                    continue
-                with h5py.File(other / shard_name(s), "r") as f:
-                    ok = f["ok"][()]
-                for j in np.flatnonzero(ok):
-                    row = s * size + int(j)
-                    found.setdefault((ids[row], sigs[row]), (other, s, int(j)))
-    return found
-
-
-def _copy_rows(
-    targets: Sequence[int], sources: Sequence[tuple[Path, int, int]], layers: Sequence[str],
-    out: dict[str, np.ndarray],
-) -> None:
-    """Fill ``out[layer][targets[k]]`` from donor rows, reading each donor shard once."""
-    groups: dict[tuple[Path, int], list[tuple[int, int]]] = {}
-    for t, (path, shard, row) in zip(targets, sources, strict=True):
-        groups.setdefault((path, shard), []).append((row, t))
-    for (path, shard), pairs in groups.items():
-        pairs.sort()
-        rows = [r for r, _ in pairs]
-        dest = [t for _, t in pairs]
-        with h5py.File(path / shard_name(shard), "r") as f:
-            for layer in layers:
-                out[layer][dest] = f["features"][layer][rows]
 
 
 def prepare_records(source: Source, rule: SplitRule) -> tuple[list[Any], list[str]]:
@@ -163,10 +124,13 @@ def extract(
     *,
     cache_dir: str | Path = "cache",
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> Cache:
     """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``)."""
-    return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, **options)[0]
+    return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, engine=engine,
+                       ray_address=ray_address, **options)[0]
 
 
 def run_extract(
@@ -175,19 +139,43 @@ def run_extract(
     *,
     cache_dir: str | Path = "cache",
     progress: bool = True,
+    decoder: BatchDecoder | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> tuple[Cache, ExtractStats]:
     """Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
-    ExtractConfig (layers, dtype, batch_size, num_workers, shard_size, split)."""
+    ExtractConfig (layers, dtype, batch_size, num_workers, jpeg_draft, gpu_decode, signature,
+    shard_size, split). ``decoder`` is a batch decoder for raw bytes; None = the GPU JPEG decoder on
+    CUDA (unless gpu_decode=False), CPU decoding elsewhere. ``engine="ray"`` computes the shards on a
+    Ray cluster (``ray_address``, or a local instance): the same plan, the same cache.
+
+    A re-run retries failed rows: a shard holding failed rows is planned again, its good rows copied
+    from itself and only the failed rows decoded again (so fixing a file and re-running fixes the
+    cache); a shard whose rows fail again for the same reasons is left as it is."""
     t0 = time.perf_counter()
     bb_options, config = _configs(options)
-    source = resolve_source(data)
+    source = resolve_source(data, signature=config.signature)
     records, label_names = prepare_records(source, config.split)
+    remote = None
+    if check_engine(engine) == "ray":
+        from .engines.ray_engine import RayEngine
+
+        remote = RayEngine(ray_address, bb_options)
+        bb_options = remote.driver_options
+    elif ray_address:
+        raise EmbedpipeError("--ray-address needs --engine ray")
     if isinstance(backbone, Backbone) and bb_options:
         raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)
     layers = bb.check_layers(config.layers)
-    fkey = feature_key(bb.fingerprint, layers, config.dtype)
+    opts = DecodeOptions(bb.pixel_preprocess, bb.transform, config.jpeg_draft)
+    if decoder is None and config.gpu_decode and opts.pre is not None and bb.device.type == "cuda":
+        decoder = gpu_decoder()
+    decode_path = opts.path if decoder is None or opts.pre is None else f"{decoder.path}+{opts.path}"
+    fkey = feature_key_for(bb, layers, config.dtype, decode_path)
+    if config.batch_size is None:
+        config = replace(config, batch_size=default_batch_size(bb.device))
     key = cache_key(fkey, manifest_digest(records))
     path = cache_path(cache_dir, source.name, bb.spec, key)
     n = len(records)
@@ -202,7 +190,7 @@ def run_extract(
         n_shards = (n + size - 1) // size
         if existing is None:
             label_index = {name: i for i, name in enumerate(label_names)}
-            write_meta(
+            _write_meta_or_fail(path, lambda: write_meta(
                 path,
                 arrays={
                     "ids": np.array([r.id for r in records], dtype=object),
@@ -211,16 +199,19 @@ def run_extract(
                     "split": np.array([r.split for r in records], dtype=object),
                     "signatures": np.array([r.signature for r in records], dtype=object),
                 },
-                attrs=_meta_attrs(source, bb, layers, config, key, fkey, n, n_shards),
-            )
-        pending = missing_shards(path, n_shards)
-        stats = _fill_shards(source, records, bb, layers, config, path, key, fkey, size, pending, progress)
-    stats.resumed_shards = n_shards - len(pending) if 0 < len(pending) < n_shards else 0
+                attrs=_meta_attrs(source, bb, layers, config, key, fkey, n, n_shards, decode_path),
+            ))
+        assert config.batch_size is not None
+        plans = plan_shards(records, path, key, fkey, size, config.batch_size)
+        fill = remote.fill_shards if remote is not None else _fill_shards
+        stats = fill(source, records, bb, layers, config, path, key, plans, opts, decoder, progress)
+    missing = sum(1 for p in plans if not p.previous_failures)
+    stats.resumed_shards = n_shards - missing if 0 < missing < n_shards else 0
     stats.seconds = time.perf_counter() - t0
     cache = Cache(path)
     stats.failed = len(cache.failed)
     if progress:
-        print(_summary_line(stats, len(pending) == 0), file=sys.stderr)
+        print(_summary_line(stats, not plans), file=sys.stderr)
     return cache, stats
 
 
@@ -243,7 +234,7 @@ def format_bytes(n: float) -> str:
 
 def _meta_attrs(
     source: Source, bb: Backbone, layers: list[str], config: ExtractConfig, key: str, fkey: str,
-    n: int, n_shards: int,
+    n: int, n_shards: int, decode_path: str,
 ) -> dict[str, Any]:
     import json
 
@@ -258,6 +249,8 @@ def _meta_attrs(
         "backbone": json.dumps({**bb.config.to_dict(), "precision": bb.precision}),
         "backbone_fingerprint": bb.fingerprint,
         "preprocess": json.dumps(bb.preprocess, default=str),
+        "decode": decode_path,
+        "compute": json.dumps(bb.compute_provenance()),
         "layers": json.dumps(layers),
         "dims": json.dumps({name: bb.dims[name] for name in layers}),
         "shapes": json.dumps({name: list(bb.shapes[name]) for name in layers}),
@@ -273,75 +266,42 @@ def _meta_attrs(
     }
 
 
+def gpu_decoder() -> BatchDecoder:
+    """nvJPEG through torchvision: the files ``gpu_decodable`` accepts go to the GPU in batches."""
+    from .extraction.gpu_decode import DECODE_PATH, decode_batch, gpu_decodable
+
+    return BatchDecoder(gpu_decodable, decode_batch, DECODE_PATH)
+
+
+def feature_key_for(bb: Backbone, layers: Sequence[str], dtype: str, decode: str) -> str:
+    """The feature key of this extraction (what goes in is documented in cache/key.py)."""
+    return feature_key(bb.fingerprint, layers, dtype, compute=bb.compute_provenance(), decode=decode)
+
+
 def _fill_shards(
     source: Source, records: list[Any], bb: Backbone, layers: list[str], config: ExtractConfig,
-    path: Path, key: str, fkey: str, size: int, pending: list[int], progress: bool,
+    path: Path, key: str, plans: list[ShardPlan], opts: DecodeOptions, decoder: BatchDecoder | None,
+    progress: bool,
 ) -> ExtractStats:
     n = len(records)
     stats = ExtractStats(str(path), n, 0, 0, 0, 0.0, 0.0, 0)
-    if not pending:
+    if not plans:
         return stats
-    donors = _donors(path.parent, fkey, path)
-    shapes = {name: bb.shapes[name] for name in layers}
-    # Plan each pending shard: rows to copy from donor caches and rows to compute. A shard's buffer
-    # exists only from its first batch until it is written, so memory is bounded by the shard size.
-    plan: dict[int, tuple[int, int, list[int]]] = {}  # shard -> (start, stop, rows to reuse)
-    left: dict[int, int] = {}  # shard -> rows still to compute
-    batches: list[list[int]] = []
-    for s in pending:
-        start, stop = s * size, min(n, (s + 1) * size)
-        reuse = [r for r in range(start, stop) if (records[r].id, records[r].signature) in donors]
-        compute = [r for r in range(start, stop) if (records[r].id, records[r].signature) not in donors]
-        plan[s], left[s] = (start, stop, reuse), len(compute)
-        stats.reused += len(reuse)
-        batches += [compute[i : i + config.batch_size] for i in range(0, len(compute), config.batch_size)]
-    buffers: dict[int, dict[str, Any]] = {}
-
-    def buffer(s: int) -> dict[str, Any]:
-        if s not in buffers:
-            start, stop, reuse = plan[s]
-            feats = {name: np.zeros((stop - start, *shapes[name]), np.float32) for name in layers}
-            donor_rows = [donors[(records[r].id, records[r].signature)] for r in reuse]
-            _copy_rows([r - start for r in reuse], donor_rows, layers, feats)
-            buffers[s] = {"start": start, "feats": feats, "ok": np.ones(stop - start, bool),
-                          "errors": [""] * (stop - start)}
-        return buffers[s]
-
-    def finish(s: int) -> None:
-        b = buffer(s)
-        write_shard(path, s, b["start"], key, b["feats"], b["ok"], b["errors"], config.dtype)
-        del buffers[s]
-
-    for s in [s for s in pending if left[s] == 0]:
-        finish(s)
-    workers = default_workers() if config.num_workers is None else config.num_workers
-    dataset = DecodeDataset(source, records, bb.transform)
-    n_compute = sum(len(b) for b in batches)
-    t0 = time.perf_counter()
-    with tqdm(total=n_compute, unit="img", desc=f"extract {source.name}", disable=not progress,
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        for rows, batch, good, failed in iterate_batches(dataset, batches, workers):
-            s = rows[0] // size
-            b = buffer(s)
-            if batch is not None:
-                out = bb.embed(batch, layers)
-                local = np.asarray(good) - b["start"]
-                for name in layers:
-                    b["feats"][name][local] = out[name]
-            for r, reason in failed:
-                b["ok"][r - b["start"]] = False
-                b["errors"][r - b["start"]] = reason
-                stats.failed += 1
-            left[s] -= len(rows)
-            stats.embedded += len(good)
-            if left[s] == 0:
-                finish(s)
-            bar.update(len(rows))
-            if stats.failed:
-                bar.set_postfix(skipped=stats.failed, refresh=False)
-    elapsed = time.perf_counter() - t0
-    stats.images_per_s = n_compute / elapsed if elapsed > 0 and n_compute else 0.0
+    executor = ShardExecutor.build(source, records, bb, layers, opts, decoder)
+    workers = default_workers(bb.device) if config.num_workers is None else config.num_workers
+    run = run_local(plans, source, records, executor, path, key, config.dtype, workers,
+                    route=decoder.route if decoder else None, progress=progress)
+    stats.embedded, stats.reused, stats.retried = run.embedded, run.reused, run.retried
+    stats.images_per_s = run.computed / run.seconds if run.seconds > 0 and run.computed else 0.0
     return stats
+
+
+def _write_meta_or_fail(path: Path, write: Any) -> None:
+    try:
+        write()
+    except OSError as e:
+        raise EmbedpipeError(f"cannot write meta.h5 in cache folder {path}: {describe_os_error(e)}; "
+                             "free space and re-run") from None
 
 
 def _summary_line(stats: ExtractStats, up_to_date: bool) -> str:
@@ -352,5 +312,7 @@ def _summary_line(stats: ExtractStats, up_to_date: bool) -> str:
         parts.append(f"reused {stats.reused} from an earlier cache")
     if stats.resumed_shards:
         parts.append(f"resumed after {stats.resumed_shards} finished shards")
+    if stats.retried:
+        parts.append(f"retried {stats.retried} rows that failed before")
     parts.append(f"skipped {stats.failed} unreadable" + (" (see `embedpipe info`)" if stats.failed else ""))
     return "; ".join(parts) + f" -> {stats.cache}"

@@ -1,22 +1,66 @@
-"""One writer at a time: an advisory file lock that fails fast with a clear error."""
+"""One writer at a time: an advisory file lock that fails fast with a clear error.
+
+Readers never take the lock; they only probe it (``held_by_another``) to say whether an incomplete
+cache is still being written. The probe holds a shared lock for microseconds, so a writer starting at
+that instant retries for ``WRITER_PATIENCE_S`` before concluding that another writer holds it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import EmbedpipeError
 
+WRITER_PATIENCE_S = 2.0  # how long a writer retries a lock held by someone else before giving up
+
+
+def _cannot_write(folder: Path, e: OSError) -> EmbedpipeError:
+    reason = e.strerror or str(e)
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        reason = "a file is in the way of the folder"
+    return EmbedpipeError(f"cannot write to cache folder {folder} ({reason}); make it writable or pass "
+                          "another --cache-dir")
+
 
 @contextlib.contextmanager
 def exclusive(lock_file: Path, what: str) -> Iterator[None]:
     """Hold ``lock_file`` exclusively, or raise at once when another process holds it."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbedpipeError(f"another embedpipe process is writing {what}; wait for it to finish") from None
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_file, "w")  # noqa: SIM115 (closed below, after the body has run)
+    except OSError as e:
+        raise _cannot_write(lock_file.parent, e) from None
+    with lock:
+        deadline = time.monotonic() + WRITER_PATIENCE_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbedpipeError(
+                        f"another embedpipe process is writing {what}; wait for it to finish") from None
+                time.sleep(0.05)
         yield
+
+
+def held_by_another(lock_file: Path) -> bool:
+    """True when some process holds ``lock_file`` (a writer is running); never blocks or creates it."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the shared lock, if we got it
+    return False

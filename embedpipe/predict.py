@@ -1,5 +1,11 @@
 """Predict on raw images with a saved head: rebuild the backbone recorded in the head file, embed,
-and return the top labels with probabilities."""
+and return the top labels with probabilities.
+
+Images are untrusted: each is opened through ``data/safety.open_image``, which refuses a header that
+claims more than ``max_pixels`` before decoding (decompression bombs, absurd sizes), and images are
+decoded one batch at a time, so memory stays bounded by ``batch_size`` images of at most
+``max_pixels`` each. A refused or broken image gets ``error`` in its row; the others are predicted.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .backbones import BackboneConfig, create_backbone
 from .data.loader import to_rgb
+from .data.safety import MAX_PIXELS, open_image
 from .errors import EmbedpipeError
 from .heads import load_head
+from .heads.io import class_names
 
 
 def predict(
-    head_file: str | Path, images: list[str], *, top_k: int = 5, device: str | None = None, batch_size: int = 32
+    head_file: str | Path, images: list[str], *, top_k: int = 5, device: str | None = None, batch_size: int = 32,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[dict[str, Any]]:
-    """One dict per image: ``{"image", "top": [(label, probability), ...]}`` or ``{"image", "error"}``."""
+    """One dict per image: ``{"image", "top": [(label, probability), ...]}`` or ``{"image", "error"}``.
+    ``max_pixels``: images whose header claims more pixels are refused without being decoded."""
     head, info = load_head(head_file)
     if "backbone" not in info or "layer" not in info:
         raise EmbedpipeError(f"{head_file} does not record its backbone; retrain it with `embedpipe train`")
@@ -32,24 +41,25 @@ def predict(
             f"the backbone rebuilt for {head_file} ({backbone.spec}) differs from the one it was trained on "
             "(weights file or preprocessing changed)"
         )
-    names = list(info.get("label_names", []))
+    names = class_names(head.classes_, info.get("label_names"))
+    assert names is not None  # load_head refuses label names that do not name the classes
+    layers = str(info["layer"]).split(",")  # a multi-layer head's columns are these layers side by side
     results: list[dict[str, Any]] = []
-    tensors: list[tuple[int, torch.Tensor]] = []
-    for path in images:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                tensors.append((len(results), backbone.transform(to_rgb(img))))
+    for start in range(0, len(images), batch_size):  # decode one batch at a time: memory stays bounded
+        tensors: list[tuple[int, torch.Tensor]] = []
+        for path in images[start : start + batch_size]:
             results.append({"image": path})
-        except Exception as e:
-            results.append({"image": path, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
-    layer = info["layer"]
-    for start in range(0, len(tensors), batch_size):
-        chunk = tensors[start : start + batch_size]
-        X = backbone.embed(torch.stack([t for _, t in chunk]), [layer])[layer]
-        proba = head.predict_proba(X)
-        for (i, _), p in zip(chunk, proba, strict=True):
+            try:
+                with open_image(path, max_pixels) as img:
+                    tensors.append((len(results) - 1, backbone.transform(to_rgb(img))))
+            except Exception as e:  # a bad image is reported in its row; the others are still predicted
+                results[-1]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not tensors:
+            continue
+        feats = backbone.embed(torch.stack([t for _, t in tensors]), layers)
+        X = np.concatenate([np.asarray(feats[name], dtype=np.float32).reshape(len(tensors), -1) for name in layers],
+                           axis=1)  # a :map layer's rows flattened, as the heads take them
+        for (i, _), p in zip(tensors, head.predict_proba(X), strict=True):
             order = np.argsort(-p)[:top_k]
-            results[i]["top"] = [(names[int(head.classes_[j])] if names else str(head.classes_[j]), float(p[j]))
-                                 for j in order]
+            results[i]["top"] = [(names[j], float(p[j])) for j in order]
     return results

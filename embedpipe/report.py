@@ -3,7 +3,8 @@
 ``results/<name>.md`` has one row per (dataset, backbone, layer, head, shots) with test accuracy as
 mean ± std over seeds, a layer table (accuracy by layer for each head: "how many layers should I keep
 frozen?") and the failed cells with their errors. ``<name>-accuracy.png`` plots accuracy by layer and
-head; ``<name>-fit-time.png`` the fit seconds per head.
+head; ``<name>-fit-time.png`` the fit seconds per head. A transfer-advice table applies
+``embedpipe advise``'s rule to the bench's val accuracy by layer.
 """
 
 from __future__ import annotations
@@ -106,12 +107,36 @@ def plot(summary: list[dict[str, Any]], layers: list[str], out: Path) -> list[Pa
     return written
 
 
+def advise_table(rows: list[dict[str, Any]]) -> str:
+    """Per (dataset, backbone): images per class, the sweep's peak, the gap to pooled, the case and the
+    recommended strategy, decided by ``advise.decide`` from the bench's own logreg/kNN val accuracy."""
+    from .advise import decide, evidence_from_rows
+
+    out = []
+    for dataset, backbone in sorted({(r["dataset"], r["backbone"]) for r in rows if r.get("status") == "ok"}):
+        ev = evidence_from_rows(rows, dataset, backbone)
+        if ev is None or len(ev.scores) < 2:  # one layer: no sweep to read the distance from
+            continue
+        d = decide(ev)
+        rec = d["recommendation"]
+        out.append({"dataset": dataset, "backbone": backbone, "per_class": round(ev.per_class, 1),
+                    "peak": f"{d['peak_layer']} ({d['peak_val']:.3f})",
+                    "gap_vs_pooled": "-" if d["gap"] is None else f"{d['gap']:+.3f}",
+                    "case": f"{d['size']} & {d['similarity']}",
+                    "recommendation": f"{rec['head']} on {rec['layer']}"
+                                      + (f", fine-tune {rec['finetune_blocks']} block(s)" if rec["finetune_blocks"] else "")})
+    return format_table(out) if out else ""
+
+
 def render_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
     summary = summarize(rows)
     columns = ["dataset", "backbone", "layer", "head", "shots", "classes", "n_train", "val_acc", "test_acc", "fit_s"]
     parts = [f"# {config.name}", "", format_table(summary, columns)]
     if len({s["layer"] for s in summary}) > 1:
         parts += ["", "Test accuracy by layer (best in bold):", "", layer_table(summary, list(config.layers))]
+    advice = advise_table(rows)
+    if advice:
+        parts += ["", "Transfer advice (`embedpipe advise`'s rule on this table's val accuracy by layer):", "", advice]
     failed = [r for r in rows if r.get("status") == "error"]
     if failed:
         parts += ["", "Failed cells:", "", format_table(failed, ["dataset", "backbone", "layer", "head", "error"])]

@@ -3,10 +3,19 @@
 ``train(cache, "logreg")`` fits one head; ``train_heads`` fits several on one load of the features.
 ``evaluate`` scores a saved head (top-1, top-5, mean per-class recall) on a cache split, after checking
 that the cache was made by the same backbone, layer and label set as the head.
+
+A layer may name several cached layers joined by commas (``"pooled,block4,block3"``): their features
+are concatenated in that order (``Cache.load``); the ``multilayer`` head trains on all cached layers
+when no layer is given. When the cache has no val rows (data laid out as train/ and test/ only), a
+seeded, stratified 15 % of train is held out for selection (``data.splits.carve_val``). It is computed
+at train time, not stored in the cache: it is a pure function of the cache's ids, labels and the rule,
+so it is the same on every run, and the head file and results record the rule, the number of rows and
+a digest of their ids (``val_split``), which is enough to recompute and check it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .cache import Cache, open_cache
+from .data.splits import VAL_CARVE, carve_val
 from .errors import EmbedpipeError
 from .heads import HEADS, Head, create_head, load_head, save_head
 
@@ -31,6 +41,8 @@ class FitResult:
     n_classes: int
     test_metrics: dict[str, float] = field(default_factory=dict)  # top1 (= test_acc), top5, mean per-class recall
     path: str | None = None
+    val_split: dict[str, Any] = field(default_factory=dict)  # where the selection rows came from
+    report: dict[str, Any] = field(default_factory=dict)  # head-specific findings (multilayer: per-layer shares)
     model: Head | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,17 +55,49 @@ def as_cache(cache: str | Path | Cache) -> Cache:
     return cache if isinstance(cache, Cache) else open_cache(cache)
 
 
+def default_layer(cache: Cache, head: str) -> str:
+    """The layer a head trains on when none is given: every cached vector layer for ``multilayer``
+    (in the cache's order), ``pooled`` for the others."""
+    if head == "multilayer":
+        return ",".join(name for name in cache.layers if ":" not in name)  # ":" marks a spatial layer
+    return "pooled"
+
+
+def _carve_mask(cache: Cache) -> np.ndarray | None:
+    """Train rows to hold out as val when the cache has none (None when it has val rows)."""
+    if len(cache.rows("val")):
+        return None
+    return carve_val(cache.load_ids("train"), cache.labels[cache.rows("train")], VAL_CARVE)
+
+
+def val_split_info(cache: Cache) -> dict[str, Any]:
+    """Where a head's selection rows come from: the cache's val split, or the rows carved out of train."""
+    mask = _carve_mask(cache)
+    if mask is None:
+        return {"source": "cache", "rows": len(cache.rows("val"))}
+    ids = cache.load_ids("train")[mask]
+    return {"source": "carved from train", "rule": VAL_CARVE.to_dict(), "rows": int(mask.sum()),
+            "ids_sha256": hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest(),
+            "note": f"no val split in the cache: held out {VAL_CARVE.val:.0%} of train (seed {VAL_CARVE.seed}) "
+                    "for selection"}
+
+
 def load_splits(cache: Cache, layer: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     data = {s: cache.load(s, layer) for s in ("train", "val", "test")}
     if len(data["train"][0]) == 0:
         raise EmbedpipeError(f"cache {cache.path} has no usable training images")
     if len(np.unique(data["train"][1])) < 2:
         raise EmbedpipeError(f"cache {cache.path} has fewer than 2 classes in its train split")
+    mask = _carve_mask(cache)
+    if mask is not None and mask.any():
+        X, y = data["train"]
+        data["train"], data["val"] = (X[~mask], y[~mask]), (X[mask], y[mask])
     return data
 
 
 def head_info(cache: Cache, layer: str) -> dict[str, Any]:
-    """What a head was trained on: enough to check a cache against it and to rebuild the pipeline."""
+    """What a head was trained on: enough to check a cache against it and to rebuild the pipeline.
+    ``layer`` lists every layer whose columns the head reads, comma-separated, in column order."""
     return {
         "cache": str(cache.path.resolve()),
         "cache_key": cache.key,
@@ -75,6 +119,9 @@ def fit_head(
 ) -> FitResult:
     head = create_head(name, **{**(context or {}), **(params or {})})
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
+    if Xtr.ndim > 2 and not getattr(head, "takes_maps", False):  # e.g. a bench row of logreg on block3:map
+        raise EmbedpipeError(f"head {name} takes vectors, and {layer} is an unpooled map; use "
+                             f"{layer.removesuffix(':map')} (the same block pooled) or the finetune head")
     t0 = time.perf_counter()
     try:
         head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
@@ -85,50 +132,65 @@ def fit_head(
     val = getattr(head, "best_val_score_", None)
     val = accuracy(head, Xv, yv) if val is None else float(val)
     test = metrics(head, Xte, yte) if len(Xte) else {}  # one predict_proba pass gives every test number
+    report = {k: getattr(head, k) for k in ("layer_contributions_", "layer_kept_", "keep_") if hasattr(head, k)}
     return FitResult(name, layer, dict(params or {}), val, test.get("top1"),
-                     fit_s, len(Xtr), len(head.classes_), test_metrics=test, model=head)
+                     fit_s, len(Xtr), len(head.classes_), test_metrics=test, report=report, model=head)
+
+
+def _file_layer(layer: str) -> str:
+    return layer.replace(",", "+")
 
 
 def default_head_path(cache: Cache, name: str, layer: str) -> Path:
-    return cache.path / "heads" / f"{name}-{layer}.npz"
+    return cache.path / "heads" / f"{name}-{_file_layer(layer)}.npz"
 
 
 def train_heads(
     cache: str | Path | Cache,
     heads: list[str] | str = "logreg",
     *,
-    layer: str = "pooled",
+    layer: str | None = None,
     params: dict[str, dict[str, Any]] | None = None,
     out: str | Path | None = None,
     save: bool = True,
 ) -> list[FitResult]:
-    """Fit each head on one load of the features. ``params`` maps head name -> hyperparameters.
-    Heads are saved to ``out`` (a file for one head, a folder for several) or next to the cache."""
+    """Fit each head on one load of the features per layer. ``params`` maps head name ->
+    hyperparameters. ``layer`` (one name or several joined by commas) defaults per head
+    (``default_layer``). Heads are saved to ``out`` (a file for one head, a folder for several) or next
+    to the cache."""
     cache = as_cache(cache)
     names = heads.split(",") if isinstance(heads, str) else list(heads)
     for name in names:
         create_head(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
-    data = load_splits(cache, layer)
-    info = head_info(cache, layer)
+    layers = {name: layer or default_layer(cache, name) for name in names}
+    for spec in set(layers.values()):
+        for one in spec.split(","):
+            cache._check_layer(one)
+    val_split = val_split_info(cache)
+    loaded: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     results = []
     for name in names:
-        context = HEADS.get(name).context_params(cache, layer)
-        result = fit_head(data, name, layer, (params or {}).get(name), context)
+        spec = layers[name]
+        if spec not in loaded:
+            loaded[spec] = load_splits(cache, spec)
+        context = HEADS.get(name).context_params(cache, spec)
+        result = fit_head(loaded[spec], name, spec, (params or {}).get(name), context)
+        result.val_split = val_split
         if save:
             if out is None:
-                target = default_head_path(cache, name, layer)
+                target = default_head_path(cache, name, spec)
             elif len(names) == 1 and Path(out).suffix:
                 target = Path(out)
             else:
-                target = Path(out) / f"{name}-{layer}.npz"
+                target = Path(out) / f"{name}-{_file_layer(spec)}.npz"
             assert result.model is not None
-            result.path = str(save_head(target, result.model, info))
+            result.path = str(save_head(target, result.model, {**head_info(cache, spec), "val_split": val_split}))
         results.append(result)
     return results
 
 
 def train(
-    cache: str | Path | Cache, head: str = "logreg", *, layer: str = "pooled",
+    cache: str | Path | Cache, head: str = "logreg", *, layer: str | None = None,
     out: str | Path | None = None, **params: Any,
 ) -> FitResult:
     """Fit one head with hyperparameters ``params``; returns the result (the head is ``.model``)."""
@@ -138,12 +200,13 @@ def train(
 def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
     """The layer to evaluate; raises if the cache's features are not what the head was trained on."""
     layer = str(info.get("layer", "pooled"))
+    names = layer.split(",")
     if info.get("backbone_fingerprint") != cache.meta.get("backbone_fingerprint"):
         raise EmbedpipeError(
             f"cache/head mismatch: cache {cache.path} was made by backbone {cache.backbone.get('spec')}, "
             f"the head was trained on {info.get('backbone', {}).get('spec')} features"
         )
-    if layer not in cache.layers or cache.dims[layer] != head.n_features_in_:
+    if any(n not in cache.layers for n in names) or sum(cache.dims[n] for n in names) != head.n_features_in_:
         raise EmbedpipeError(f"cache/head mismatch: cache {cache.path} has no layer {layer} of width {head.n_features_in_}")
     if list(info.get("label_names", [])) != cache.label_names:
         raise EmbedpipeError(f"cache/head mismatch: the cache's class names differ from the head's ({cache.path})")
@@ -206,6 +269,9 @@ def few_shot(
     data = load_splits(cache, layer)
     Xtr, ytr = data["train"]
     train_ids = cache.load_ids("train")
+    carved = _carve_mask(cache)
+    if carved is not None:  # load_splits moved these rows to val
+        train_ids = train_ids[~carved]
     runs, samples = [], {}
     for seed in seeds:
         idx = sample_shots(ytr, shots, seed)

@@ -4,14 +4,28 @@ local-checkpoint path users use) and small image folders made on the fly. Nothin
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# Under pytest-xdist (`pytest -n 8`) every worker process would start one OpenMP thread per core for
+# LightGBM (num_threads=0) and for torch's intra-op pool: 8 workers x 16 threads on 16 cores. OpenMP
+# threads spin while they wait, so oversubscribed they mostly burn each other's time, and the LightGBM
+# estimator checks ran past 60 s each. Each worker gets its share of the cores instead. OpenMP reads
+# OMP_NUM_THREADS when its runtime starts, so this runs before torch or lightgbm is imported; a value
+# the user set wins.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _XDIST_WORKERS > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _XDIST_WORKERS)))
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if _XDIST_WORKERS > 1:  # in case a plugin imported torch before this file: tell it directly too
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TINY_TIMM = "timm:test_efficientnet"
 TINY_CLIP = "open_clip:embedpipe-tiny-vit"

@@ -54,9 +54,9 @@ def test_timm_pooled_is_pre_logits(tiny_timm_weights: str) -> None:
     bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, precision="fp32")
     x = torch.rand(2, 3, 160, 160)
     out = bb.embed(x, ["pooled", "logits"])
-    head = bb.model.get_classifier()
+    head = bb.model.get_classifier()  # on the backbone's device (CUDA when present)
     with torch.inference_mode():
-        expected = head(torch.from_numpy(out["pooled"])).numpy()
+        expected = head(torch.from_numpy(out["pooled"]).to(bb.device)).cpu().numpy()
     np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-4)
 
 
@@ -64,7 +64,8 @@ def test_open_clip_pooled_is_encode_image(tiny_clip_weights: str) -> None:
     bb = create_backbone(TINY_CLIP, weights=tiny_clip_weights, precision="fp32")
     x = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
-        expected = bb.model.encode_image(x.contiguous(memory_format=torch.channels_last)).numpy()
+        x_dev = x.to(bb.device).contiguous(memory_format=torch.channels_last)  # CUDA when present
+        expected = bb.model.encode_image(x_dev).cpu().numpy()
     np.testing.assert_allclose(bb.embed(x, ["pooled"])["pooled"], expected, rtol=1e-4, atol=1e-5)
 
 
@@ -90,3 +91,20 @@ def test_bad_specs_fail_clearly(tmp_path) -> None:  # type: ignore[no-untyped-de
         create_backbone("open_clip:ViT-Q-99").layers  # noqa: B018
     with pytest.raises(EmbedpipeError, match="has no layer"):
         create_backbone("effnet-lite0").check_layers(["block99"])
+
+
+def test_image_size_changes_geometry_and_identity(tiny_timm_weights: str, tiny_clip_weights: str) -> None:
+    default = create_backbone(TINY_TIMM, weights=tiny_timm_weights)
+    small = create_backbone(TINY_TIMM, weights=tiny_timm_weights, image_size=64)
+    pre = small.pixel_preprocess
+    assert pre is not None and pre.out_size == (64, 64)
+    assert pre.resize == round(64 / small.preprocess["crop_pct"]) or pre.resize == int(64 / small.preprocess["crop_pct"])
+    assert small.preprocess["input_size"] == [3, 64, 64]
+    assert small.fingerprint != default.fingerprint  # another input size is another cache
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    x = small.transform(img)
+    assert tuple(x.shape) == (3, 64, 64)
+    out = small.embed(x[None], ["pooled"])
+    assert out["pooled"].shape == (1, small.dims["pooled"])
+    with pytest.raises(EmbedpipeError, match="fixed input size"):
+        create_backbone(TINY_CLIP, weights=tiny_clip_weights, image_size=64).transform  # noqa: B018

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import TINY_TIMM, make_image_folder
 
-from embedpipe import EmbedpipeError
+from embedpipe import EmbedpipeError, create_head
 from embedpipe.bench import COLUMNS, BenchConfig, run_bench
 from embedpipe.cli import main
+from embedpipe.extract import run_extract
+from embedpipe.train import load_splits
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 
 
 @pytest.fixture
@@ -37,9 +49,19 @@ def test_bench_rows_failing_cell_and_report(config: BenchConfig, capsys: pytest.
     failed = [r for r in rows if r["status"] == "error"]
     assert {r["head"] for r in ok} == {"logreg", "ncm"} and {r["head"] for r in failed} == {"zeroshot"}
     assert all("needs an open_clip backbone" in r["error"] for r in failed)
+    # every number of an ok row is what the same head gives when fitted here by hand on the same cache
+    cache, _ = run_extract(config.datasets[0], TINY_TIMM, cache_dir=config.cache_dir, layers=config.layers,
+                           weights=config.weights[TINY_TIMM], progress=False, **config.extract)
     for r in ok:
-        assert 0 <= float(r["test_acc"]) <= 1 and float(r["fit_s"]) >= 0 and r["classes"] == "3"
-        assert r["date"] and r["machine"] and "torch" in r["versions"]
+        data = load_splits(cache, r["layer"])
+        (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
+        head = create_head(r["head"], **config.head_params.get(r["head"], {})).fit(Xtr, ytr, eval_set=(Xv, yv))
+        assert float(r["test_acc"]) == pytest.approx(head.score(Xte, yte), abs=1e-4), r
+        assert float(r["test_top5"]) == 1.0 and int(r["n_train"]) == len(ytr) and r["classes"] == "3"
+        assert 0 < float(r["fit_s"]) < 60 and float(r["extract_img_s"]) > 0
+        versions = json.loads(r["versions"])  # the resolved versions, as installed
+        assert versions["torch"] == torch.__version__ and versions["numpy"] == np.__version__
+        assert r["date"] == datetime.now(UTC).date().isoformat() and r["machine"]
     md = (results / "tiny.md").read_text()
     assert md.startswith("# tiny") and "| dataset" in md and "Test accuracy by layer" in md and "Failed cells" in md
     assert (results / "tiny-accuracy.png").stat().st_size > 1000 and (results / "tiny-fit-time.png").is_file()
@@ -109,17 +131,68 @@ def test_changed_head_settings_rerun_the_cell(config: BenchConfig, capsys: pytes
     assert "2 cells to run (0 done before)" in capsys.readouterr().err
 
 
-def test_clip_probe_reproduction_exits_cleanly_offline() -> None:
-    """The CLIP linear-probe config needs internet; here there is none, so it says so and exits 0."""
-    import subprocess
-    import sys
+def test_clip_probe_reproduction_exits_cleanly_offline(tmp_path: Path) -> None:
+    """The CLIP linear-probe config needs internet; here there is none, so it says so and exits 0.
+    Online it would start a real CIFAR run (hours), so the test skips; the script runs from a copy in
+    tmp_path either way, so that nothing is written into the repository's benchmarks/results/."""
+    import clip_linear_probe
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "clip_linear_probe.py"
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    if clip_linear_probe.online(timeout=1.0) is None:
+        pytest.skip("this machine is online: the reproduction is a benchmark, run it by hand")
+    for name in ("clip_linear_probe.py", "clip_linear_probe.toml"):
+        shutil.copy(BENCHMARKS / name, tmp_path / name)
+    before = sorted((BENCHMARKS / "results").iterdir())
+    proc = subprocess.run([sys.executable, str(tmp_path / "clip_linear_probe.py")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    if "Nothing was run" not in proc.stdout:
-        pytest.skip("this machine is online: the reproduction ran for real")
-    assert "needs internet" in proc.stdout
-    config = BenchConfig.from_toml(script.with_suffix(".toml"))
+    assert "needs internet" in proc.stdout and "Nothing was run" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_linear_probe.py", "clip_linear_probe.toml"]
+    assert sorted((BENCHMARKS / "results").iterdir()) == before
+    config = BenchConfig.from_toml(BENCHMARKS / "clip_linear_probe.toml")
     assert config.datasets == ("torchvision:CIFAR10", "torchvision:CIFAR100")
     assert config.backbones == ("open_clip:ViT-B-32/openai",) and len(config.head_params["logreg"]["Cs"]) >= 8
+
+
+def test_solvers_marks_what_logreg_really_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/solvers.py derives "(used)" by running the head's solver; the committed table agrees."""
+    import solvers
+
+    from embedpipe.heads import logreg
+
+    assert solvers.logreg_uses_autograd() and solvers.logreg_dtype() == torch.float32
+
+    def hand_written(X, y, C, W, b, max_iter, tol):  # type: ignore[no-untyped-def]
+        with torch.no_grad():  # a closure with its own gradient: autograd saves nothing
+            return W - X.T @ (torch.softmax(X @ W + b, 1) - torch.eye(W.shape[1])[y]) / C, b, 1
+
+    monkeypatch.setattr(logreg, "lbfgs_logreg", hand_written)  # the control: a solver without autograd
+    assert not solvers.logreg_uses_autograd()
+    table = (BENCHMARKS / "results" / "solvers.md").read_text()
+    assert "| autograd loss+grad (used) |" in table and "| hand-written loss+grad    |" in table
+
+
+def test_run_measured_counts_the_whole_process_tree() -> None:
+    """Two children holding 150 MB each: the tree's peak counts both, one process alone cannot."""
+    from _common import run_measured
+
+    child = "import time; b = b'x' * (150 << 20); time.sleep(1.0)"
+    code = (f"import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', {child!r}]) for _ in range(2)]\n"
+            "print('ok'); [k.wait() for k in kids]")
+    out, _, mem = run_measured([sys.executable, "-c", code], timeout=60)
+    assert out.strip() == "ok" and mem["peak_processes"] == 3
+    assert 150 <= mem["largest_process_mb"] < 250  # one child alone
+    assert mem["peak_tree_rss_mb"] >= 300 and mem["peak_tree_pss_mb"] >= 300
+    with pytest.raises(subprocess.CalledProcessError):
+        run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_benchmark_environment_records_resolved_and_pinned_versions() -> None:
+    from importlib import metadata
+
+    from _common import environment
+
+    env = environment()
+    versions = json.loads(env["versions"])
+    for dist in ("torch", "torchvision", "lightgbm", "scikit-learn", "pillow", "numpy"):
+        assert versions[dist] == metadata.version(dist), dist
+    assert env["pinned"] == "yes", env["pinned"]  # this environment is the one constraints.txt pins

@@ -156,14 +156,14 @@ def test_concurrent_writer_is_refused(image_folder: Path, tiny_timm_weights: str
     import fcntl
 
     from embedpipe.backbones import create_backbone
-    from embedpipe.cache import cache_key, cache_path, feature_key, manifest_digest
+    from embedpipe.cache import cache_key, cache_path, manifest_digest
     from embedpipe.data import SplitRule, resolve_source
-    from embedpipe.extract import prepare_records
+    from embedpipe.extract import feature_key_for, prepare_records
 
     bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, precision="fp32")
     src = resolve_source(str(image_folder))
     records, _ = prepare_records(src, SplitRule())
-    key = cache_key(feature_key(bb.fingerprint, ["pooled"], "float16"), manifest_digest(records))
+    key = cache_key(feature_key_for(bb, ["pooled"], "float16", "pil-draft"), manifest_digest(records))
     path = cache_path(tmp_path, src.name, bb.spec, key)
     path.mkdir(parents=True)
     with open(path / ".lock", "w") as lock:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from embedpipe import EmbedpipeError
 from embedpipe.data import CsvSource, ImageFolderSource, SplitRule, assign_splits, resolve_source
-from embedpipe.data.loader import DecodeDataset, to_rgb
+from embedpipe.data.loader import to_rgb
+from embedpipe.extraction.decode import DecodeOptions, load_sample
 
 
 def test_image_folder_flat_and_split(tmp_path: Path) -> None:
@@ -94,12 +95,12 @@ def test_corrupt_files_are_reported_not_fatal(tmp_path: Path) -> None:
     make_image(0, 9).save(good, format="JPEG")
     (root / "class1" / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     src = ImageFolderSource(str(root))
-    ds = DecodeDataset(src, src.records, lambda img: np.asarray(img))
-    results = {src.records[i].id: ds[i] for i in range(len(ds))}
-    assert results["class0/empty.jpg"][2] == "empty file"
-    assert "UnidentifiedImageError" in results["class0/notes.jpg"][2]
-    assert "truncated" in results["class1/truncated.jpg"][2].lower()
-    assert results["class0/img000.png"][1] is not None and results["class0/img000.png"][2] == ""
+    opts = DecodeOptions(None, lambda img: np.asarray(img), draft=False)
+    results = {r.id: load_sample(src, r, i, opts) for i, r in enumerate(src.records)}
+    assert results["class0/empty.jpg"].reason == "empty file"
+    assert "UnidentifiedImageError" in results["class0/notes.jpg"].reason
+    assert "truncated" in results["class1/truncated.jpg"].reason.lower()
+    assert results["class0/img000.png"].pixels is not None and results["class0/img000.png"].reason == ""
 
 
 GLYPHS_DIGEST = """

@@ -63,7 +63,7 @@ def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path
 def test_unfreezing_changes_only_the_unfrozen_blocks(map_cache) -> None:  # type: ignore[no-untyped-def]
     ctx = create_head("finetune").context_params(map_cache, LAYER)
     X, y = map_cache.load("train", LAYER)
-    head = create_head("finetune", **ctx, epochs=3, unfreeze=1, augment="").fit(X, y)
+    head = create_head("finetune", **ctx, epochs=3, min_steps=0, unfreeze=1, augment="").fit(X, y)
     bb = create_backbone(ctx["backbone"], weights=ctx["weights"], precision=ctx["precision"], device="cpu")
     fresh = bb.tail(LAYER)
     changed = [not all(torch.equal(a, b) for a, b in zip(u.state_dict().values(), v.state_dict().values(), strict=True))

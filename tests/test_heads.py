@@ -155,7 +155,7 @@ def test_logreg_sweep_picks_best_validation_C(refit: bool) -> None:
     )
     Xtr, ytr, Xv, yv = X[:300], y[:300], X[300:], y[300:]
     Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
-    head = create_head("logreg", Cs=Cs, refit=refit).fit(Xtr, ytr, eval_set=(Xv, yv))
+    head = create_head("logreg", Cs=Cs, refit=refit, patience=None).fit(Xtr, ytr, eval_set=(Xv, yv))
     assert head.C_ in Cs
     assert set(head.val_scores_) == {repr(c) for c in Cs}
     assert head.best_val_score_ == max(head.val_scores_.values())
@@ -163,6 +163,22 @@ def test_logreg_sweep_picks_best_validation_C(refit: bool) -> None:
     assert len(set(head.val_scores_.values())) > 1  # the sweep really varies the fit
     if not refit:  # the kept model is the one that scored best_val_score_ on the validation rows
         assert head.score(Xv, yv) == pytest.approx(head.best_val_score_, abs=0.02)
+
+
+def test_logreg_sweep_stops_after_patience_values_below_the_best() -> None:
+    X, y = make_classification(
+        n_samples=400, n_features=20, n_informative=6, n_classes=4, flip_y=0.1, random_state=1
+    )
+    Xtr, ytr, Xv, yv = X[:300], y[:300], X[300:], y[300:]
+    Cs = tuple(float(c) for c in np.logspace(-4, 4, 9))
+    full = create_head("logreg", Cs=Cs, patience=None, refit=False).fit(Xtr, ytr, eval_set=(Xv, yv))
+    early = create_head("logreg", Cs=Cs, patience=1, refit=False).fit(Xtr, ytr, eval_set=(Xv, yv))
+    scores = [full.val_scores_[repr(c)] for c in Cs]
+    # where the full sweep first falls below its running best, the patient one stops
+    stop = next(i for i in range(1, len(scores)) if scores[i] < max(scores[:i]))
+    assert list(early.val_scores_) == [repr(c) for c in Cs[: stop + 1]]
+    assert [early.val_scores_[repr(c)] for c in Cs[: stop + 1]] == scores[: stop + 1]
+    assert Cs[int(np.argmax(scores[: stop + 1]))] == early.C_
 
 
 def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:

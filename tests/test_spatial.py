@@ -16,7 +16,7 @@ from conftest import TINY_CLIP, TINY_TIMM
 
 from embedpipe.backbones import create_backbone
 from embedpipe.cache import open_cache
-from embedpipe.cache.writer import MAP_CHUNK_ROWS
+from embedpipe.cache.writer import CHUNK_BYTES, chunk_rows
 from embedpipe.extract import run_extract
 
 
@@ -46,8 +46,9 @@ def test_map_cache_round_trip_and_info(image_folder: Path, tiny_timm_weights: st
     assert all(b.shape[1:] == shape for b, _ in blocks)
     with h5py.File(cache.path / "shards/00000.h5") as f:
         ds = f["features/block1:map"]
-        assert ds.dtype == np.float16 and ds.chunks == (MAP_CHUNK_ROWS, *shape)
-        assert f["features/pooled"].chunks is None  # vectors stay contiguous
+        # Checksummed like every dataset, in chunks of whole maps (at most 1 MiB each).
+        assert ds.dtype == np.float16 and ds.fletcher32 and ds.chunks == (chunk_rows(ds.shape, 2), *shape)
+        assert ds.chunks[0] * 2 * int(np.prod(shape)) <= CHUNK_BYTES
     with h5py.File(cache.path / "meta.h5") as f:
         assert json.loads(f.attrs["shapes"])["block1:map"] == list(shape)
     # The same pooled means as the pooled layer of the same block (float16 tolerance).

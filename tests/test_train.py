@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY_TIMM, make_image_folder
 
 from embedpipe import EmbedpipeError, extract
+from embedpipe.heads import load_head
 from embedpipe.train import few_shot, sample_shots, train_heads
 
 
@@ -42,5 +43,14 @@ def test_few_shot_reports_mean_and_std_over_seeds(cache) -> None:  # type: ignor
 def test_train_heads_shares_one_load_and_saves_each(cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     results = train_heads(cache, ["logreg", "ncm", "knn"], out=tmp_path / "heads")
     assert [r.head for r in results] == ["logreg", "ncm", "knn"]
-    assert all(Path(r.path).is_file() for r in results if r.path)
-    assert all(0.0 <= (r.test_acc or 0) <= 1.0 for r in results)
+    assert [r.path for r in results] == [str(tmp_path / "heads" / f"{h}-pooled.npz") for h in ("logreg", "ncm", "knn")]
+    X_test, y_test = cache.load("test", "pooled")
+    X_train, _ = cache.load("train", "pooled")
+    assert len(y_test) > 0
+    for r in results:  # each saved file is the fitted head, and the reported numbers are its own
+        assert r.path is not None and r.model is not None
+        loaded, info = load_head(r.path)
+        assert info["cache_key"] == cache.key and info["layer"] == "pooled"
+        np.testing.assert_array_equal(loaded.predict_proba(X_test), r.model.predict_proba(X_test))
+        assert r.test_acc == pytest.approx(float(np.mean(loaded.predict(X_test) == y_test)))
+        assert r.n_train == len(X_train) and r.n_classes == 4

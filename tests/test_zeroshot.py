@@ -23,7 +23,7 @@ def test_text_weights_are_open_clips_zero_shot_classifier(tiny_clip_weights: str
                        precision="fp32", text_cache=str(tmp_path / "text"), device="cpu")
     X = np.random.default_rng(0).normal(size=(6, 32)).astype(np.float32)
     head.fit(X, np.array([0, 1, 2, 0, 1, 2]))
-    bb = create_backbone(TINY_CLIP, weights=tiny_clip_weights, precision="fp32")
+    bb = create_backbone(TINY_CLIP, weights=tiny_clip_weights, precision="fp32", device="cpu")  # as the head
     with torch.inference_mode():
         expected = build_zero_shot_classifier(bb.model, open_clip.get_tokenizer("embedpipe-tiny-vit"), list(names),
                                               list(head.templates)).T.numpy()

@@ -4,9 +4,17 @@ A backbone loads lazily (nothing heavy happens until a property or ``embed`` nee
 Layers: ``pooled`` (the embedding), ``block0``..``blockN`` (intermediate stages, average-pooled to
 vectors), ``block0:map``..``blockN:map`` (the same stages unpooled: a (C, H, W) feature map for
 convnets, a (L, C) token sequence for transformers) and ``logits`` for classifier backbones.
-``shapes`` gives every layer's per-image shape; ``dims`` its flat width (the product of the shape). ``embed`` runs one forward pass for all requested
-layers. ``fingerprint`` hashes spec, weights digest, preprocessing and numeric precision: it is part
-of every cache key, so features of two different models are never mixed.
+``shapes`` gives every layer's per-image shape; ``dims`` its flat width (the product of the shape).
+``embed`` runs one forward pass for all requested
+layers. ``forward`` takes a uint8 batch (normalised on the device with the backbone's own mean/std)
+or a float batch, and returns device tensors (no host copy: the extraction pipeline copies them
+asynchronously); ``embed`` is ``forward`` + a copy to host numpy.
+
+Identity: ``fingerprint`` hashes what the model *is* (spec, weights digest, preprocessing, precision);
+for hub weights (no local file to digest) it also hashes the loaded state_dict, so a re-uploaded
+checkpoint under the same tag gives a new key. ``compute_provenance`` is how the numbers are
+*computed* (device type, channels_last, precision, library versions); cache/key.py's ``feature_key``
+combines the two with the decode path, layers and dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ import numpy as np
 import torch
 
 from ..errors import EmbedpipeError
+from ..extraction.preprocess import Preprocess, normalize
+
+# Weight ids that name hub weights (a tag) rather than digest a local file: the fingerprint adds
+# a digest of the loaded state_dict for these.
+HUB_WEIGHT_IDS = ("hub:", "tag:")
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class BackboneConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast dtype for the forward pass)
     channels_last: bool = True  # NHWC memory layout; about 2x faster for convnets on CPU
+    image_size: int | None = None  # model input side in px (timm convnets); None = the model's own
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +97,16 @@ def file_digest(path: str) -> str:
                 h.update(block)
         _DIGESTS[memo_key] = h.hexdigest()
     return _DIGESTS[memo_key]
+
+
+def state_dict_digest(model: torch.nn.Module) -> str:
+    """sha256 over a model's state_dict (names, dtypes, shapes and bytes, in key order)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def check_weights_file(weights: str | None) -> None:
@@ -190,14 +214,34 @@ class Backbone:
         return int(size[-1] if isinstance(size, list | tuple) else size)
 
     @cached_property
+    def pixel_preprocess(self) -> Preprocess | None:
+        """The transform split into uint8 geometry + on-device normalisation; None if it has another shape."""
+        return Preprocess.from_transform(self.transform)
+
+    @cached_property
     def fingerprint(self) -> str:
+        weights = self._weights_id()
+        if weights.startswith(HUB_WEIGHT_IDS):  # a hub tag names the weights but does not pin them
+            weights += ":" + state_dict_digest(self.model)
         parts = {
             "spec": self.config.spec,
-            "weights": self._weights_id(),
+            "weights": weights,
             "preprocess": self.preprocess,
             "precision": self.precision,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def compute_provenance(self) -> dict[str, Any]:
+        """How the forward pass computes (goes into the feature key with the decode path)."""
+        import open_clip
+        import timm
+
+        return {
+            "device": self.device.type,
+            "channels_last": self.config.channels_last,
+            "precision": self.precision,
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "open_clip": open_clip.__version__},
+        }
 
     def check_layers(self, layers: Sequence[str]) -> list[str]:
         if not layers:
@@ -210,11 +254,20 @@ class Backbone:
         return list(dict.fromkeys(layers))
 
     @torch.inference_mode()
-    def embed(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, np.ndarray]:
-        """Embed a (B, 3, H, W) batch; returns float32 arrays, one (B, *shape) per layer."""
+    def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) uint8 pixels or float model input -> one (B, dim) tensor per vector layer and
+        one (B, *shape) per ``:map`` layer, on the device.
+
+        uint8 is normalised on the device (``x / 255``, then the backbone's mean/std), which equals
+        the float transform's ToTensor + Normalize."""
         layers = self.check_layers(layers)
         model = self.model
         x = batch.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            pre = self.pixel_preprocess
+            if pre is None:
+                raise EmbedpipeError(f"backbone {self.spec} has a transform that cannot take uint8 pixels")
+            x = normalize(x, pre)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -226,7 +279,12 @@ class Backbone:
         with amp:
             out = self._forward(x, layers)
         del model
-        return {name: out[name].float().cpu().numpy() for name in layers}
+        return {name: out[name] for name in layers}
+
+    def embed(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """Embed a (B, 3, H, W) batch (uint8 pixels or float input); float32 arrays, one (B, dim) per layer."""
+        out = self.forward(batch, layers)
+        return {name: v.float().cpu().numpy() for name, v in out.items()}
 
 
 def pool_map(t: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,8 @@ class OpenClipBackbone(Backbone):
         if self.tag and config.weights:
             raise EmbedpipeError("give either a pretrained tag or --weights FILE, not both")
         check_weights_file(config.weights)
+        if config.image_size is not None:
+            raise EmbedpipeError("open_clip models have a fixed input size; --image-size is for timm convnets")
 
     def _load(self) -> None:
         import open_clip

@@ -57,6 +57,13 @@ class TimmBackbone(Backbone):
     def _setup(self, model: torch.nn.Module, data_cfg: dict[str, Any]) -> None:
         import timm.data
 
+        if self.config.image_size is not None:  # same crop fraction, another input size
+            if self.config.image_size < 32:
+                raise EmbedpipeError(f"image size {self.config.image_size} is too small: use 32 px or more")
+            if hasattr(model, "pos_embed"):
+                raise EmbedpipeError(f"timm:{self.model_name} has a fixed input size (position embeddings); "
+                                     "drop --image-size")
+            data_cfg = {**data_cfg, "input_size": (3, self.config.image_size, self.config.image_size)}
         self._model = model
         self._transform = timm.data.create_transform(**data_cfg, is_training=False)
         self._preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()}

@@ -1,7 +1,17 @@
 """Cache keys: a hash of everything that produced the numbers.
 
-``feature_key`` covers how features are made (backbone fingerprint = spec, weights digest,
-preprocessing, precision; layers; storage dtype). ``manifest_digest`` covers what they are made of
+``feature_key`` covers how features are made. What goes in, and where it comes from (this is the
+one place that combines them):
+
+* the backbone fingerprint (``Backbone.fingerprint``): spec, weights digest (a local file's sha256;
+  for hub weights the tag plus a digest of the loaded state_dict), preprocessing config, precision;
+* how the forward pass computes (``Backbone.compute_provenance``): device type, channels_last,
+  precision, torch / timm / open_clip versions;
+* the decode path (``DecodeOptions.path``): ``pil`` (full PIL decode), ``pil-draft`` (JPEGs decoded
+  at reduced DCT scale), ``transform`` (the backbone's own float transform), later ``gpu``;
+* the stored layers and the storage dtype.
+
+Rows of two caches are interchangeable (a donor may lend rows) only when all of this is equal. ``manifest_digest`` covers what they are made of
 (ids, size+mtime or content hash, labels, splits). The cache key hashes both, so the same inputs
 reuse a cache and any change gives a new one. Caches that share a ``feature_key`` may lend each
 other rows, which is how adding images to a dataset embeds only the new ones.
@@ -25,9 +35,13 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def feature_key(backbone_fingerprint: str, layers: Sequence[str], dtype: str) -> str:
-    return digest({"schema": SCHEMA_VERSION, "backbone": backbone_fingerprint,
-                   "layers": sorted(layers), "dtype": dtype})
+def feature_key(
+    backbone_fingerprint: str, layers: Sequence[str], dtype: str, *,
+    compute: dict[str, Any] | None = None, decode: str = "pil-draft",
+) -> str:
+    """Everything listed in the module docstring; ``compute`` = ``Backbone.compute_provenance()``."""
+    return digest({"schema": SCHEMA_VERSION, "backbone": backbone_fingerprint, "compute": compute or {},
+                   "decode": decode, "layers": sorted(layers), "dtype": dtype})
 
 
 def manifest_digest(records: Sequence[Record]) -> str:
@@ -41,10 +55,26 @@ def cache_key(feature: str, manifest: str) -> str:
     return digest({"feature": feature, "manifest": manifest})
 
 
+SLUG_MAX = 60  # characters of a readable folder name kept before the hash suffix
+
+
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")[:60] or "backbone"
+    """A readable ASCII folder name: runs of other characters become ``-``. Lossy (``a b`` and ``a-b``
+    give one slug), so fine only where something unique follows it, as the key does for backbones."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")[:SLUG_MAX]
+
+
+def unique_slug(text: str) -> str:
+    """``slug(text)`` when that is exactly ``text``; otherwise the readable part plus 8 hex digits of
+    the exact name, so names that differ (``数据`` and ``画像``, ``a b`` and ``a-b``) get different folders."""
+    readable = slug(text)
+    if readable == text and readable not in ("", ".", ".."):
+        return readable
+    tag = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{readable[: SLUG_MAX - 9].rstrip('-')}-{tag}" if readable.strip(".") else tag
 
 
 def cache_path(root: str | Path, dataset: str, backbone_spec: str, key: str) -> Path:
-    """``<root>/<dataset>/<backbone-slug>-<key[:16]>``."""
-    return Path(root) / slug(dataset) / f"{slug(backbone_spec)}-{key[:16]}"
+    """``<root>/<dataset-folder>/<backbone-slug>-<key[:16]>``; the dataset folder is ``unique_slug``
+    of the name, since caches in one dataset folder lend each other rows."""
+    return Path(root) / unique_slug(dataset) / f"{slug(backbone_spec) or 'backbone'}-{key[:16]}"

@@ -4,13 +4,19 @@ Within each class, images are ordered by a hash of (seed, id) and the first ``te
 test, the next ``val`` fraction to val, the rest to train. Because the order depends only on each
 image's own id, adding images to a dataset leaves the existing images' splits mostly unchanged.
 The rule's parameters are recorded in the cache.
+
+``carve_val`` applies the same rule to the train rows of a cache that has no val rows (data laid out
+as train/ and test/ only), so heads still have a validation set to select on.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+
+import numpy as np
 
 from ..errors import EmbedpipeError
 from .sources import Record
@@ -54,3 +60,24 @@ def assign_splits(records: list[Record], rule: SplitRule) -> list[Record]:
         for i, r in enumerate(ordered):
             split_of[r.id] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return [replace(r, split=split_of[r.id]) for r in records]
+
+
+VAL_CARVE = SplitRule(seed=0, val=0.15, test=0.0)  # held out of train when a cache has no val rows
+
+
+def carve_val(ids: Sequence[str], labels: Sequence[int], rule: SplitRule = VAL_CARVE) -> np.ndarray:
+    """Mask of the training rows to hold out for validation when the data brought train/ and test/ only.
+
+    The same rule as ``assign_splits``, restricted to val: within each class, rows ordered by a hash of
+    (seed, id); the first ``rule.val`` fraction (at least one when a class has 3 or more rows) is held
+    out. It depends only on the ids, labels and rule, so it is recomputed identically at train time.
+    """
+    if not 0 < rule.val < 1:
+        raise EmbedpipeError(f"bad val fraction {rule.val} for the held-out split: use a value in (0, 1)")
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        ordered = sorted(members, key=lambda i: _rank(rule.seed, str(ids[i])))
+        mask[ordered[: _count(len(ordered), rule.val)]] = True
+    return mask

@@ -12,6 +12,7 @@ from .io import load_head, save_head
 from .lgbm import LGBMHead
 from .logreg import LogRegHead
 from .mlp import MLPHead
+from .multilayer import MultiLayerHead
 from .neighbors import KNNHead, NCMHead
 from .zeroshot import ZeroShotHead
 
@@ -30,6 +31,7 @@ register_head(LGBMHead, "LightGBM on PCA-reduced embeddings, early stopping on v
 register_head(MLPHead, "1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
 register_head(KNNHead, "cosine k-nearest neighbours, temperature-weighted votes (DINO)")
 register_head(NCMHead, "nearest class mean (cosine, centred), the few-shot baseline")
+register_head(MultiLayerHead, "Head2Toe: several layers, per-layer normalised, group-lasso selection, logreg")
 register_head(FinetuneHead, "retrain the backbone's blocks after a cached block<k>:map, new classifier on top")
 register_head(ZeroShotHead, "open_clip zero-shot: class names through prompts and the text encoder")
 

@@ -4,11 +4,14 @@
 labels and calls the subclass's ``_fit`` on integer targets 0..k-1; ``predict_proba`` columns follow
 ``classes_``. ``eval_set=(X_val, y_val)`` is optional: heads use it for model selection (regularisation
 sweep, early stopping); scikit-learn's own checks call ``fit(X, y)`` alone. Subclasses describe their
-learned state as JSON plus named arrays (``_get_state``/``_set_state``) so that it saves without pickle.
+learned state as JSON plus named arrays (``_get_state``/``_set_state``) so that it saves without pickle,
+and declare that state's shape (``_state_spec``: the JSON values' types and each array's dtype and shape)
+so that a head file edited by hand is refused with one line when it is loaded (``heads/io.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,6 +20,25 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 State = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What one saved array must be. ``shape`` entries are exact ints or dimension names: ``d`` is
+    ``n_features_in_``, ``k`` the number of classes; any other name is bound by its first use and must
+    agree everywhere else in the file."""
+
+    shape: tuple[int | str, ...]
+    kind: str = "f"  # numpy dtype kinds allowed: f float, i/u integer
+    finite: bool = True  # no NaN or infinity
+    positive: bool = False  # every value > 0 (scales that are divided by)
+    below: str | None = None  # integer values in [0, this dimension) (indices into classes)
+    optional: bool = False  # may be absent
+
+
+# JSON values of ``_get_state``'s dict, by name: "int", "number", "str", "number?" (or null),
+# "dict[str,number]", "dict" (a nested head's state), "list[str]", "list[dict[str,number?]]" (a history).
+StateSpec = tuple[dict[str, str], dict[str, ArraySpec]]
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -34,6 +56,11 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+    def _state_spec(self) -> StateSpec | None:
+        """The state ``_set_state`` accepts, given the hyperparameters, ``classes_`` and
+        ``n_features_in_`` already set. None = not declared (tests/test_security.py fails for it)."""
+        return None
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:

@@ -35,10 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import is_map, resolve_device
-from .base import Head, State, standardizer
+from .base import ArraySpec, Head, State, StateSpec, standardizer
 
 AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
-MIN_STEPS = 300  # a tiny train set gets more epochs, so that the classifier sees at least this many steps
 
 
 def _flat(X: Any) -> Any:
@@ -64,6 +63,7 @@ def random_resized_crop(x: torch.Tensor, scale: float, flip: bool, gen: torch.Ge
 
 class FinetuneHead(Head):
     name = "finetune"
+    takes_maps = True  # fit/predict_proba take (n, *map_shape) rows as they come from the cache
 
     def __init__(
         self,
@@ -75,6 +75,7 @@ class FinetuneHead(Head):
         map_shape: tuple[int, ...] | None = None,
         unfreeze: int = -1,
         epochs: int = 12,
+        min_steps: int = 300,
         head_epochs: int = 1,
         unfreeze_every: int = 1,
         lr: float = 3e-3,
@@ -99,6 +100,7 @@ class FinetuneHead(Head):
         self.map_shape = map_shape  # per-row shape of that map, e.g. (112, 14, 14)
         self.unfreeze = unfreeze  # pretrained blocks to unfreeze from the top; -1 = all after k, 0 = none
         self.epochs = epochs  # maximum epochs in all
+        self.min_steps = min_steps  # a tiny train set gets more epochs, so that training sees at least this many steps
         self.head_epochs = head_epochs  # first epochs: the new classifier alone
         self.unfreeze_every = unfreeze_every  # then one more block every this many epochs
         self.lr = lr  # AdamW peak learning rate of the classifier (cosine-decayed)
@@ -188,7 +190,7 @@ class FinetuneHead(Head):
             groups.append({"params": list(unit.parameters()), "lr": rate, "base_lr": rate})
         opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         steps_per_epoch = max(1, -(-len(Xt) // self.batch_size))
-        epochs = max(self.epochs, -(-MIN_STEPS // steps_per_epoch)) if self.epochs > 0 else 0
+        epochs = max(self.epochs, -(-self.min_steps // steps_per_epoch)) if self.epochs > 0 else 0
         total_steps = max(1, epochs * steps_per_epoch)
         warmup = max(1, steps_per_epoch // 2)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
@@ -309,11 +311,34 @@ class FinetuneHead(Head):
                  "n_unfrozen_target_": self.n_unfrozen_target_, "fit_seconds_": self.fit_seconds_}
         return state, {**arrays, "mean_": self.mean_, "scale_": self.scale_}
 
+    def _state_spec(self) -> StateSpec:
+        """The classifier (k, width), the standardiser ((d,) without a tail, empty with one) and, with a
+        tail, every tensor of the rebuilt pretrained blocks at exactly its own shape (so a head file
+        edited by hand, or saved for another backbone or layer, is refused on load)."""
+        scalars = {"augmentations_": "list[str]", "n_epochs_": "int", "best_val_score_": "number?",
+                   "history_": "list[dict[str,number?]]", "n_unfrozen_target_": "int", "fit_seconds_": "number"}
+        tail = self._build_tail(check=False)
+        self._spec_tail = tail  # reused by _set_state (building it loads the backbone)
+        if tail is None:
+            return scalars, {"fc.weight": ArraySpec(("k", "d")), "fc.bias": ArraySpec(("k",)),
+                             "mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True)}
+        assert self.map_shape is not None  # _build_tail checked it
+        if int(np.prod(self.map_shape)) != getattr(self, "n_features_in_", -1):
+            raise ValueError(f"map_shape {tuple(self.map_shape)} does not hold n_features_in "
+                             f"{getattr(self, 'n_features_in_', None)} values")
+        with torch.inference_mode():
+            width = int(tail(torch.zeros(1, *self.map_shape)).shape[1])
+        arrays = {"fc.weight": ArraySpec(("k", width)), "fc.bias": ArraySpec(("k",))}
+        for name, t in tail.state_dict().items():
+            arrays[f"tail.{name}"] = ArraySpec(tuple(t.shape), kind="f" if t.is_floating_point() else "iu")
+        return scalars, {**arrays, "mean_": ArraySpec((0,)), "scale_": ArraySpec((0,))}
+
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         for k in ("augmentations_", "n_epochs_", "best_val_score_", "history_", "n_unfrozen_target_", "fit_seconds_"):
             setattr(self, k, state[k])
         self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
-        self.tail_ = self._build_tail(check=False)
+        tail = self.__dict__.pop("_spec_tail", None)
+        self.tail_ = tail if tail is not None else self._build_tail(check=False)
         fc = arrays["fc.weight"]
         self.fc_ = nn.Linear(fc.shape[1], fc.shape[0])
         self._load_tensors({k: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith(("fc.", "tail."))})

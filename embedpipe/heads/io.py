@@ -4,7 +4,10 @@ A head file is a ``.npz`` read with ``allow_pickle=False``: one entry ``__embedp
 (format version, head name, hyperparameters, learned scalars, and ``info``: what the head was trained
 on: cache key, backbone config and fingerprint, layer, label names), every other entry is a plain
 numeric or string array. Loading builds only registered head classes and only their declared
-hyperparameters, so a crafted file cannot run code.
+hyperparameters, so a crafted file cannot run code; it then checks the file against what the head
+declares (``Head._state_spec``: each JSON value's type, each array's dtype and shape, no NaN, nothing
+missing or extra) and predicts one row, so a file edited by hand is refused with one line naming the
+file and the problem instead of failing later deep inside numpy.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbedpipeError
-from .base import Head
+from .base import Head, StateSpec
 
 FORMAT = "embedpipe-head"
 VERSION = 1
@@ -59,7 +62,10 @@ def save_head(path: str | Path, head: Head, info: dict[str, Any] | None = None) 
 
 
 def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
-    """-> (fitted head, info). Raises EmbedpipeError for anything that is not a valid head file."""
+    """-> (fitted head, info). Raises one-line EmbedpipeError for anything that is not a valid head
+    file: not an archive, object arrays (pickle), JSON or arrays whose names, types, dtypes or shapes
+    differ from what the head declares (``Head._state_spec``), NaN, label names that do not cover the
+    classes, or a head that cannot predict one row after loading."""
     from . import HEADS
 
     path = Path(path)
@@ -73,33 +79,182 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
             entries = {k: z[k] for k in z.files}
         doc = json.loads(entries.pop("__embedpipe__").tobytes().decode())
     except (ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as e:
-        raise EmbedpipeError(f"{path} is not a valid embedpipe head file ({type(e).__name__}: {e})") from None
+        raise EmbedpipeError(f"{path} is not a valid embedpipe head file ({type(e).__name__}: {_line(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise EmbedpipeError(f"{path} is not an embedpipe head file")
     if doc.get("version") != VERSION:
         raise EmbedpipeError(f"{path} is head format {doc.get('version')}; this embedpipe reads {VERSION}")
-    shapes_ok = all(isinstance(doc.get(k, {}), dict) for k in ("params", "state", "info"))
-    if not shapes_ok or type(doc.get("n_features_in")) is not int or "classes" not in entries:
-        raise EmbedpipeError(f"{path} is a damaged head file (params, state, info, n_features_in or classes)")
-    cls = HEADS.get(str(doc.get("head")))
-    head = cls()
-    allowed = head.get_params()
-    params = doc.get("params", {})
-    bad = [k for k, v in params.items() if k not in allowed or not _plain(v)]
-    if bad:
-        raise EmbedpipeError(f"{path} has unknown or non-plain parameters {bad}")
-    head.set_params(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
-    classes = entries.pop("classes")
-    if classes.ndim != 1 or classes.dtype.kind not in "iufUb":
-        raise EmbedpipeError(f"{path} has classes of unsupported type {classes.dtype} or shape {classes.shape}")
-    head.classes_ = classes
-    head.n_features_in_ = int(doc["n_features_in"])
-    arrays = {k[2:]: v for k, v in entries.items() if k.startswith("a/")}
     try:
-        head._set_state(doc.get("state", {}), arrays)
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise EmbedpipeError(f"{path}: head state does not fit the {head.name} head ({e})") from None
-    return head, dict(doc.get("info", {}))
+        head = _build(doc, entries, HEADS)
+    except _Refused as e:
+        raise EmbedpipeError(f"{path} is a damaged or hand-edited head file: {e}; retrain it with `embedpipe train`") from None
+    return head, dict(doc["info"])
+
+
+def class_names(classes: np.ndarray, label_names: list[str] | None) -> list[str] | None:
+    """The name of each class: ``label_names[c]`` for integer labels that index into it (what
+    ``embedpipe train`` saves), the label itself where ``label_names`` lists the labels as text, or
+    ``str(c)`` without label names; None when label names are given but name neither way."""
+    if not label_names:
+        return [str(c) for c in classes]
+    if classes.dtype.kind in "iu" and classes.min() >= 0 and classes.max() < len(label_names):
+        return [label_names[int(c)] for c in classes]
+    text = [str(c) for c in classes]
+    return text if set(text) <= set(label_names) else None
+
+
+class _Refused(Exception):
+    """A reason a head file is refused (turned into one EmbedpipeError line naming the file)."""
+
+
+def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> Head:
+    for key in ("params", "state", "info"):
+        if not isinstance(doc.get(key), dict):
+            raise _Refused(f"'{key}' is {type(doc.get(key)).__name__}, expected an object")
+    n_features = doc.get("n_features_in")
+    if type(n_features) is not int or n_features < 1:
+        raise _Refused(f"n_features_in is {n_features!r}, expected a positive integer")
+    name = doc.get("head")
+    if not isinstance(name, str) or name not in heads:
+        raise _Refused(f"unknown head {name!r}")
+    head = heads.get(name)()
+    params = _check_params(head, doc["params"])
+    head.set_params(**params)
+    classes = _check_classes(entries.pop("classes", None), doc["info"])
+    head.classes_, head.n_features_in_ = classes, n_features
+    state, arrays = doc["state"], {k[2:]: v for k, v in entries.items() if k.startswith("a/")}
+    stray = sorted(k for k in entries if not k.startswith("a/"))
+    if stray:
+        raise _Refused(f"unexpected entries {stray}")
+    try:
+        spec = head._state_spec()  # may rebuild a model from the parameters (finetune's backbone blocks)
+    except (EmbedpipeError, ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
+        raise _Refused(f"the {name} head's parameters do not describe a usable state ({type(e).__name__}: {_line(e)})") from None
+    if spec is not None:
+        _check_state(state, arrays, spec, {"d": n_features, "k": len(classes)})
+    try:
+        head._set_state(state, arrays)
+        proba = head.predict_proba(np.zeros((1, n_features), np.float32))
+    except Exception as e:  # the last line of defence: any failure here is the file's
+        raise _Refused(f"the {name} head cannot use its state ({type(e).__name__}: {_line(e)})") from None
+    if proba.shape != (1, len(classes)) or not np.all(np.isfinite(proba)):
+        raise _Refused(f"the {name} head predicts {proba.shape} probabilities (finite: {np.isfinite(proba).all()}) "
+                       f"for {len(classes)} classes")
+    return head
+
+
+def _check_params(head: Head, params: dict[str, Any]) -> dict[str, Any]:
+    """Only declared hyperparameters, each of the JSON type of its default (None defaults take any)."""
+    defaults = head.get_params()
+    out = {}
+    for key, value in params.items():
+        if key not in defaults:
+            raise _Refused(f"unknown parameters [{key!r}] for the {head.name} head")
+        if not _plain(value):
+            raise _Refused(f"non-plain parameters [{key!r}]")
+        default = defaults[key]
+        if default is not None and value is not None and not _same_kind(value, default):
+            raise _Refused(f"parameters: {key} is {value!r}, expected a {type(default).__name__}")
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float) and (isinstance(value, int) or not isinstance(default, int))
+    if isinstance(default, tuple):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
+
+
+def _check_classes(classes: np.ndarray | None, info: dict[str, Any]) -> np.ndarray:
+    if classes is None:
+        raise _Refused("the array 'classes' is missing")
+    if classes.ndim != 1 or classes.dtype.kind not in "iufUb" or len(classes) < 2:
+        raise _Refused(f"'classes' is {classes.dtype} of shape {classes.shape}, expected at least 2 labels")
+    if len(np.unique(classes)) != len(classes) or not np.array_equal(np.sort(classes), classes):
+        raise _Refused("'classes' are not sorted and unique")
+    for key in ("layer", "backbone_fingerprint", "cache_key"):
+        if key in info and not isinstance(info[key], str):
+            raise _Refused(f"info.{key} is {info[key]!r}, expected a string")
+    if "backbone" in info and not isinstance(info["backbone"], dict):
+        raise _Refused("info.backbone is not an object")
+    names = info.get("label_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _Refused("info.label_names is not a list of strings")
+        if class_names(classes, names) is None:
+            raise _Refused(f"{len(names)} label_names do not name the classes {_short(classes)}")
+    return classes
+
+
+def _check_state(state: dict[str, Any], arrays: dict[str, np.ndarray], spec: StateSpec, dims: dict[str, int]) -> None:
+    scalars, wanted = spec
+    for key, kind in scalars.items():
+        if not _value_is(state.get(key), kind):
+            raise _Refused(f"state.{key} is {state.get(key)!r}, expected {kind}")
+    extra = sorted(set(state) - set(scalars))
+    if extra:
+        raise _Refused(f"unexpected state values {extra}")
+    extra = sorted(set(arrays) - set(wanted))
+    if extra:
+        raise _Refused(f"unexpected arrays {extra}")
+    for key, want in wanted.items():
+        a = arrays.get(key)
+        if a is None:
+            if want.optional:
+                continue
+            raise _Refused(f"the array {key!r} is missing")
+        if a.dtype.kind not in want.kind:
+            raise _Refused(f"the array {key!r} is {a.dtype}, expected {'a float' if want.kind == 'f' else 'an integer'} array")
+        if a.ndim != len(want.shape):
+            raise _Refused(f"the array {key!r} has shape {a.shape}, expected {_shape(want.shape, dims)}")
+        for size, dim in zip(a.shape, want.shape, strict=True):
+            expected = dim if isinstance(dim, int) else dims.setdefault(dim, size)
+            if size != expected:
+                raise _Refused(f"the array {key!r} has shape {a.shape}, expected {_shape(want.shape, dims)}")
+        if want.finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise _Refused(f"the array {key!r} holds NaN or infinite values")
+        if want.positive and not np.all(a > 0):
+            raise _Refused(f"the array {key!r} holds values <= 0")
+        if want.below is not None and a.size and (a.min() < 0 or a.max() >= dims[want.below]):
+            raise _Refused(f"the array {key!r} holds indices outside 0..{dims[want.below] - 1}")
+
+
+def _value_is(value: Any, kind: str) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return number and np.isfinite(value)
+    if kind == "number?":
+        return value is None or (number and np.isfinite(value))
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "dict":  # a nested head's own state (that head's _set_state reads it)
+        return isinstance(value, dict)
+    if kind == "dict[str,number]":
+        return isinstance(value, dict) and all(_value_is(v, "number") for v in value.values())
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "list[dict[str,number?]]":  # e.g. a per-epoch training history
+        return isinstance(value, list) and all(
+            isinstance(v, dict) and all(_value_is(x, "number?") for x in v.values()) for v in value)
+    raise ValueError(f"unknown state value kind {kind!r}")  # a head's own spec is wrong
+
+
+def _shape(shape: tuple[int | str, ...], dims: dict[str, int]) -> str:
+    return "(" + ", ".join(str(dims.get(d, d)) if isinstance(d, str) else str(d) for d in shape) + ")"
+
+
+def _short(a: np.ndarray) -> str:
+    return np.array2string(a, threshold=8, separator=",")
+
+
+def _line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
 
 
 def _plain(value: Any) -> bool:

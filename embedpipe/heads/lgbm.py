@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbedpipeError
-from .base import Head, State
+from .base import ArraySpec, Head, State, StateSpec
 
 
 def _lightgbm() -> Any:
@@ -131,8 +131,22 @@ class LGBMHead(Head):
         return ({"best_iteration_": self.best_iteration_,
                  "model": self.booster_.model_to_string(num_iteration=self.best_iteration_)}, arrays)
 
+    def _state_spec(self) -> StateSpec:
+        return ({"best_iteration_": "int", "model": "str"},
+                {"pca_mean_": ArraySpec(("d",), optional=True), "components_": ArraySpec(("p", "d"), optional=True)})
+
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         lgb = _lightgbm()
         self.best_iteration_ = int(state["best_iteration_"])
-        self.booster_ = lgb.Booster(model_str=state["model"])
         self.pca_mean_, self.components_ = arrays.get("pca_mean_"), arrays.get("components_")
+        if (self.pca_mean_ is None) != (self.components_ is None):
+            raise ValueError("pca_mean_ and components_ come together")
+        try:
+            self.booster_ = lgb.Booster(model_str=state["model"])
+        except lgb.basic.LightGBMError as e:
+            raise ValueError(f"the LightGBM model text does not parse: {e}") from None
+        width = self.n_features_in_ if self.components_ is None else len(self.components_)
+        per_round = 1 if len(self.classes_) == 2 else len(self.classes_)
+        if self.booster_.num_feature() != width or self.booster_.num_model_per_iteration() != per_round:
+            raise ValueError(f"the LightGBM model takes {self.booster_.num_feature()} features and gives "
+                             f"{self.booster_.num_model_per_iteration()} outputs; expected {width} and {per_round}")

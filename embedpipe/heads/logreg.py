@@ -3,7 +3,9 @@
 Objective (scikit-learn's, with ``C``): mean cross-entropy + ||W||^2 / (2 C n); the intercept is not
 penalised. With a validation set and ``C=None`` it sweeps ``Cs`` from strong to weak regularisation,
 warm-starting each fit from the previous solution (the CLIP paper's probe protocol), keeps the C with
-the best validation accuracy, then refits on train+val at that C.
+the best validation accuracy, then refits on train+val at that C. The sweep stops early once
+``patience`` C values in a row score below the best one on validation: the weakly regularised end
+of the path is the slow one (most L-BFGS iterations), and past the peak it only overfits more.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from ..backbones.base import resolve_device
-from .base import Head, State, softmax_np, standardizer
+from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
@@ -56,6 +58,7 @@ class LogRegHead(Head):
         standardize: bool = True,
         max_iter: int = 500,
         tol: float = 1e-4,
+        patience: int | None = 2,
         device: str = "auto",
     ) -> None:
         self.C = C  # fixed inverse regularisation; None = select from Cs on the validation set
@@ -64,6 +67,7 @@ class LogRegHead(Head):
         self.standardize = standardize  # z-score features with training statistics first
         self.max_iter = max_iter  # L-BFGS iterations per C value
         self.tol = tol  # gradient tolerance
+        self.patience = patience  # stop the sweep after this many C values in a row below the best; None = all
         self.device = device  # auto = CUDA when present
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
@@ -82,12 +86,17 @@ class LogRegHead(Head):
             Xv = as_tensor((X_val - self.mean_) / self.scale_, dev)
             yv = torch.from_numpy(y_val).to(dev)
             best = (-1.0, 0.0, W, b, 0)
+            worse = 0  # C values in a row that scored below the best
             for C in sorted(self.Cs):
                 W, b, n_iter = lbfgs_logreg(Xt, yt, C, W, b, self.max_iter, self.tol)
                 acc = float(((Xv @ W + b).argmax(1) == yv).float().mean())
                 self.val_scores_[repr(C)] = acc
                 if acc > best[0]:
-                    best = (acc, C, W, b, n_iter)
+                    best, worse = (acc, C, W, b, n_iter), 0
+                elif acc < best[0]:
+                    worse += 1
+                    if self.patience is not None and worse >= self.patience:
+                        break
             self.best_val_score_, self.C_, W, b, self.n_iter_ = best
             if self.refit:
                 Xt, yt = torch.cat([Xt, Xv]), torch.cat([yt, yv])
@@ -108,6 +117,11 @@ class LogRegHead(Head):
         return ({"C_": self.C_, "val_scores_": self.val_scores_, "best_val_score_": self.best_val_score_,
                  "n_iter_": self.n_iter_},
                 {"coef_": self.coef_, "intercept_": self.intercept_, "mean_": self.mean_, "scale_": self.scale_})
+
+    def _state_spec(self) -> StateSpec:
+        return ({"C_": "number", "val_scores_": "dict[str,number]", "best_val_score_": "number?", "n_iter_": "int"},
+                {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",)), "mean_": ArraySpec(("d",)),
+                 "scale_": ArraySpec(("d",), positive=True)})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.C_, self.val_scores_ = float(state["C_"]), dict(state["val_scores_"])

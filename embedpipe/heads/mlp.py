@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import resolve_device
-from .base import Head, State, standardizer
+from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .torch_utils import as_tensor
 
 
@@ -108,6 +108,17 @@ class MLPHead(Head):
         arrays = {f"net.{k}": v.numpy() for k, v in self.net_.state_dict().items()}
         return ({"n_epochs_": self.n_epochs_, "best_val_score_": self.best_val_score_},
                 {**arrays, "mean_": self.mean_, "scale_": self.scale_})
+
+    def _state_spec(self) -> StateSpec:
+        arrays = {"mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True)}
+        width: int | str = "d"
+        for i in range(self.n_layers):  # Linear, GELU, Dropout per hidden layer: Linears at 0, 3, 6, ...
+            arrays[f"net.{3 * i}.weight"] = ArraySpec((self.hidden, width))
+            arrays[f"net.{3 * i}.bias"] = ArraySpec((self.hidden,))
+            width = self.hidden
+        arrays[f"net.{3 * self.n_layers}.weight"] = ArraySpec(("k", width))
+        arrays[f"net.{3 * self.n_layers}.bias"] = ArraySpec(("k",))
+        return {"n_epochs_": "int", "best_val_score_": "number?"}, arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.n_epochs_, self.best_val_score_ = state["n_epochs_"], state["best_val_score_"]

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from ..backbones.base import resolve_device
-from .base import Head, State, softmax_np
+from .base import ArraySpec, Head, State, StateSpec
 from .torch_utils import as_tensor
+
+_PREDICT_ROWS = 65536  # rows scored per block on the device (bounds its memory)
 
 
 def l2_normalize(X: np.ndarray) -> np.ndarray:
@@ -52,6 +54,9 @@ class KNNHead(Head):
     def _get_state(self) -> State:
         return {}, {"X_": self.X_, "y_": self.y_}
 
+    def _state_spec(self) -> StateSpec:
+        return {}, {"X_": ArraySpec(("n", "d")), "y_": ArraySpec(("n",), kind="iu", below="k")}
+
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.X_, self.y_ = arrays["X_"].astype(np.float32), arrays["y_"].astype(np.int64)
 
@@ -59,22 +64,38 @@ class KNNHead(Head):
 class NCMHead(Head):
     name = "ncm"
 
-    def __init__(self, center: bool = True, temperature: float = 0.05) -> None:
+    def __init__(self, center: bool = True, temperature: float = 0.05, device: str = "auto") -> None:
         self.center = center  # subtract the training mean before normalising (CL2N)
         self.temperature = temperature  # softmax temperature over cosine similarities (probabilities only)
+        self.device = device  # auto = CUDA when present
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        self.mean_ = X.mean(axis=0).astype(np.float32) if self.center else np.zeros(X.shape[1], np.float32)
-        Z = l2_normalize(X - self.mean_)
-        sums = np.zeros((len(self.classes_), X.shape[1]), np.float64)
-        np.add.at(sums, y, Z)
-        self.centroids_ = l2_normalize(sums / np.bincount(y)[:, None]).astype(np.float32)
+        # One pass on the device: centre, normalise, and sum each class's rows with a single index_add_
+        # (np.add.at, the unbuffered scatter used before, took 7.3 s on 100k x 1024 x 1000 classes).
+        dev = resolve_device(self.device)
+        Xt = as_tensor(X, dev)
+        mean = Xt.mean(0) if self.center else torch.zeros(X.shape[1], device=dev)
+        Z = torch.nn.functional.normalize(Xt - mean, dim=1, eps=1e-12)
+        del Xt
+        sums = torch.zeros(len(self.classes_), X.shape[1], device=dev).index_add_(0, torch.from_numpy(y).to(dev), Z)
+        # the class mean is sums / count; the count does not change its direction, so normalise the sums
+        self.centroids_ = torch.nn.functional.normalize(sums, dim=1, eps=1e-12).cpu().numpy()
+        self.mean_ = mean.cpu().numpy()
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax_np(l2_normalize(X - self.mean_) @ self.centroids_.T / self.temperature)
+        dev = resolve_device(self.device)
+        mean, centroids = as_tensor(self.mean_, dev), as_tensor(self.centroids_, dev)
+        out = np.empty((len(X), len(centroids)), np.float32)
+        for start in range(0, len(X), _PREDICT_ROWS):
+            Z = torch.nn.functional.normalize(as_tensor(X[start : start + _PREDICT_ROWS], dev) - mean, dim=1, eps=1e-12)
+            out[start : start + len(Z)] = torch.softmax(Z @ centroids.T / self.temperature, dim=1).cpu().numpy()
+        return out
 
     def _get_state(self) -> State:
         return {}, {"mean_": self.mean_, "centroids_": self.centroids_}
+
+    def _state_spec(self) -> StateSpec:
+        return {}, {"mean_": ArraySpec(("d",)), "centroids_": ArraySpec(("k", "d"))}
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.mean_, self.centroids_ = arrays["mean_"], arrays["centroids_"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Head, State, softmax_np
+from .base import ArraySpec, Head, State, StateSpec, softmax_np
 from .neighbors import l2_normalize
 
 # The CLIP prompt-engineering notebook's short ImageNet set, plus the plain "a photo of a {}."
@@ -104,6 +104,9 @@ class ZeroShotHead(Head):
 
     def _get_state(self) -> State:
         return {}, {"text_weights_": self.text_weights_}
+
+    def _state_spec(self) -> StateSpec:
+        return {}, {"text_weights_": ArraySpec(("k", "d"))}
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.text_weights_ = arrays["text_weights_"]

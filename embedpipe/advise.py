@@ -1,0 +1,248 @@
+"""The transfer report: how many layers to keep frozen, decided from figures anyone can check.
+
+``advise(cache)`` measures two things about a dataset and its backbone:
+
+- **size**: training images per class (after the val carve when the cache has no val split);
+- **distance from the backbone's training data**: a layer sweep (kNN and a quick logistic regression,
+  accuracy on val for every cached vector layer, in depth order), where it peaks, and the gap between
+  the best earlier layer and ``pooled``: when an earlier stage beats the final embedding, the last
+  blocks are specialised to the source task and the data is "different". Where the cache has the
+  source classifier's ``logits``, their mean normalised prediction entropy (0 = the source classifier
+  is sure of one of its classes, 1 = uniform) is shown too, and decides similarity when the sweep has
+  no earlier layer to compare with.
+
+``decide`` maps (size, similarity) to the four classic cases of the transfer-learning guides and a
+strategy (layer, head, blocks to fine-tune). It is a pure function of the evidence, shared with the
+advise section of ``embedpipe bench``'s Markdown (``evidence_from_rows``), so both say the same.
+All thresholds are in the block below, with a comment each.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EmbedpipeError
+
+# -- thresholds (the only place they live) -----------------------------------------------------
+SMALL_PER_CLASS = 200  # below this many training images per class, fine-tuning blocks tends to overfit:
+#                        train a head on frozen features (rule of thumb of the transfer-learning guides)
+GAP_DIFFERENT = 0.01  # an earlier layer beating `pooled` by >= 1 point of val accuracy: the last blocks
+#                        are tuned to the source task, so the data is "different" from it
+ENTROPY_DIFFERENT = 0.5  # mean normalised entropy of the source classifier above this: it recognises none
+#                          of its own classes in the data (used only when the sweep has no earlier layer)
+QUICK_CS = (0.01, 0.1, 1.0)  # the quick logreg probe's C sweep (standardised features, no refit)
+QUICK_MAX_ITER = 100  # its L-BFGS iterations per C
+KNN_K = 20  # kNN probe neighbours (DINO's setting, as the knn head)
+
+CASES = {
+    ("small", "similar"): "small & similar: keep the backbone frozen, train a new top on pooled",
+    ("small", "different"): "small & different: cut earlier (the peak layer) or combine layers (multilayer)",
+    ("large", "similar"): "large & similar: fine-tune the top block(s) with a new classifier",
+    ("large", "different"): "large & different: fine-tune more blocks, starting below the peak layer",
+}
+
+
+@dataclass
+class LayerScore:
+    layer: str
+    depth: int  # 0 = earliest block; pooled is the deepest
+    dim: int
+    knn_val: float | None
+    logreg_val: float | None
+
+
+@dataclass
+class Evidence:
+    dataset: str
+    backbone: str
+    n_train: int
+    n_classes: int
+    per_class: float  # training images per class (mean)
+    sweep: list[LayerScore] = field(default_factory=list)
+    entropy: float | None = None  # mean normalised entropy of softmax(logits); None without logits
+
+    @property
+    def scores(self) -> list[tuple[str, float]]:
+        """(layer, val accuracy) in depth order: the logreg probe where measured, else kNN."""
+        out = []
+        for s in self.sweep:
+            v = s.logreg_val if s.logreg_val is not None else s.knn_val
+            if v is not None:
+                out.append((s.layer, float(v)))
+        return out
+
+
+def depth(layer: str) -> int:
+    """blockN -> N; pooled after every block; anything else before them."""
+    if layer == "pooled":
+        return 1000
+    m = re.fullmatch(r"block(\d+)", layer)
+    return int(m.group(1)) if m else -1
+
+
+def sweep_layers(layers: list[str]) -> list[str]:
+    """The vector layers worth sweeping, in depth order (not logits: those are the source's class scores)."""
+    return sorted((n for n in layers if ":" not in n and n != "logits"), key=depth)
+
+
+def decide(ev: Evidence) -> dict[str, Any]:
+    """The four-case decision and the strategy, from the evidence alone."""
+    scores = ev.scores
+    size = "small" if ev.per_class < SMALL_PER_CLASS else "large"
+    peak_layer, peak_acc = max(reversed(scores), key=lambda s: s[1]) if scores else ("pooled", None)
+    pooled = dict(scores).get("pooled")
+    earlier = [(n, a) for n, a in scores if n != "pooled"]
+    gap = None
+    if pooled is not None and earlier:
+        gap = max(a for _, a in earlier) - pooled
+        different = gap >= GAP_DIFFERENT
+        why = f"best earlier layer {'beats' if gap > 0 else 'trails'} pooled by {abs(gap):.3f} (threshold {GAP_DIFFERENT})"
+    elif ev.entropy is not None:
+        different = ev.entropy > ENTROPY_DIFFERENT
+        why = f"source entropy {ev.entropy:.2f} (threshold {ENTROPY_DIFFERENT}); no earlier layer to compare"
+    else:
+        different = False
+        why = "no earlier layer and no logits cached: assumed similar (cache more layers to measure it)"
+    similarity = "different" if different else "similar"
+    blocks = sorted({depth(n) for n, _ in scores if n != "pooled"})
+    last_block = f"block{blocks[-1]}" if blocks else "block4"
+    if size == "small" and similarity == "similar":
+        rec = {"layer": "pooled", "head": "logreg", "finetune_blocks": 0}
+    elif size == "small":
+        rec = {"layer": ",".join(n for n, _ in scores) or peak_layer, "head": "multilayer", "finetune_blocks": 0,
+               "single_layer": peak_layer}
+    elif similarity == "similar":
+        rec = {"layer": f"{last_block}:map", "head": "finetune", "finetune_blocks": 1}
+    else:  # fine-tune from the peak: every block after it is retrained
+        start = peak_layer if peak_layer != "pooled" else last_block
+        after = [b for b in blocks if b > depth(start)]
+        rec = {"layer": f"{start}:map", "head": "finetune", "finetune_blocks": max(1, len(after))}
+    return {"size": size, "similarity": similarity, "case": CASES[(size, similarity)], "why": why,
+            "peak_layer": peak_layer, "peak_val": peak_acc, "pooled_val": pooled, "gap": gap,
+            "recommendation": rec}
+
+
+def _entropy(cache: Any) -> float | None:
+    if "logits" not in cache.layers:
+        return None
+    Z, _ = cache.load("train", "logits")
+    if not len(Z):
+        return None
+    Z = Z - Z.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    P /= P.sum(axis=1, keepdims=True)
+    H = -(P * np.log(np.clip(P, 1e-12, None))).sum(axis=1)
+    return float(H.mean() / np.log(Z.shape[1]))
+
+
+def measure(cache: Any) -> Evidence:
+    """The layer sweep and the source entropy of a cache (val carved out of train when it has none)."""
+    from .heads import create_head
+    from .train import as_cache, load_splits
+
+    cache = as_cache(cache)
+    layers = sweep_layers(cache.layers)
+    if not layers:
+        raise EmbedpipeError(f"cache {cache.path} has no vector layer to sweep (it has {', '.join(cache.layers)})")
+    sweep = []
+    n_train = n_classes = 0
+    for layer in layers:
+        data = load_splits(cache, layer)
+        (Xtr, ytr), (Xv, yv) = data["train"], data["val"]
+        n_train, n_classes = len(ytr), len(np.unique(ytr))
+        knn = lr = None
+        if len(Xv):
+            knn = float(create_head("knn", n_neighbors=KNN_K).fit(Xtr, ytr).score(Xv, yv))
+            probe = create_head("logreg", Cs=QUICK_CS, refit=False, max_iter=QUICK_MAX_ITER)
+            probe.fit(Xtr, ytr, eval_set=(Xv, yv))
+            lr = float(probe.best_val_score_) if probe.best_val_score_ is not None else None
+        sweep.append(LayerScore(layer, depth(layer), cache.dims[layer], knn, lr))
+    return Evidence(str(cache.meta.get("dataset")), str(cache.backbone.get("spec")), n_train, n_classes,
+                    n_train / max(1, n_classes), sweep, _entropy(cache))
+
+
+def evidence_from_rows(rows: list[dict[str, Any]], dataset: str, backbone: str) -> Evidence | None:
+    """The same evidence from bench rows (logreg and knn val accuracy per layer; no entropy)."""
+    mine = [r for r in rows if r.get("status") == "ok" and r.get("dataset") == dataset
+            and r.get("backbone") == backbone and not r.get("shots")]
+    if not mine:
+        return None
+    by_layer: dict[str, dict[str, float]] = {}
+    for r in mine:
+        if r["head"] in ("logreg", "knn") and r.get("val_acc") not in (None, "") and "," not in str(r["layer"]):
+            by_layer.setdefault(str(r["layer"]), {})[r["head"]] = float(r["val_acc"])
+    n_train, n_classes = int(mine[0]["n_train"]), int(mine[0]["classes"])
+    sweep = [LayerScore(n, depth(n), 0, by_layer[n].get("knn"), by_layer[n].get("logreg"))
+             for n in sweep_layers(list(by_layer))]
+    return Evidence(dataset, backbone, n_train, n_classes, n_train / max(1, n_classes), sweep)
+
+
+def plot_sweep(ev: Evidence, decision: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s.layer for s in ev.sweep]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, values in (("logreg (quick)", [s.logreg_val for s in ev.sweep]), ("kNN", [s.knn_val for s in ev.sweep])):
+        ax.plot(names, [np.nan if v is None else v for v in values], marker="o", label=label)
+    ax.set_xlabel("layer (shallow to deep)")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(f"{ev.dataset} / {ev.backbone}: {decision['size']} & {decision['similarity']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def advise(cache: Any, *, out: str | Path | None = None, plot: bool = True) -> dict[str, Any]:
+    """The transfer report of a cache: evidence, the four-case decision, the recommendation, and the
+    path of the accuracy-by-depth plot (``out``, default ``<cache>/advise.png``)."""
+    from .train import as_cache
+
+    cache = as_cache(cache)
+    ev = measure(cache)
+    decision = decide(ev)
+    report: dict[str, Any] = {"cache": str(cache.path), **asdict(ev), **decision}
+    if plot:
+        target = Path(out) if out is not None else cache.path / "advise.png"
+        try:
+            report["plot"] = str(plot_sweep(ev, decision, target))
+        except OSError as e:
+            raise EmbedpipeError(f"cannot write the plot to {target} ({e.strerror}); pass --out FILE.png") from None
+    return report
+
+
+def format_advice(report: dict[str, Any]) -> str:
+    """The report as text: the evidence table, the figures, the case and the recommendation."""
+    from .bench import format_table
+
+    rows = [{"layer": s["layer"], "dim": s["dim"] or "-", "knn_val": s["knn_val"], "logreg_val": s["logreg_val"]}
+            for s in report["sweep"]]
+    rec = report["recommendation"]
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [format_table(rows), "",
+             f"training images per class: {report['per_class']:.1f} ({report['n_train']} / {report['n_classes']}) "
+             f"-> {report['size']} (threshold {SMALL_PER_CLASS})",
+             f"sweep peaks at {report['peak_layer']} ({f(report['peak_val'])}); pooled {f(report['pooled_val'])}; "
+             f"{report['why']} -> {report['similarity']}"]
+    if report.get("entropy") is not None:
+        lines.append(f"source classifier entropy (logits, normalised): {report['entropy']:.2f}")
+    lines += [f"case: {report['case']}",
+              f"recommendation: --head {rec['head']} --layer {rec['layer']}"
+              + (f" (fine-tune {rec['finetune_blocks']} block(s))" if rec["finetune_blocks"] else " (backbone frozen)")]
+    if report.get("plot"):
+        lines.append(f"plot: {report['plot']}")
+    return "\n".join(lines)

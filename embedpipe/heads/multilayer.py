@@ -1,0 +1,228 @@
+"""A linear head over several cached layers at once, with group-sparse feature selection (Head2Toe).
+
+Head2Toe (Evci et al., ICML 2022) concatenates pooled features of many layers, normalises them per
+layer, selects the useful features with a group lasso, and fits a linear classifier on what it kept.
+This head does the same on a plain 2-D ``X`` whose columns are the layers side by side:
+
+1. **Per-layer normalisation.** Every feature is standardised with training statistics, then each
+   layer group (``layer_dims``: the widths, in column order) is scaled by ``1/sqrt(width)`` so every
+   layer starts with the same total variance: a 16-wide early block and a 1280-wide embedding weigh
+   the same before selection.
+2. **Group-lasso screening.** Multinomial logistic regression with an l2,1 penalty: one group per
+   feature (its weights for all classes), ``lambda = alpha * lambda_max`` where ``lambda_max`` is the
+   smallest penalty that zeroes every weight. Solved in torch by accelerated proximal gradient (FISTA,
+   step 1/L with L bounded by power iteration). Features are ranked by their group norm.
+3. **Keep a fraction, fit the classifier.** For each fraction in ``keeps`` (or the fixed ``keep``) the
+   top-ranked features are scored on val by a fixed-C probe (``probe_C``, the solver of the ``logreg``
+   head, warm-started); the best fraction is kept, then the ``logreg`` head itself (its C sweep and
+   refit on train+val) is fitted on the kept features. Without a validation set: ``keep`` or 1.0, C=1.
+
+``layer_contributions_`` is each layer's share of the selected features' group-lasso weight norm, and
+``layer_kept_`` the number of its features kept: how much each layer contributes. ``embedpipe train``
+fills ``layer_dims`` and ``layer_names`` from the cache (``context_params``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backbones.base import resolve_device
+from .base import ArraySpec, Head, State, StateSpec, standardizer
+from .logreg import LogRegHead, lbfgs_logreg
+from .torch_utils import as_tensor
+
+DEFAULT_KEEPS = (0.25, 0.5, 1.0)  # fractions of features tried on val (Head2Toe tries a grid too)
+# The final C sweep. A feature of a layer of width d is scaled by 1/sqrt(d) (then standardised to
+# variance 1/d), so the useful C values sit about d times higher than on standardised features:
+# 4 values over the decades where digits and glyphs pick theirs (logreg sweeps 9 over 1e-4..1e4).
+DEFAULT_ML_CS = (1.0, 10.0, 100.0, 1000.0)
+NO_VAL_C = 100.0  # C without a validation set (logreg's C=1 on standardised features, rescaled)
+
+
+def group_scale(layer_dims: tuple[int, ...] | None, n_features: int) -> np.ndarray:
+    """Per-column factor 1/sqrt(width of its layer group); one group when ``layer_dims`` is None."""
+    dims = tuple(layer_dims) if layer_dims else (n_features,)
+    if sum(dims) != n_features or any(int(d) < 1 for d in dims):
+        raise ValueError(f"layer_dims {dims} must be positive widths summing to the {n_features} features of X")
+    return np.concatenate([np.full(int(d), 1 / np.sqrt(int(d)), np.float32) for d in dims])
+
+
+def group_lasso_logreg(
+    X: torch.Tensor, y: torch.Tensor, k: int, alpha: float, iters: int
+) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """FISTA on mean CE(XW + b) + lam * sum_j ||W_j||_2 (row j = feature j's weights for all classes).
+
+    Returns W (d, k), lam = alpha * lambda_max and each feature's gradient norm at W. The step is 1/L with L = ||X||_2^2 / (2n) (+ the
+    bias), an upper bound of the softmax cross-entropy's curvature, so every step decreases the objective.
+    """
+    n, d = X.shape
+    Y = torch.nn.functional.one_hot(y, k).to(X.dtype)
+    prior = Y.mean(0)
+    grad0 = X.T @ (prior - Y) / n  # gradient at W = 0 with the bias at the class prior
+    lam = alpha * float(grad0.norm(dim=1).max())
+    v = torch.randn(d, generator=torch.Generator().manual_seed(0)).to(X)
+    for _ in range(20):  # power iteration for ||X||_2^2
+        v = X.T @ (X @ v)
+        v = v / v.norm().clamp_min(1e-12)
+    L = (float((X @ v).norm()) ** 2 / n + 1.0) / 2
+    step = 1.0 / L
+    W = torch.zeros(d, k, dtype=X.dtype, device=X.device)
+    b = torch.log(prior.clamp_min(1e-12))
+    Wm, bm, t = W.clone(), b.clone(), 1.0
+    for _ in range(iters):
+        P = torch.softmax(X @ Wm + bm, dim=1) - Y
+        Wn = Wm - step * (X.T @ P / n)
+        bn = bm - step * P.mean(0)
+        norms = Wn.norm(dim=1, keepdim=True)
+        Wn = Wn * torch.clamp(1 - step * lam / norms.clamp_min(1e-12), min=0)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        Wm = Wn + (t - 1) / t_next * (Wn - W)
+        bm = bn + (t - 1) / t_next * (bn - b)
+        W, b, t = Wn, bn, t_next
+    P = torch.softmax(X @ W + b, dim=1) - Y
+    grad = (X.T @ P / n).norm(dim=1)  # how close a zeroed feature is to entering: breaks ties in the ranking
+    return W, lam, grad
+
+
+class MultiLayerHead(Head):
+    name = "multilayer"
+
+    def __init__(
+        self,
+        layer_dims: tuple[int, ...] | None = None,
+        layer_names: tuple[str, ...] | None = None,
+        alpha: float = 0.02,
+        lasso_iters: int = 60,
+        keep: float | None = None,
+        keeps: tuple[float, ...] = DEFAULT_KEEPS,
+        probe_C: float = 30.0,
+        probe_iter: int = 100,
+        C: float | None = None,
+        Cs: tuple[float, ...] = DEFAULT_ML_CS,
+        max_iter: int = 500,
+        tol: float = 1e-4,
+        device: str = "auto",
+    ) -> None:
+        self.layer_dims = layer_dims  # widths of the layer groups in column order; None = one group
+        self.layer_names = layer_names  # their names, for the contribution report (default layer0, ...)
+        self.alpha = alpha  # group-lasso strength as a fraction of lambda_max (the penalty that zeroes all)
+        self.lasso_iters = lasso_iters  # FISTA iterations of the screening fit
+        self.keep = keep  # fixed fraction of features to keep; None = choose from keeps on val
+        self.keeps = keeps  # fractions tried on val
+        self.probe_C = probe_C  # inverse L2 strength of the quick fit that scores each fraction
+        self.probe_iter = probe_iter  # its L-BFGS iterations (a ranking of fractions, not a final model)
+        self.C = C  # final classifier's C; None = the logreg head's sweep over Cs on val
+        self.Cs = Cs  # the final sweep
+        self.max_iter = max_iter  # L-BFGS iterations per fit
+        self.tol = tol  # L-BFGS gradient tolerance
+        self.device = device  # auto = CUDA when present
+
+    def _names(self) -> list[str]:
+        dims = tuple(self.layer_dims) if self.layer_dims else (self.n_features_in_,)
+        names = list(self.layer_names) if self.layer_names else [f"layer{i}" for i in range(len(dims))]
+        if len(names) != len(dims):
+            raise ValueError(f"layer_names has {len(names)} names for {len(dims)} layer_dims")
+        return names
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        dev = resolve_device(self.device)
+        names = self._names()
+        gscale = group_scale(self.layer_dims, X.shape[1])
+        mean, std = standardizer(X)
+        self.mean_, self.scale_ = mean, std / gscale  # (x - mean) / scale = standardised * 1/sqrt(width)
+        k = len(self.classes_)
+        Xt = as_tensor((X - self.mean_) / self.scale_, dev)
+        yt = torch.from_numpy(y).to(dev)
+        W, self.lambda_, grad = group_lasso_logreg(Xt, yt, k, self.alpha, self.lasso_iters)
+        norms = W.norm(dim=1).cpu().numpy()
+        # rank by group norm; features the lasso zeroed (ties at 0) by their gradient norm
+        order = np.lexsort((-grad.cpu().numpy(), -norms))
+        d = X.shape[1]
+        have_val = X_val is not None and y_val is not None
+        fractions = [self.keep] if self.keep is not None else list(self.keeps) if have_val else [1.0]
+        self.keep_scores_: dict[str, float] = {}
+        best_frac, best_acc = fractions[-1], -1.0
+        if len(fractions) > 1:
+            assert X_val is not None and y_val is not None
+            Xv = as_tensor((X_val - self.mean_) / self.scale_, dev)
+            yv = torch.from_numpy(y_val).to(dev)
+            for frac in sorted(fractions):
+                cols = torch.from_numpy(np.sort(order[: max(1, round(frac * d))])).to(dev)
+                Wp, bp, _ = lbfgs_logreg(Xt[:, cols], yt, self.probe_C, torch.zeros(len(cols), k, device=dev),
+                                         torch.zeros(k, device=dev), self.probe_iter, self.tol)
+                acc = float(((Xv[:, cols] @ Wp + bp).argmax(1) == yv).float().mean())
+                self.keep_scores_[repr(float(frac))] = acc
+                if acc > best_acc + 1e-9:
+                    best_frac, best_acc = float(frac), acc
+        self.keep_ = float(best_frac)
+        self.selected_ = np.sort(order[: max(1, round(self.keep_ * d))]).astype(np.int64)
+        C = self.C if self.C is not None or have_val else NO_VAL_C
+        self.clf_ = LogRegHead(C=C, Cs=self.Cs, standardize=False, max_iter=self.max_iter, tol=self.tol,
+                               device=self.device)
+        sel = self.selected_
+        eval_set = ((X_val[:, sel] - self.mean_[sel]) / self.scale_[sel], y_val) if have_val else None
+        self.clf_.fit((X[:, sel] - self.mean_[sel]) / self.scale_[sel], y, eval_set=eval_set)
+        self.C_, self.n_iter_ = self.clf_.C_, self.clf_.n_iter_  # n_iter_: L-BFGS iterations of the final fit
+        self.best_val_score_ = self.clf_.best_val_score_
+        self.group_norms_ = norms.astype(np.float32)
+        self._report(names, gscale)
+
+    def _report(self, names: list[str], gscale: np.ndarray) -> None:
+        dims = tuple(self.layer_dims) if self.layer_dims else (self.n_features_in_,)
+        bounds = np.cumsum((0, *dims))
+        kept = np.zeros(self.n_features_in_, bool)
+        kept[self.selected_] = True
+        weight = np.where(kept, self.group_norms_, 0.0)
+        total = float(weight.sum()) or 1.0
+        self.layer_kept_ = {n: int(kept[a:b].sum()) for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
+        self.layer_contributions_ = {n: float(weight[a:b].sum()) / total
+                                     for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        sel = self.selected_
+        return self.clf_.predict_proba((X[:, sel] - self.mean_[sel]) / self.scale_[sel])
+
+    def _get_state(self) -> State:
+        clf_state, clf_arrays = self.clf_._get_state()
+        state = {"keep_": self.keep_, "keep_scores_": self.keep_scores_, "C_": self.C_, "lambda_": self.lambda_,
+                 "best_val_score_": self.best_val_score_, "layer_kept_": self.layer_kept_,
+                 "layer_contributions_": self.layer_contributions_, "clf": clf_state}
+        arrays = {"mean_": self.mean_, "scale_": self.scale_, "selected_": self.selected_,
+                  "group_norms_": self.group_norms_, **{f"clf.{k}": v for k, v in clf_arrays.items()}}
+        return state, arrays
+
+    def _state_spec(self) -> StateSpec:
+        # s = features kept by the selection; the final logreg sees only those
+        return ({"keep_": "number", "keep_scores_": "dict[str,number]", "C_": "number", "lambda_": "number",
+                 "best_val_score_": "number?", "layer_kept_": "dict[str,number]",
+                 "layer_contributions_": "dict[str,number]", "clf": "dict"},
+                {"mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True),
+                 "selected_": ArraySpec(("s",), kind="iu", below="d"), "group_norms_": ArraySpec(("d",)),
+                 "clf.coef_": ArraySpec(("k", "s")), "clf.intercept_": ArraySpec(("k",)),
+                 "clf.mean_": ArraySpec(("s",)), "clf.scale_": ArraySpec(("s",), positive=True)})
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.keep_, self.keep_scores_ = float(state["keep_"]), dict(state["keep_scores_"])
+        self.C_, self.lambda_, self.best_val_score_ = float(state["C_"]), float(state["lambda_"]), state["best_val_score_"]
+        self.layer_kept_ = {str(k): int(v) for k, v in state["layer_kept_"].items()}
+        self.layer_contributions_ = {str(k): float(v) for k, v in state["layer_contributions_"].items()}
+        self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
+        self.selected_, self.group_norms_ = arrays["selected_"].astype(np.int64), arrays["group_norms_"]
+        if self.selected_.ndim != 1 or (len(self.selected_) and self.selected_.max() >= self.n_features_in_):
+            raise ValueError("selected_ does not index the head's features")
+        clf = LogRegHead(C=self.C, Cs=self.Cs, standardize=False, max_iter=self.max_iter, tol=self.tol,
+                         device=self.device)
+        clf.classes_ = np.arange(len(self.classes_))
+        clf.n_features_in_ = len(self.selected_)
+        clf._set_state(state["clf"], {k[4:]: v for k, v in arrays.items() if k.startswith("clf.")})
+        self.clf_ = clf
+        self.n_iter_ = clf.n_iter_
+
+    @classmethod
+    def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
+        """The cache's widths and names of the layers in ``layer`` (comma-separated, in that order)."""
+        names = [s for s in layer.split(",") if s]
+        return {"layer_dims": tuple(int(cache.dims[n]) for n in names), "layer_names": tuple(names)}
