@@ -144,7 +144,10 @@ def shard_problem(path: Path, index: int, layout: ShardLayout, full: bool = Fals
 def unfinished_shards(path: Path, n_shards: int, key: str) -> list[int]:
     """Shards a run must (re)compute: missing ones and those failing the cheap check (truncated,
     another cache's key, wrong rows or shapes). Flipped bytes inside the data are found by
-    ``verify_cache`` / the reader, not here, so this stays cheap enough for every run."""
+    ``verify_cache`` / the reader, not here, so this stays cheap enough for every run. No meta.h5 at
+    ``path`` (no cache there yet): every shard."""
+    if not (path / "meta.h5").is_file():
+        return list(range(n_shards))
     meta = read_meta(path)
     layout = ShardLayout.of({**meta, "key": key, "n_shards": n_shards})
     return [i for i in range(n_shards) if shard_problem(path, i, layout) is not None]
