@@ -78,3 +78,39 @@ def test_unknown_map_layer_is_refused(tiny_timm_weights: str, bad: str) -> None:
     bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, device="cpu")
     with pytest.raises(EmbedpipeError, match="has no layer"):
         bb.check_layers([bad])
+
+
+def test_chunks_hold_whole_rows_up_to_a_mebibyte() -> None:
+    assert chunk_rows((1000, 112, 14, 14), 2) == CHUNK_BYTES // (2 * 112 * 14 * 14)  # 23 maps
+    assert chunk_rows((1000, 16, 112, 112), 4) == 1  # a map over 1 MiB is a chunk of its own
+    assert chunk_rows((5, 8), 4) == 5  # never more rows than the dataset has
+
+
+def test_map_shards_pass_the_checks_and_a_wrong_map_shape_is_damage(image_folder: Path, tiny_timm_weights: str,
+                                                                    tmp_path: Path) -> None:
+    from embedpipe.cache import verify_cache
+    from embedpipe.cache.reader import ShardLayout, read_meta, shard_problem, unfinished_shards
+    from embedpipe.cache.writer import write_shard
+    from embedpipe.errors import EmbedpipeError
+    from embedpipe.train import fit_head, load_splits
+
+    cache, _ = run_extract(str(image_folder), TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "c",
+                           num_workers=0, shard_size=10, layers=("block1", "block1:map"), progress=False)
+    assert verify_cache(cache.path) == []  # every checksum of the N-D datasets read back
+    assert unfinished_shards(cache.path, cache.n_shards, cache.key) == []
+    layout = ShardLayout.of(read_meta(cache.path))
+    shape = cache.shapes["block1:map"]
+    with h5py.File(cache.path / "shards/00000.h5") as f:
+        feats = {name: f[f"features/{name}"][()] for name in ("block1", "block1:map")}
+    feats["block1:map"] = feats["block1:map"][:, :, :-1]  # one row of the map short: same flat width, wrong shape
+    write_shard(cache.path, 0, 0, cache.key, feats, np.ones(10, bool), [""] * 10, "float16")
+    problem = shard_problem(cache.path, 0, layout)
+    assert problem is not None and f"instead of {(10, *shape)}" in problem
+    assert unfinished_shards(cache.path, cache.n_shards, cache.key) == [0]  # a re-run recomputes it
+    run_extract(str(image_folder), TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "c",
+                num_workers=0, shard_size=10, layers=("block1", "block1:map"), progress=False)
+    fixed = open_cache(cache.path)
+    with pytest.raises(EmbedpipeError, match="unpooled map and cannot be concatenated"):
+        fixed.load("train", "block1,block1:map")
+    with pytest.raises(EmbedpipeError, match="head logreg takes vectors, and block1:map is an unpooled map"):
+        fit_head(load_splits(fixed, "block1:map"), "logreg", "block1:map")
