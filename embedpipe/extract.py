@@ -179,6 +179,8 @@ def run_extract(
     key = cache_key(fkey, manifest_digest(records))
     path = cache_path(cache_dir, source.name, bb.spec, key)
     n = len(records)
+    if progress:
+        print(size_estimate_line(bb, layers, config.dtype, n), file=sys.stderr)
 
     with exclusive(path / ".lock", str(path)):
         existing = read_meta(path) if (path / "meta.h5").is_file() else None
@@ -213,6 +215,23 @@ def run_extract(
     return cache, stats
 
 
+def size_estimate_line(bb: Backbone, layers: Sequence[str], dtype: str, rows: int) -> str:
+    """'cache size estimate: ...' (rows x per-row bytes of every layer); informs, refuses nothing."""
+    item = np.dtype(dtype).itemsize
+    per_row = {name: bb.dims[name] * item for name in layers}
+    total = rows * sum(per_row.values())
+    parts = ", ".join(f"{name} {'x'.join(map(str, bb.shapes[name]))} = {b:,} B" for name, b in per_row.items())
+    return f"cache size estimate: {rows} rows x {sum(per_row.values()):,} B/row = {format_bytes(total)} ({parts})"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def _meta_attrs(
     source: Source, bb: Backbone, layers: list[str], config: ExtractConfig, key: str, fkey: str,
     n: int, n_shards: int, decode_path: str,
@@ -234,6 +253,7 @@ def _meta_attrs(
         "compute": json.dumps(bb.compute_provenance()),
         "layers": json.dumps(layers),
         "dims": json.dumps({name: bb.dims[name] for name in layers}),
+        "shapes": json.dumps({name: list(bb.shapes[name]) for name in layers}),
         "dtype": config.dtype,
         "n_rows": n,
         "shard_size": config.shard_size,

@@ -57,7 +57,8 @@ def predict(
         if not tensors:
             continue
         feats = backbone.embed(torch.stack([t for _, t in tensors]), layers)
-        X = np.concatenate([np.asarray(feats[name], dtype=np.float32) for name in layers], axis=1)
+        X = np.concatenate([np.asarray(feats[name], dtype=np.float32).reshape(len(tensors), -1) for name in layers],
+                           axis=1)  # a :map layer's rows flattened, as the heads take them
         for (i, _), p in zip(tensors, head.predict_proba(X), strict=True):
             order = np.argsort(-p)[:top_k]
             results[i]["top"] = [(names[j], float(p[j])) for j in order]

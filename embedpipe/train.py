@@ -119,6 +119,9 @@ def fit_head(
 ) -> FitResult:
     head = create_head(name, **{**(context or {}), **(params or {})})
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
+    if Xtr.ndim > 2 and not getattr(head, "takes_maps", False):  # e.g. a bench row of logreg on block3:map
+        raise EmbedpipeError(f"head {name} takes vectors, and {layer} is an unpooled map; use "
+                             f"{layer.removesuffix(':map')} (the same block pooled) or the finetune head")
     t0 = time.perf_counter()
     try:
         head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)

@@ -2,7 +2,10 @@
 
 A backbone loads lazily (nothing heavy happens until a property or ``embed`` needs the model).
 Layers: ``pooled`` (the embedding), ``block0``..``blockN`` (intermediate stages, average-pooled to
-vectors) and ``logits`` for classifier backbones. ``embed`` runs one forward pass for all requested
+vectors), ``block0:map``..``blockN:map`` (the same stages unpooled: a (C, H, W) feature map for
+convnets, a (L, C) token sequence for transformers) and ``logits`` for classifier backbones.
+``shapes`` gives every layer's per-image shape; ``dims`` its flat width (the product of the shape).
+``embed`` runs one forward pass for all requested
 layers. ``forward`` takes a uint8 batch (normalised on the device with the backbone's own mean/std)
 or a float batch, and returns device tensors (no host copy: the extraction pipeline copies them
 asynchronously); ``embed`` is ``forward`` + a copy to host numpy.
@@ -129,8 +132,15 @@ class Backbone:
         raise NotImplementedError
 
     def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """One forward pass returning a (batch, dim) tensor per requested layer."""
+        """One forward pass returning a (batch, dim) tensor per requested vector layer and a
+        (batch, *shape) tensor per ``:map`` layer."""
         raise NotImplementedError
+
+    def tail(self, layer: str) -> torch.nn.Module:
+        """The pretrained part of the model after ``layer`` (a ``block<k>:map``), as a fresh trainable
+        copy: a ``Tail`` whose ``units`` can be unfrozen one at a time from the top."""
+        raise EmbedpipeError(f"backbone {self.spec} cannot rebuild the blocks after {layer}; "
+                             "finetune supports timm EfficientNet-style convnets")
 
     def _weights_id(self) -> str:
         """What identifies the weights: a file digest, or the hub tag that names them."""
@@ -183,15 +193,21 @@ class Backbone:
     def layers(self) -> list[str]:
         self._ensure_loaded()
         names = ["pooled"] + [f"block{i}" for i in range(self._n_blocks)]
+        names += [f"block{i}:map" for i in range(self._n_blocks)]
         return names + (["logits"] if self.has_logits else [])
 
     @cached_property
-    def dims(self) -> dict[str, int]:
-        """Width of every layer, found by one forward pass on a blank image."""
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-image shape of every layer ((dim,) for vectors), found by one forward pass on a blank image."""
         size = self._preprocess_size()
         probe = torch.zeros(1, 3, size, size)
         out = self.embed(probe, self.layers)
-        return {name: int(v.shape[1]) for name, v in out.items()}
+        return {name: tuple(int(d) for d in v.shape[1:]) for name, v in out.items()}
+
+    @cached_property
+    def dims(self) -> dict[str, int]:
+        """Flat width of every layer (the product of its shape)."""
+        return {name: int(np.prod(shape)) for name, shape in self.shapes.items()}
 
     def _preprocess_size(self) -> int:
         size = self.preprocess.get("input_size", 224)
@@ -239,7 +255,8 @@ class Backbone:
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) uint8 pixels or float model input -> one (B, dim) tensor per layer, on the device.
+        """(B, 3, H, W) uint8 pixels or float model input -> one (B, dim) tensor per vector layer and
+        one (B, *shape) per ``:map`` layer, on the device.
 
         uint8 is normalised on the device (``x / 255``, then the backbone's mean/std), which equals
         the float transform's ToTensor + Normalize."""
@@ -277,3 +294,29 @@ def pool_map(t: torch.Tensor) -> torch.Tensor:
     if t.ndim == 3:
         return t.mean(dim=1)
     return t
+
+
+def is_map(layer: str) -> bool:
+    """True for an unpooled layer (``block<k>:map``)."""
+    return layer.endswith(":map")
+
+
+def block_index(layer: str) -> int:
+    """k of ``block<k>`` or ``block<k>:map``."""
+    return int(layer.removesuffix(":map")[5:])
+
+
+class Tail(torch.nn.Module):
+    """The pretrained blocks after a cached map: ``units`` applied in order (the last ones are the
+    model's own closing layers up to its pre-logits features; finetune unfreezes from the last),
+    then ``pool`` (parameter-free) to a (batch, dim) vector."""
+
+    def __init__(self, units: Sequence[torch.nn.Module], pool: torch.nn.Module) -> None:
+        super().__init__()
+        self.units = torch.nn.ModuleList(units)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None, pool: bool = True) -> torch.Tensor:
+        for unit in self.units[start:stop]:
+            x = unit(x)
+        return self.pool(x) if pool else x

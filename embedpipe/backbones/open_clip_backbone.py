@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import EmbedpipeError
-from .base import Backbone, BackboneConfig, check_weights_file, file_digest, pool_map
+from .base import Backbone, BackboneConfig, block_index, check_weights_file, file_digest, pool_map
 
 # Small architecture configs shipped with embedpipe (e.g. the tiny random-weight test model).
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
@@ -114,13 +114,16 @@ class OpenClipBackbone(Backbone):
 
     def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         model: Any = self.model
-        blocks = sorted(int(name[5:]) for name in layers if name.startswith("block"))  # libraries return them in depth order
+        blocks = sorted({block_index(name) for name in layers if name.startswith("block")})  # libraries return them in depth order
         if not blocks:
             return {"pooled": model.encode_image(x)}
         res = model.visual.forward_intermediates(
             x, indices=blocks, intermediates_only="pooled" not in layers
         )
-        out = {f"block{i}": pool_map(t) for i, t in zip(blocks, res["image_intermediates"], strict=True)}
+        out: dict[str, torch.Tensor] = {}
+        for i, t in zip(blocks, res["image_intermediates"], strict=True):  # ViT tokens come as (B, C, h, w)
+            out[f"block{i}"] = pool_map(t)
+            out[f"block{i}:map"] = t.flatten(2).transpose(1, 2) if t.ndim == 4 else t  # (B, L, C)
         if "pooled" in layers:
             out["pooled"] = res["image_features"]
         return out

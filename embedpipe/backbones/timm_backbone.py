@@ -3,7 +3,8 @@
 A local file goes through timm's own mechanism (``pretrained_cfg_overlay=dict(file=...)``), the
 same path used for the tiny test models. Without a file, ``pretrained=True`` downloads from the hub
 (needs internet). Layers: ``pooled`` (pre-logits), ``block<i>`` (the model's feature stages, via
-``forward_intermediates``), ``logits`` when the model has a classifier.
+``forward_intermediates``; ``block<i>:map`` keeps them unpooled), ``logits`` when the model has a
+classifier. ``tail(layer)`` rebuilds, with their pretrained weights, the blocks after a cached map.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import EmbedpipeError
-from .base import Backbone, BackboneConfig, check_weights_file, pool_map
+from .base import Backbone, BackboneConfig, Tail, block_index, check_weights_file, pool_map
 
 
 class TimmBackbone(Backbone):
@@ -79,7 +80,7 @@ class TimmBackbone(Backbone):
 
     def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         model: Any = self.model
-        blocks = sorted(int(name[5:]) for name in layers if name.startswith("block"))  # libraries return them in depth order
+        blocks = sorted({block_index(name) for name in layers if name.startswith("block")})  # libraries return them in depth order
         need_final = "pooled" in layers or "logits" in layers
         out: dict[str, torch.Tensor] = {}
         final = None
@@ -88,7 +89,8 @@ class TimmBackbone(Backbone):
                 x, indices=blocks, intermediates_only=not need_final, stop_early=not need_final
             )
             final, inters = res if need_final else (None, res)
-            out.update({f"block{i}": pool_map(t) for i, t in zip(blocks, inters, strict=True)})
+            for i, t in zip(blocks, inters, strict=True):
+                out[f"block{i}"], out[f"block{i}:map"] = pool_map(t), t
         elif need_final:
             final = model.forward_features(x)
         if "pooled" in layers:
@@ -96,3 +98,23 @@ class TimmBackbone(Backbone):
         if "logits" in layers:
             out["logits"] = model.forward_head(final)
         return out
+
+    def tail(self, layer: str) -> torch.nn.Module:
+        """EfficientNet-style timm models (``blocks``, ``stage_ends``, ``conv_head``, ``bn2``): the
+        single blocks after stage k, then conv_head + bn2 as one unit, then global average pooling.
+        forward_intermediates' index k is the output of ``blocks[stage_ends[k] - 1]`` (index 0 of its
+        feature count is the stem), so the tail starts at ``blocks[stage_ends[k]]``."""
+        model: Any = self.model
+        needed = ("blocks", "stage_ends", "conv_head", "bn2")
+        if not all(hasattr(model, a) for a in needed):
+            return super().tail(layer)
+        import copy
+
+        k = block_index(layer)
+        if not 0 <= k < len(model.stage_ends):
+            raise EmbedpipeError(f"backbone {self.spec} has no {layer}")
+        units: list[torch.nn.Module] = [blk for stage in model.blocks[model.stage_ends[k]:] for blk in stage]
+        units.append(torch.nn.Sequential(model.conv_head, model.bn2))
+        pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1))
+        tail = Tail([copy.deepcopy(u) for u in units], pool).float()
+        return tail.to(memory_format=torch.channels_last).requires_grad_(False).eval()

@@ -2,7 +2,8 @@
 
 ``open_cache(path).load(split, layer) -> (X, y)`` reads contiguous blocks shard by shard;
 ``iter_blocks`` streams the same rows for data larger than RAM. Opening checks the schema version and
-runs the cheap check on every shard (file opens, attributes, key, row range, dataset shapes): a cache
+runs the cheap check on every shard (file opens, attributes, key, row range, dataset shapes, N-D for
+``block<k>:map`` layers, whose per-row shapes meta.h5 records in ``shapes``): a cache
 with shards not written yet is refused as incomplete (how many rows are missing, and whether an
 extract is still writing it); a shard that fails the check is named as damaged. Reading a block
 verifies its checksums (Fletcher-32 on numbers, sha256 on strings); ``verify_cache`` reads every
@@ -28,7 +29,7 @@ from ..locking import held_by_another
 from .key import SCHEMA_VERSION
 from .writer import shard_name, strings_digest
 
-JSON_ATTRS = ("layers", "dims", "backbone", "split_rule", "versions", "preprocess")
+JSON_ATTRS = ("layers", "dims", "shapes", "backbone", "split_rule", "versions", "preprocess")
 RERUN = "re-run the same extract command to recompute it"
 DELETE_AND_RERUN = "delete that file and re-run the same extract command to recompute it"
 
@@ -70,6 +71,13 @@ def read_meta(path: Path) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in meta.items()}
 
 
+def layer_shapes(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Per-row shape of every layer from a cache's metadata; caches written before ``shapes`` was
+    recorded hold vectors only, so a layer missing there is ``(dim,)``."""
+    recorded = meta.get("shapes") or {}
+    return {name: tuple(int(d) for d in recorded.get(name, (dim,))) for name, dim in dict(meta["dims"]).items()}
+
+
 @dataclass(frozen=True)
 class ShardLayout:
     """What every shard of one cache must look like; the cheap check compares against it."""
@@ -79,11 +87,13 @@ class ShardLayout:
     shard_size: int
     n_shards: int
     dims: dict[str, int]
+    shapes: dict[str, tuple[int, ...]]  # per-row shape: (dim,) for vectors, the map's for ``:map`` layers
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> ShardLayout:
+        dims = {k: int(v) for k, v in dict(meta["dims"]).items()}
         return cls(str(meta["key"]), int(meta["n_rows"]), int(meta["shard_size"]), int(meta["n_shards"]),
-                   {k: int(v) for k, v in dict(meta["dims"]).items()})
+                   dims, layer_shapes(meta))
 
     def rows(self, index: int) -> tuple[int, int]:
         return index * self.shard_size, min(self.n_rows, (index + 1) * self.shard_size)
@@ -99,7 +109,7 @@ def _check_open(f: h5py.File, index: int, layout: ShardLayout) -> str | None:
     if (int(f.attrs.get("start", -1)), int(f.attrs.get("stop", -1))) != (start, stop):
         return f"it holds rows [{f.attrs.get('start')}, {f.attrs.get('stop')}) instead of [{start}, {stop})"
     expected = {"ok": (stop - start,), "errors": (stop - start,)}
-    expected |= {f"features/{layer}": (stop - start, dim) for layer, dim in layout.dims.items()}
+    expected |= {f"features/{layer}": (stop - start, *shape) for layer, shape in layout.shapes.items()}
     for name, shape in expected.items():
         if name not in f:
             return f"{name} is missing"
@@ -134,7 +144,10 @@ def shard_problem(path: Path, index: int, layout: ShardLayout, full: bool = Fals
 def unfinished_shards(path: Path, n_shards: int, key: str) -> list[int]:
     """Shards a run must (re)compute: missing ones and those failing the cheap check (truncated,
     another cache's key, wrong rows or shapes). Flipped bytes inside the data are found by
-    ``verify_cache`` / the reader, not here, so this stays cheap enough for every run."""
+    ``verify_cache`` / the reader, not here, so this stays cheap enough for every run. No meta.h5 at
+    ``path`` (no cache there yet): every shard."""
+    if not (path / "meta.h5").is_file():
+        return list(range(n_shards))
     meta = read_meta(path)
     layout = ShardLayout.of({**meta, "key": key, "n_shards": n_shards})
     return [i for i in range(n_shards) if shard_problem(path, i, layout) is not None]
@@ -259,6 +272,17 @@ class Cache:
         return dict(self.meta["dims"])
 
     @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of every layer: (dim,) for vectors, (C, H, W) or (L, C) for ``:map`` layers
+        (caches written before shapes were recorded hold vectors only)."""
+        return dict(self.layout.shapes)
+
+    def disk_bytes(self) -> int:
+        """Bytes on disk of meta.h5 and every shard."""
+        files = [self.path / "meta.h5"] + [self.path / shard_name(i) for i in range(self.n_shards)]
+        return sum(p.stat().st_size for p in files if p.is_file())
+
+    @property
     def backbone(self) -> dict[str, Any]:
         return dict(self.meta["backbone"])
 
@@ -337,21 +361,28 @@ class Cache:
     def load(
         self, split: str | None = "train", layer: str | Sequence[str] = "pooled", dtype: Any = np.float32
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All usable rows of a split as ``(X, y)``: X (n, dim) in ``dtype``, y integer labels.
+        """All usable rows of a split as ``(X, y)``: X (n, *shape) in ``dtype`` ((n, dim) for vector
+        layers, (n, C, H, W) or (n, L, C) for a ``block<k>:map``), y integer labels.
 
-        Several layers (a list, or names joined by commas: ``"pooled,block4"``) are concatenated
+        Several vector layers (a list, or names joined by commas: ``"pooled,block4"``) are concatenated
         column-wise in the order given: X is (n, sum of their widths), the first layer's columns first.
+        A ``:map`` layer is loaded alone.
         """
         names = layer.split(",") if isinstance(layer, str) else list(layer)
         if len(names) != 1:
             for name in names:
                 self._check_layer(name)
+            maps = [name for name in names if len(self.shapes[name]) != 1]
+            if maps:
+                raise EmbedpipeError(
+                    f"layer {maps[0]} is an unpooled map and cannot be concatenated with other layers; "
+                    f"load it alone, or use its pooled {maps[0].removesuffix(':map')}")
             parts = [self.load(split, name, dtype) for name in names]
             return np.concatenate([p[0] for p in parts], axis=1), parts[0][1]
         layer = names[0]
         self._check_layer(layer)
         n = len(self.rows(split))
-        X = np.empty((n, self.dims[layer]), dtype=dtype)
+        X = np.empty((n, *self.shapes[layer]), dtype=dtype)
         y = np.empty(n, dtype=np.int64)
         at = 0
         for xb, yb in self.iter_blocks(split, layer, dtype):
@@ -368,7 +399,8 @@ class Cache:
             "key": self.key,
             "dataset": self.meta.get("dataset"),
             "backbone": self.backbone.get("spec"),
-            "layers": self.dims,
+            "layers": {name: list(shape) for name, shape in self.shapes.items()},
+            "disk_bytes": self.disk_bytes(),
             "classes": len(self.label_names),
             "rows": self.counts(),
             "failed": len(self.failed),

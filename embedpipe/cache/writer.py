@@ -8,8 +8,9 @@ Invariants (the reader and resume rely on them):
   check (``reader.unfinished_shards``).
 - Files are built in memory and reach the disk through one plain write (see ``atomic_h5``).
 - Every byte a reader uses is checksummed: numeric datasets carry HDF5's Fletcher-32 filter (chunked,
-  at most ``CHUNK_BYTES`` a chunk), string datasets a ``sha256`` attribute over their text, and the
-  object headers holding attributes are in the v1.10 file format, whose metadata HDF5 checksums itself.
+  at most ``CHUNK_BYTES`` a chunk, whole rows only: ``(rows, *shape)`` maps included), string
+  datasets a ``sha256`` attribute over their text, and the object headers holding attributes are in
+  the v1.10 file format, whose metadata HDF5 checksums itself.
 - A failing write (full disk, file-size limit, vanished or read-only folder) becomes one
   ``EmbedpipeError`` naming the cause and the cache folder, with no partial file left behind; every
   engine writes through ``atomic_h5`` and gets this for free.
@@ -58,9 +59,17 @@ def put_array(f: h5py.File | h5py.Group, name: str, values: np.ndarray) -> None:
     if values.size == 0:
         f.create_dataset(name, data=values)
         return
-    row_bytes = max(1, values.itemsize * int(np.prod(values.shape[1:], dtype=np.int64)))
-    chunk_rows = max(1, min(values.shape[0], CHUNK_BYTES // row_bytes))
-    f.create_dataset(name, data=values, chunks=(chunk_rows, *values.shape[1:]), fletcher32=True)
+    rows = chunk_rows(values.shape, values.itemsize)
+    f.create_dataset(name, data=values, chunks=(rows, *values.shape[1:]), fletcher32=True)
+
+
+def chunk_rows(shape: Sequence[int], itemsize: int) -> int:
+    """Rows per HDF5 chunk of a (rows, *row_shape) dataset: as many whole rows as fit in
+    ``CHUNK_BYTES`` (at least one). A chunk never splits a row, so an N-D ``block<k>:map`` row (a
+    whole feature map) is read, and checksummed, with its chunk: e.g. 23 rows of effnet-lite0's
+    block3:map (43,904 B each in float16); a map row over 1 MiB is a chunk of its own."""
+    row_bytes = max(1, itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+    return max(1, min(int(shape[0]), CHUNK_BYTES // row_bytes))
 
 
 def _fsync(path: Path) -> None:

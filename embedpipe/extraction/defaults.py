@@ -8,7 +8,9 @@ alone, never by the dataset size:
 * CUDA: ``INPUT_RING`` pinned uint8 input slots and ``OUTPUT_RING`` pinned feature slots, allocated
   once (a fixed ring, so torch's caching host allocator never grows);
 * shard buffers: the shard being filled, plus at most ``WRITER_QUEUE`` finished shards waiting for
-  the background writer (``shard_size * sum(dims) * 4`` bytes each: 5 MB for 1024 x 1280 floats).
+  the background writer (``shard_size * sum(dims) * 4`` bytes each: 5 MB for 1024 x 1280 floats;
+  a ``block<k>:map`` layer counts its flat size C*H*W: 90 MB for 1024 rows of effnet-lite0's
+  block3:map at 224 px, so spatial caches may want a smaller ``shard_size``).
 """
 
 from __future__ import annotations

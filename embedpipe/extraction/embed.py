@@ -27,7 +27,8 @@ from .preprocess import Preprocess
 
 # (datas, pre, device) -> (uint8 (n_ok, 3, H, W) on device, positions decoded, positions to fall back)
 DecodeBytes = Callable[[list[bytes], Preprocess, torch.device], tuple[torch.Tensor, list[int], list[int]]]
-# (rows, {layer: (len(rows), dim) float32}) -> None: where finished features go (the shard buffer)
+# (rows, {layer: (len(rows), *shape) float32}) -> None: where finished features go (the shard buffer);
+# shape is (dim,) for vectors, the unpooled map's for ``block<k>:map`` layers
 Sink = Callable[[list[int], dict[str, np.ndarray]], None]
 
 
@@ -125,13 +126,13 @@ class Embedder:
 
     def _to_host(self, rows: list[int], out: dict[str, torch.Tensor], sink: Sink) -> None:
         if not self.cuda:
-            sink(rows, {name: out[name].float().numpy() for name in self.layers})
+            sink(rows, {name: out[name].float().numpy() for name in self.layers})  # maps keep their (B, *shape)
             return
         k = self._o = (self._o + 1) % OUTPUT_RING
         self._resolve(k)  # the slot's previous copy lands in its shard before the slot is reused
         slot = self._out[k]
-        if slot is None or any(slot[n].shape[0] < len(rows) or slot[n].shape[1] != out[n].shape[1] for n in self.layers):
-            slot = self._out[k] = {n: torch.empty((max(len(rows), 1), out[n].shape[1]), dtype=torch.float32,
+        if slot is None or any(slot[n].shape[0] < len(rows) or slot[n].shape[1:] != out[n].shape[1:] for n in self.layers):
+            slot = self._out[k] = {n: torch.empty((max(len(rows), 1), *out[n].shape[1:]), dtype=torch.float32,
                                                   pin_memory=True) for n in self.layers}
         for name in self.layers:
             slot[name][: len(rows)].copy_(out[name].float(), non_blocking=True)

@@ -7,12 +7,13 @@ engine instead feeds it batches decoded by worker processes (``start`` / ``add``
 Invariants kept here: a shard's buffer exists only from ``start`` until ``finish`` hands a whole
 ShardResult over (memory bounded by the shard size); every row of the shard is accounted for
 exactly once (copied, embedded or failed with a reason); batches come from the plan and never cross
-a shard, so the same plan gives the same bytes.
+a shard, so the same plan gives the same bytes. Buffers are ``(rows, *shape)`` float32 per layer:
+``(rows, dim)`` for vectors, ``(rows, C, H, W)`` / ``(rows, L, C)`` for ``:map`` layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,19 +38,21 @@ class ShardState:
 
 
 class ShardExecutor:
-    def __init__(self, source: Source, records: Sequence[Record], embedder: Embedder, dims: dict[str, int],
-                 route: Route | None = None) -> None:
+    def __init__(self, source: Source, records: Sequence[Record], embedder: Embedder,
+                 shapes: Mapping[str, int | tuple[int, ...]], route: Route | None = None) -> None:
         self.source, self.records, self.embedder, self.route = source, records, embedder, route
         self.layers = embedder.layers
-        self.dims = dims
+        # Per-row shape of every layer: (dim,) for vectors (a plain int is taken as one), the map's
+        # (C, H, W) or (L, C) for a ``block<k>:map`` layer.
+        self.shapes = {name: (v,) if isinstance(v, int) else tuple(v) for name, v in shapes.items()}
 
     @classmethod
     def build(cls, source: Source, records: Sequence[Record], backbone: Backbone, layers: Sequence[str],
               opts: DecodeOptions, decoder: BatchDecoder | None = None) -> ShardExecutor:
         """An executor for one backbone (loaded once, then shard after shard: what an actor holds)."""
         embedder = Embedder(backbone, layers, opts, decoder.decode_bytes if decoder else None)
-        dims = {name: backbone.dims[name] for name in embedder.layers}
-        return cls(source, records, embedder, dims, decoder.route if decoder else None)
+        shapes = {name: backbone.shapes[name] for name in embedder.layers}
+        return cls(source, records, embedder, shapes, decoder.route if decoder else None)
 
     @property
     def opts(self) -> DecodeOptions:
@@ -57,7 +60,7 @@ class ShardExecutor:
 
     def start(self, plan: ShardPlan) -> ShardState:
         n = plan.stop - plan.start
-        feats = {name: np.zeros((n, self.dims[name]), np.float32) for name in self.layers}
+        feats = {name: np.zeros((n, *self.shapes[name]), np.float32) for name in self.layers}
         copy_rows(plan, self.layers, feats)
         return ShardState(plan, feats, np.ones(n, bool), [""] * n, len(plan.compute))
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..registry import Registry
 from .base import Head
+from .finetune import FinetuneHead
 from .io import load_head, save_head
 from .lgbm import LGBMHead
 from .logreg import LogRegHead
@@ -31,6 +32,7 @@ register_head(MLPHead, "1-2 hidden layer MLP, AdamW + cosine, early stopping on 
 register_head(KNNHead, "cosine k-nearest neighbours, temperature-weighted votes (DINO)")
 register_head(NCMHead, "nearest class mean (cosine, centred), the few-shot baseline")
 register_head(MultiLayerHead, "Head2Toe: several layers, per-layer normalised, group-lasso selection, logreg")
+register_head(FinetuneHead, "retrain the backbone's blocks after a cached block<k>:map, new classifier on top")
 register_head(ZeroShotHead, "open_clip zero-shot: class names through prompts and the text encoder")
 
 

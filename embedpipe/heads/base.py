@@ -37,7 +37,7 @@ class ArraySpec:
 
 
 # JSON values of ``_get_state``'s dict, by name: "int", "number", "str", "number?" (or null),
-# "dict[str,number]", "dict" (a nested head's state).
+# "dict[str,number]", "dict" (a nested head's state), "list[str]", "list[dict[str,number?]]" (a history).
 StateSpec = tuple[dict[str, str], dict[str, ArraySpec]]
 
 

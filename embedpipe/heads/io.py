@@ -126,7 +126,10 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> H
     stray = sorted(k for k in entries if not k.startswith("a/"))
     if stray:
         raise _Refused(f"unexpected entries {stray}")
-    spec = head._state_spec()
+    try:
+        spec = head._state_spec()  # may rebuild a model from the parameters (finetune's backbone blocks)
+    except (EmbedpipeError, ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
+        raise _Refused(f"the {name} head's parameters do not describe a usable state ({type(e).__name__}: {_line(e)})") from None
     if spec is not None:
         _check_state(state, arrays, spec, {"d": n_features, "k": len(classes)})
     try:
@@ -234,6 +237,11 @@ def _value_is(value: Any, kind: str) -> bool:
         return isinstance(value, dict)
     if kind == "dict[str,number]":
         return isinstance(value, dict) and all(_value_is(v, "number") for v in value.values())
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "list[dict[str,number?]]":  # e.g. a per-epoch training history
+        return isinstance(value, list) and all(
+            isinstance(v, dict) and all(_value_is(x, "number?") for x in v.values()) for v in value)
     raise ValueError(f"unknown state value kind {kind!r}")  # a head's own spec is wrong
 
 

@@ -1,0 +1,345 @@
+"""Fine-tune the top of the backbone on cached maps: keep the lower layers frozen, retrain the rest.
+
+The head takes a cached unpooled layer ``block<k>:map`` (rows flattened to 2-D, as every head takes
+them; ``map_shape`` restores them), rebuilds the backbone's blocks after k with their pretrained
+weights (the backbone recorded in the cache, checked by fingerprint), puts a new linear classifier for
+any number of classes on top and trains on the cached maps. The frozen part below k never runs.
+
+Training, as the transfer-learning guides describe it:
+- gradual unfreezing: ``head_epochs`` epochs of the classifier alone, then one more block from the
+  top every ``unfreeze_every`` epochs, up to ``unfreeze`` blocks (-1 = every block after k);
+- discriminative learning rates: the classifier gets ``lr``, the n-th pretrained block from the top
+  ``lr * lr_decay**n`` (AdamW, cosine decay); BatchNorm statistics stay frozen (small batches);
+- early stopping on the validation split (best epoch kept) once unfreezing is complete;
+- feature augmentation (a cache cannot re-augment images; Frozen Feature Augmentation, Baer et al.,
+  CVPR 2024): per-sample random resized crops and horizontal flips of the maps, and mixup. The ones
+  used are in ``augmentations_`` and printed. Flips are off by default: they turn characters and
+  digits into other classes (b/d); add ``flip`` for photos.
+
+Without a backbone (``backbone=None``, e.g. scikit-learn's checks on arbitrary 2-D X) the tail is
+empty: the head is a linear classifier on standardised features trained by the same loop (mixup only).
+``embedpipe train`` fills backbone, weights, precision, fingerprint, layer and map shape from the cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.base import is_map, resolve_device
+from .base import ArraySpec, Head, State, StateSpec, standardizer
+
+AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
+
+
+def _flat(X: Any) -> Any:
+    """(n, *shape) -> (n, prod(shape)); anything else unchanged."""
+    if isinstance(X, np.ndarray) and X.ndim > 2:
+        return X.reshape(len(X), -1)
+    return X
+
+
+def random_resized_crop(x: torch.Tensor, scale: float, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Per sample: a random window of side fraction in [scale, 1] at a random place, resized back to
+    the map's size (bilinear), and mirrored left-right with probability 1/2 when ``flip``."""
+    n = len(x)
+    side = scale + (1 - scale) * torch.rand(n, generator=gen)
+    tx = (1 - side) * (2 * torch.rand(n, generator=gen) - 1)
+    ty = (1 - side) * (2 * torch.rand(n, generator=gen) - 1)
+    sx = side * (torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if flip else 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, side, ty
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class FinetuneHead(Head):
+    name = "finetune"
+    takes_maps = True  # fit/predict_proba take (n, *map_shape) rows as they come from the cache
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        weights: str | None = None,
+        precision: str = "auto",
+        backbone_fingerprint: str | None = None,
+        layer: str | None = None,
+        map_shape: tuple[int, ...] | None = None,
+        unfreeze: int = -1,
+        epochs: int = 12,
+        min_steps: int = 300,
+        head_epochs: int = 1,
+        unfreeze_every: int = 1,
+        lr: float = 3e-3,
+        lr_decay: float = 0.6,
+        weight_decay: float = 0.05,
+        batch_size: int = 64,
+        augment: str = "crop,mixup",
+        crop_scale: float = 0.75,
+        mixup_alpha: float = 0.2,
+        label_smoothing: float = 0.1,
+        dropout: float = 0.2,
+        patience: int = 3,
+        random_state: int = 0,
+        device: str = "auto",
+        verbose: bool = False,
+    ) -> None:
+        self.backbone = backbone  # spec of the backbone the cache was made with (None = no tail)
+        self.weights = weights  # its local weights file, if any
+        self.precision = precision  # as the cache was made (part of the fingerprint)
+        self.backbone_fingerprint = backbone_fingerprint  # the cache's; the rebuilt backbone must match
+        self.layer = layer  # the cached map, block<k>:map; the blocks after k are retrained
+        self.map_shape = map_shape  # per-row shape of that map, e.g. (112, 14, 14)
+        self.unfreeze = unfreeze  # pretrained blocks to unfreeze from the top; -1 = all after k, 0 = none
+        self.epochs = epochs  # maximum epochs in all
+        self.min_steps = min_steps  # a tiny train set gets more epochs, so that training sees at least this many steps
+        self.head_epochs = head_epochs  # first epochs: the new classifier alone
+        self.unfreeze_every = unfreeze_every  # then one more block every this many epochs
+        self.lr = lr  # AdamW peak learning rate of the classifier (cosine-decayed)
+        self.lr_decay = lr_decay  # the n-th pretrained block from the top gets lr * lr_decay**n
+        self.weight_decay = weight_decay  # AdamW decoupled weight decay
+        self.batch_size = batch_size  # rows per step
+        self.augment = augment  # comma list of crop, flip, mixup; "" = none
+        self.crop_scale = crop_scale  # random resized crops keep a side fraction in [crop_scale, 1]
+        self.mixup_alpha = mixup_alpha  # mixup's Beta(alpha, alpha)
+        self.label_smoothing = label_smoothing  # cross-entropy label smoothing
+        self.dropout = dropout  # dropout before the classifier
+        self.patience = patience  # epochs without validation gain (after unfreezing) before stopping
+        self.random_state = random_state  # seeds init, shuffling and augmentation
+        self.device = device  # auto = CUDA when present
+        self.verbose = verbose  # one line per epoch on stderr
+
+    @classmethod
+    def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
+        bb = cache.backbone
+        shape = tuple(cache.shapes[layer]) if layer in cache.layers and is_map(layer) else None
+        return {"backbone": bb.get("spec"), "weights": bb.get("weights"), "precision": bb.get("precision", "auto"),
+                "backbone_fingerprint": cache.meta.get("backbone_fingerprint"), "layer": layer, "map_shape": shape}
+
+    # -- the network -----------------------------------------------------------------------------
+    def _build_tail(self, check: bool) -> nn.Module | None:
+        """The pretrained blocks after ``layer`` (None without a backbone)."""
+        if self.backbone is None:
+            return None
+        from ..backbones import create_backbone
+        from ..errors import EmbedpipeError
+
+        if not self.layer or not is_map(self.layer) or not self.map_shape:
+            raise ValueError(f"finetune needs a cached map layer (block<k>:map), got {self.layer!r}; "
+                             "extract with --layers block<k>:map and train with --layer block<k>:map")
+        bb = create_backbone(self.backbone, weights=self.weights, precision=self.precision, device="cpu")
+        if check and self.backbone_fingerprint and bb.fingerprint != self.backbone_fingerprint:
+            raise ValueError(f"finetune: the backbone rebuilt from {self.backbone} differs from the one the cache "
+                             "was made with (weights file or preprocessing changed); re-extract the cache")
+        try:
+            return bb.tail(self.layer)
+        except EmbedpipeError as e:
+            raise ValueError(str(e)) from None
+
+    def _features(self, X: torch.Tensor, start: int = 0, stop: int | None = None, pool: bool = True) -> torch.Tensor:
+        if self.tail_ is None:
+            return X
+        return self.tail_(X, start, stop, pool)
+
+    def _as_input(self, X: np.ndarray, dev: torch.device) -> torch.Tensor:
+        if self.tail_ is None:
+            return torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32)).to(dev)
+        t = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).reshape(len(X), *self.map_shape)
+        return t.to(dev).contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t.to(dev)
+
+    # -- training --------------------------------------------------------------------------------
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        t_start = time.perf_counter()
+        dev = resolve_device(self.device)
+        torch.manual_seed(self.random_state)
+        gen = torch.Generator().manual_seed(self.random_state)
+        wanted = [a.strip() for a in self.augment.split(",") if a.strip()]
+        unknown = sorted(set(wanted) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"finetune: unknown augmentation {unknown}; use a comma list of {', '.join(AUGMENTATIONS)}")
+        self.tail_ = self._build_tail(check=True)
+        if self.tail_ is not None and int(np.prod(self.map_shape)) != X.shape[1]:
+            raise ValueError(f"finetune: X has {X.shape[1]} features but map_shape {self.map_shape} "
+                             f"holds {int(np.prod(self.map_shape))}")
+        self.mean_, self.scale_ = standardizer(X) if self.tail_ is None else (np.zeros(0, np.float32),) * 2
+        spatial = self.tail_ is not None and len(self.map_shape) == 3
+        self.augmentations_ = [a for a in AUGMENTATIONS if a in wanted and (a == "mixup" or spatial)]
+        n_units = len(self.tail_.units) if self.tail_ is not None else 0
+        self.n_unfrozen_target_ = n_units if self.unfreeze < 0 else min(self.unfreeze, n_units)
+
+        Xt, yt = self._as_input(X, dev), torch.from_numpy(y).to(dev)
+        if self.tail_ is not None:
+            self.tail_.to(dev)
+            with torch.inference_mode():
+                width = self._features(Xt[:1]).shape[1]
+        else:
+            width = X.shape[1]
+        self.fc_ = nn.Linear(width, len(self.classes_)).to(dev)
+        # One parameter group per pretrained unit (top first), each with its discriminative rate.
+        groups = [{"params": list(self.fc_.parameters()), "lr": self.lr, "base_lr": self.lr}]
+        for depth, unit in enumerate(reversed(self.tail_.units if self.tail_ is not None else []), start=1):
+            rate = self.lr * self.lr_decay**depth
+            groups.append({"params": list(unit.parameters()), "lr": rate, "base_lr": rate})
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        steps_per_epoch = max(1, -(-len(Xt) // self.batch_size))
+        epochs = max(self.epochs, -(-self.min_steps // steps_per_epoch)) if self.epochs > 0 else 0
+        total_steps = max(1, epochs * steps_per_epoch)
+        warmup = max(1, steps_per_epoch // 2)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        Xv = yv = None
+        if X_val is not None and y_val is not None:
+            Xv, yv = self._as_input(X_val, dev), torch.from_numpy(y_val).to(dev)
+
+        self._say(f"finetune: {n_units} pretrained blocks after {self.layer or 'the input'}, unfreezing "
+                  f"{self.n_unfrozen_target_} from the top; augmentations: {', '.join(self.augmentations_) or 'none'}")
+        best_acc, best_state, stale, step = -1.0, None, 0, 0
+        self.n_epochs_, self.history_ = 0, []
+        for epoch in range(epochs):
+            n_open = 0 if epoch < self.head_epochs else min(
+                self.n_unfrozen_target_, 1 + (epoch - self.head_epochs) // max(1, self.unfreeze_every))
+            first = n_units - n_open  # units[first:] train; units[:first] run without gradients
+            if self.tail_ is not None:
+                for i, unit in enumerate(self.tail_.units):
+                    unit.requires_grad_(i >= first)
+            order = torch.randperm(len(Xt), generator=gen).to(dev)
+            t0, cpu0, total = time.perf_counter(), time.process_time(), 0.0
+            for i in range(steps_per_epoch):
+                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+                xb, yb = Xt[idx], F.one_hot(yt[idx], len(self.classes_)).float()
+                if "crop" in self.augmentations_ or "flip" in self.augmentations_:
+                    scale = self.crop_scale if "crop" in self.augmentations_ else 1.0
+                    xb = random_resized_crop(xb, scale, "flip" in self.augmentations_, gen)
+                if "mixup" in self.augmentations_ and self.mixup_alpha > 0:
+                    lam = float(np.random.default_rng(self.random_state * 100003 + step).beta(
+                        self.mixup_alpha, self.mixup_alpha))
+                    perm = torch.randperm(len(xb), generator=gen).to(dev)
+                    xb, yb = lam * xb + (1 - lam) * xb[perm], lam * yb + (1 - lam) * yb[perm]
+                with torch.no_grad():
+                    h = self._features(xb, 0, first, pool=first == n_units) if self.tail_ is not None else xb
+                if first < n_units:
+                    h = self._features(h, first, None)
+                logits = self.fc_(F.dropout(h, self.dropout, training=True))
+                loss = loss_fn(logits, yb)
+                # Linear warm-up, then cosine decay to 0 over all steps; each group keeps its ratio.
+                factor = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                total += float(loss.detach()) * len(idx)
+            self.n_epochs_ += 1
+            acc = self._accuracy(Xv, yv) if Xv is not None and yv is not None else None
+            self.history_.append({"epoch": epoch + 1, "unfrozen": n_open, "loss": total / len(Xt),
+                                  "val_acc": acc, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
+            if self.verbose:
+                self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
+                          + (f", val {acc:.3f}" if acc is not None else "")
+                          + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
+            if acc is None:
+                continue
+            if acc > best_acc:
+                best_acc, best_state, stale = acc, self._state_tensors(), 0
+            elif n_open >= self.n_unfrozen_target_:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        if best_state is not None:
+            self._load_tensors(best_state)
+        self.best_val_score_ = best_acc if Xv is not None else None
+        self.fit_seconds_ = time.perf_counter() - t_start
+        self._to_cpu()
+
+    def _say(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"fc.{k}": v for k, v in self.fc_.state_dict().items()}
+        if self.tail_ is not None:
+            state.update({f"tail.{k}": v for k, v in self.tail_.state_dict().items()})
+        return copy.deepcopy(state)
+
+    def _load_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self.fc_.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fc.")})
+        if self.tail_ is not None:
+            self.tail_.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("tail.")})
+
+    def _to_cpu(self) -> None:
+        self.fc_ = self.fc_.cpu().eval().requires_grad_(False)
+        if self.tail_ is not None:
+            self.tail_ = self.tail_.cpu().eval().requires_grad_(False)
+
+    def _logits(self, X: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(X), 256):
+                out.append(self.fc_(self._features(X[i : i + 256])))
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes_))
+
+    def _accuracy(self, Xv: torch.Tensor, yv: torch.Tensor) -> float:
+        return float((self._logits(Xv).argmax(1) == yv).float().mean())
+
+    # -- scikit-learn API --------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None) -> FinetuneHead:
+        """As every head; also takes X as maps (n, *map_shape), flattening them."""
+        if eval_set is not None:
+            eval_set = (_flat(eval_set[0]), eval_set[1])
+        super().fit(_flat(X), y, eval_set)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return super().predict_proba(_flat(X))
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        logits = self._logits(self._as_input(X, torch.device("cpu")))
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    # -- saving ------------------------------------------------------------------------------------
+    def _get_state(self) -> State:
+        arrays = {k: v.cpu().numpy() for k, v in self._state_tensors().items()}
+        state = {"augmentations_": self.augmentations_, "n_epochs_": self.n_epochs_,
+                 "best_val_score_": self.best_val_score_, "history_": self.history_,
+                 "n_unfrozen_target_": self.n_unfrozen_target_, "fit_seconds_": self.fit_seconds_}
+        return state, {**arrays, "mean_": self.mean_, "scale_": self.scale_}
+
+    def _state_spec(self) -> StateSpec:
+        """The classifier (k, width), the standardiser ((d,) without a tail, empty with one) and, with a
+        tail, every tensor of the rebuilt pretrained blocks at exactly its own shape (so a head file
+        edited by hand, or saved for another backbone or layer, is refused on load)."""
+        scalars = {"augmentations_": "list[str]", "n_epochs_": "int", "best_val_score_": "number?",
+                   "history_": "list[dict[str,number?]]", "n_unfrozen_target_": "int", "fit_seconds_": "number"}
+        tail = self._build_tail(check=False)
+        self._spec_tail = tail  # reused by _set_state (building it loads the backbone)
+        if tail is None:
+            return scalars, {"fc.weight": ArraySpec(("k", "d")), "fc.bias": ArraySpec(("k",)),
+                             "mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True)}
+        assert self.map_shape is not None  # _build_tail checked it
+        if int(np.prod(self.map_shape)) != getattr(self, "n_features_in_", -1):
+            raise ValueError(f"map_shape {tuple(self.map_shape)} does not hold n_features_in "
+                             f"{getattr(self, 'n_features_in_', None)} values")
+        with torch.inference_mode():
+            width = int(tail(torch.zeros(1, *self.map_shape)).shape[1])
+        arrays = {"fc.weight": ArraySpec(("k", width)), "fc.bias": ArraySpec(("k",))}
+        for name, t in tail.state_dict().items():
+            arrays[f"tail.{name}"] = ArraySpec(tuple(t.shape), kind="f" if t.is_floating_point() else "iu")
+        return scalars, {**arrays, "mean_": ArraySpec((0,)), "scale_": ArraySpec((0,))}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        for k in ("augmentations_", "n_epochs_", "best_val_score_", "history_", "n_unfrozen_target_", "fit_seconds_"):
+            setattr(self, k, state[k])
+        self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
+        tail = self.__dict__.pop("_spec_tail", None)
+        self.tail_ = tail if tail is not None else self._build_tail(check=False)
+        fc = arrays["fc.weight"]
+        self.fc_ = nn.Linear(fc.shape[1], fc.shape[0])
+        self._load_tensors({k: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith(("fc.", "tail."))})
+        self._to_cpu()
