@@ -118,9 +118,10 @@ def _wait_for_first_shard(proc: subprocess.Popen[bytes], cache_dir: Path, timeou
     raise AssertionError("no shard appeared")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+# SIGKILL at random moments is tests/test_faults.py's kill loop; here Ctrl-C: exit 130, finished shards kept.
+@pytest.mark.parametrize("sig", [signal.SIGINT])
 def test_killed_extraction_resumes_to_identical_cache(sig: int, tiny_timm_weights: str, tmp_path: Path) -> None:
-    """A real subprocess is killed mid-extraction; the same command resumes; the result equals a clean run."""
+    """A real subprocess is interrupted mid-extraction; the same command resumes; the result equals a clean run."""
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_extract_cmd(killed, tiny_timm_weights), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_first_shard(proc, killed)
