@@ -14,9 +14,11 @@ Scenarios (each compared as a ratio against its own baseline, measured in the sa
   hand-written loop: DataLoader with 2 workers, PIL + the transform, channels_last, bf16 autocast
   where the CPU has native bf16 (fp32 otherwise).
 
-``embedpipe`` runs with its defaults; ``embedpipe_w0`` / ``embedpipe_w2`` pin 0 or 2 decoding
-workers (how the CPU default was chosen). Each variant runs in its own subprocess, so its peak memory
-is its own: ``peak_rss_mb`` is the process, ``worker_peak_rss_mb`` its largest decoding worker.
+``embedpipe`` runs with its defaults; ``--workers-sweep`` adds ``embedpipe_w0`` / ``embedpipe_w2``
+(0 or 2 decoding workers: how the CPU default was chosen). Each variant runs in its own subprocess,
+sampled from outside over its whole process tree (benchmarks/_common.py ``run_measured``):
+``peak_tree_pss_mb`` is the peak of the summed PSS of the process and its decoding workers (shared
+pages counted once), ``peak_tree_rss_mb`` the summed RSS (shared pages counted in every process).
 Generated images are kept in --data-dir (default /tmp/embedpipe-bench-data) and reused.
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BACKBONE = "effnet-lite0"
 VARIANTS = {
-    "digits": ["plain_loop", "embedpipe", "embedpipe_w0", "embedpipe_w2"],
-    "pngs": ["plain_loop", "embedpipe", "embedpipe_w0", "embedpipe_w2"],
-    "camera": ["dataloader_loop", "embedpipe", "embedpipe_w0", "embedpipe_w2"],
+    "digits": ["plain_loop", "embedpipe"],
+    "pngs": ["plain_loop", "embedpipe"],
+    "camera": ["dataloader_loop", "embedpipe"],
 }
+# --workers-sweep adds embedpipe with 0 and 2 decoding workers (how the CPU default was chosen)
+SWEEP = ["embedpipe_w0", "embedpipe_w2"]
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -163,9 +166,7 @@ def child(variant: str, data: str, limit: int) -> None:
     else:
         workers = {"embedpipe": None, "embedpipe_w0": 0, "embedpipe_w1": 1, "embedpipe_w2": 2}[variant]
         result = run_embedpipe(data, limit, workers)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({**result, "peak_rss_mb": round(peak / 1024), "worker_peak_rss_mb": round(workers_peak / 1024)}))
+    print(json.dumps(result))  # memory is measured from outside, over the whole process tree
 
 
 def main() -> None:
@@ -174,13 +175,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1797, help="images per scenario at most")
     parser.add_argument("--png", type=int, default=1500, help="small PNGs to generate")
     parser.add_argument("--camera", type=int, default=60, help="JPEGs of each camera size to generate")
+    parser.add_argument("--workers-sweep", action="store_true", help="also embedpipe with 0 and 2 workers")
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "embedpipe-bench-data"))
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         return child(args.variant, args.data, args.limit)
-    from _common import environment, write_results
+    from _common import environment, run_measured, write_results
 
     env = environment()
     root = Path(args.data_dir)
@@ -190,21 +192,22 @@ def main() -> None:
         data = {"digits": lambda: "digits", "pngs": lambda: str(make_pngs(root, args.png)),
                 "camera": lambda: str(make_camera(root, args.camera))}[scenario]()
         base = None
-        for variant in VARIANTS[scenario]:
-            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--data", data,
-                                  "--limit", str(args.limit)], capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"{scenario}/{variant} failed:\n{out.stderr[-3000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+        for variant in VARIANTS[scenario] + (SWEEP if args.workers_sweep else []):
+            cmd = [sys.executable, __file__, "--variant", variant, "--data", data, "--limit", str(args.limit)]
+            try:  # peak memory of the variant's whole process tree (main process + decoding workers)
+                stdout, _, mem = run_measured(cmd)
+            except subprocess.CalledProcessError as e:
+                raise SystemExit(f"{scenario}/{variant} failed:\n{e.stderr[-3000:]}") from None
+            r = json.loads(stdout.strip().splitlines()[-1])
             img_s = r["images"] / r["seconds"]
             base = base or img_s
-            rows.append({"scenario": scenario, "variant": variant, "backbone": BACKBONE, **r,
+            rows.append({"scenario": scenario, "variant": variant, "backbone": BACKBONE, **r, **mem,
                          "img_s": round(img_s, 1), "speedup": round(img_s / base, 2), **env})
             print(f"{scenario:7s} {variant:16s} {img_s:8.1f} img/s  x{img_s / base:.2f}  "
-                  f"rss {r['peak_rss_mb']} MB (+worker {r['worker_peak_rss_mb']} MB)", file=sys.stderr)
+                  f"tree peak {mem['peak_tree_pss_mb']} MB PSS over {mem['peak_processes']} processes", file=sys.stderr)
     csv_path, md_path = write_results("extract", rows, [
-        "scenario", "variant", "images", "seconds", "img_s", "loop_img_s", "speedup", "peak_rss_mb", "worker_peak_rss_mb",
-        "device", "machine"])
+        "scenario", "variant", "images", "seconds", "img_s", "loop_img_s", "speedup", "peak_tree_pss_mb",
+        "peak_tree_rss_mb", "peak_processes", "device", "machine"])
     print(md_path.read_text())
     print(f"wrote {csv_path}")
 
