@@ -40,7 +40,9 @@ def test_tiny_backbone_layers_and_one_pass(spec: str, tiny_timm_weights: str, ti
     size = bb.preprocess["input_size"][-1]
     batch = torch.rand(3, 3, size, size)
     everything = bb.embed(batch, layers)
-    assert {k: v.shape for k, v in everything.items()} == {k: (3, bb.dims[k]) for k in layers}
+    assert {k: v.shape for k, v in everything.items()} == {k: (3, *bb.shapes[k]) for k in layers}
+    assert all(int(np.prod(bb.shapes[k])) == bb.dims[k] for k in layers)  # dims: the flat width
+    assert all(len(bb.shapes[k]) == 1 for k in layers if not k.endswith(":map"))  # vectors stay vectors
     # one layer alone gives the same numbers as within the all-layer pass, in any order of request
     for name in (layers[1], "pooled"):
         np.testing.assert_allclose(bb.embed(batch, [name])[name], everything[name], rtol=1e-4, atol=1e-5)
