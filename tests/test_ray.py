@@ -162,6 +162,21 @@ def test_ray_cache_equals_local_with_broken_files(ray_cluster: str, tiny_timm_we
     assert_same_cache(local.path, again.path)
 
 
+@needs_ray
+def test_ray_recomputes_a_damaged_shard(ray_cluster: str, tiny_timm_weights: str, tmp_path: Path) -> None:
+    """A truncated shard file exists but fails the cheap check: the Ray engine recomputes it, it does not
+    mistake it for one this run already wrote."""
+    data = make_image_folder(tmp_path / "shapes", classes=3, per_class=5)
+    options = {"num_workers": 0, "layers": ("pooled",)}
+    local, _ = _extract(str(data), tiny_timm_weights, tmp_path / "local", **options)
+    remote, _ = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
+    shard = remote.path / "shards" / "00001.h5"
+    shard.write_bytes(shard.read_bytes()[:200])  # truncated: unreadable, still a file
+    again, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
+    assert [e["shard"] for e in stats.shard_log] == [1] and stats.embedded == 6  # shard size 6
+    assert_same_cache(local.path, again.path)
+
+
 def _actor_pids() -> list[int]:
     from ray._private import state
 

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..cache import shard_name
 from ..errors import EmbedpipeError
 from ..extract import ExtractStats
-from .shard_runner import ShardContext, ShardRunner
+from .shard_runner import ShardContext, ShardRunner, file_mtime
 
 RAY_MISSING = 'the Ray engine needs Ray: pip install "embedpipe[ray]"'
 ALIVE_POLL_S = 2.0  # how often the progress bar asks the cluster how many workers are alive
@@ -181,7 +182,8 @@ class RayEngine:
             source=source, records=records, backbone=replace(bb.config, device=self.worker_device),
             fingerprint=bb.fingerprint, layers=layers, dtype=config.dtype, jpeg_draft=opts.draft,
             gpu_decode=decoder is not None, num_workers=config.num_workers, path=path, key=key,
-            plans={p.index: p for p in plans})
+            plans={p.index: p for p in plans},
+            planned_files={p.index: file_mtime(path / shard_name(p.index)) for p in plans})
         stats.reused = sum(len(p.copy) for p in plans)
         n_compute = sum(ctx.to_compute(s) for s in pending)
         pool = self.size_pool(len(pending))

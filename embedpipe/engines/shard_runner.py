@@ -43,6 +43,7 @@ class ShardContext:
     path: Path
     key: str
     plans: dict[int, ShardPlan]
+    planned_files: dict[int, int | None]  # shard -> its file's mtime_ns when planned (None: no file)
 
     def to_compute(self, shard: int) -> int:
         return len(self.plans[shard].compute)
@@ -55,6 +56,13 @@ class ShardOutcome:
     reused: int  # rows copied from donor caches or from the shard itself (retries)
     failed: int  # unreadable images recorded in the shard by this call
     seconds: float
+
+
+def file_mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 class ShardRunner:
@@ -81,8 +89,8 @@ class ShardRunner:
         """Compute shard ``shard`` and write it atomically (skipped when a retry finds it written)."""
         ctx, t0 = self.ctx, time.perf_counter()
         plan = ctx.plans[shard]
-        if (ctx.path / shard_name(shard)).is_file() and not plan.previous_failures:
-            return ShardOutcome(shard, 0, 0, 0, 0.0)  # a retry after the write already happened
+        if file_mtime(ctx.path / shard_name(shard)) != ctx.planned_files.get(shard):
+            return ShardOutcome(shard, 0, 0, 0, 0.0)  # a retry after this run's write already happened
         run = run_local([plan], ctx.source, ctx.records, self.executor, ctx.path, ctx.key, ctx.dtype,
                         self.workers, route=self.executor.route, progress=False)
         return ShardOutcome(shard, run.computed, len(plan.copy), run.failed_now, time.perf_counter() - t0)
