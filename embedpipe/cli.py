@@ -96,7 +96,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .extract import run_extract
 
     cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir, progress=not args.quiet,
-                               engine=args.engine, ray_address=args.ray_address, **_extract_options(args))
+                               engine=args.engine, ray_address=args.ray_address,
+                               ray_cpus_per_worker=args.ray_cpus_per_worker, **_extract_options(args))
     _emit(args, {**cache.summary(), "stats": vars(stats)}, str(cache.path))
 
 
@@ -199,7 +200,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "ray_address": args.ray_address,
     }
     extract = {k: v for k, v in {"batch_size": args.batch_size, "num_workers": args.workers,
-                                 "precision": args.precision, "device": args.device}.items() if v is not None}
+                                 "precision": args.precision, "device": args.device,
+                                 "ray_cpus_per_worker": args.ray_cpus_per_worker}.items() if v is not None}
     if args.config:
         config = BenchConfig.from_toml(args.config, **flags)
     else:
@@ -249,6 +251,9 @@ def _add_engine_flags(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--engine", default=default, choices=["local", "ray"],
                    help="where shards are computed: this process, or a Ray cluster (default local)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray instance)")
+    p.add_argument("--ray-cpus-per-worker", type=int, metavar="N",
+                   help="CPUs per Ray worker (default: one worker per GPU; on CPU-only nodes 1-CPU workers, "
+                        "at most 8 per node)")
 
 
 def build_parser() -> argparse.ArgumentParser:

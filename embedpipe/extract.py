@@ -126,11 +126,12 @@ def extract(
     progress: bool = True,
     engine: str = "local",
     ray_address: str | None = None,
+    ray_cpus_per_worker: int | None = None,
     **options: Any,
 ) -> Cache:
     """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``)."""
     return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, engine=engine,
-                       ray_address=ray_address, **options)[0]
+                       ray_address=ray_address, ray_cpus_per_worker=ray_cpus_per_worker, **options)[0]
 
 
 def run_extract(
@@ -142,13 +143,15 @@ def run_extract(
     decoder: BatchDecoder | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    ray_cpus_per_worker: int | None = None,
     **options: Any,
 ) -> tuple[Cache, ExtractStats]:
     """Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
     ExtractConfig (layers, dtype, batch_size, num_workers, jpeg_draft, gpu_decode, signature,
     shard_size, split). ``decoder`` is a batch decoder for raw bytes; None = the GPU JPEG decoder on
     CUDA (unless gpu_decode=False), CPU decoding elsewhere. ``engine="ray"`` computes the shards on a
-    Ray cluster (``ray_address``, or a local instance): the same plan, the same cache.
+    Ray cluster (``ray_address``, or a local instance): the same plan, the same cache;
+    ``ray_cpus_per_worker`` sizes its actors (None: one per GPU, or 1-CPU actors on small CPU nodes).
 
     A re-run retries failed rows: a shard holding failed rows is planned again, its good rows copied
     from itself and only the failed rows decoded again (so fixing a file and re-running fixes the
@@ -161,10 +164,10 @@ def run_extract(
     if check_engine(engine) == "ray":
         from .engines.ray_engine import RayEngine
 
-        remote = RayEngine(ray_address, bb_options)
+        remote = RayEngine(ray_address, bb_options, ray_cpus_per_worker)
         bb_options = remote.driver_options
-    elif ray_address:
-        raise EmbedpipeError("--ray-address needs --engine ray")
+    elif ray_address or ray_cpus_per_worker is not None:
+        raise EmbedpipeError("--ray-address and --ray-cpus-per-worker need --engine ray")
     if isinstance(backbone, Backbone) and bb_options:
         raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)

@@ -2,10 +2,11 @@
 a multi-node simulation, bench, and the one-line error without Ray.
 
 One local Ray instance (``ray.init(num_cpus=2)``) is shared by the in-process tests; subprocess
-drivers join it by address. Features are compared exactly: fp32 forward pass on CPU, float32
-storage, same batches and (2-CPU actors) the same torch thread count on both engines, so a Ray cache
-is bit-identical to a local one. The multi-node simulation's 1-CPU workers run one torch thread,
-which sums in another order: there features agree within THREADS_RTOL.
+drivers join it by address. Features are compared exactly where the actors are 2-CPU
+(``ray_cpus_per_worker=2``): fp32 forward pass on CPU, float32 storage, same batches and the same
+torch thread count on both engines, so a Ray cache is bit-identical to a local one. The default
+1-CPU actors of a CPU-only node (and the multi-node simulation's) run one torch thread, which sums in
+another order: there features agree within THREADS_RTOL.
 """
 
 from __future__ import annotations
@@ -143,8 +144,10 @@ def test_ray_cache_equals_local_with_broken_files(ray_cluster: str, tiny_timm_we
     (data / "class0" / "broken.png").write_bytes(b"not an image")
     (data / "class1" / "empty.jpg").write_bytes(b"")
     (data / "class2" / "truncated.png").write_bytes((data / "class2" / "img000.png").read_bytes()[:60])
-    options = {"num_workers": None, "layers": ("pooled", "block1")}  # decoding processes inside the actor too
-    local, local_stats = _extract(str(data), tiny_timm_weights, tmp_path / "local", **options)
+    options = {"num_workers": None, "layers": ("pooled", "block1"),  # decoding processes inside the actor too
+               "ray_cpus_per_worker": 2}  # one 2-CPU actor: the local run's thread count, so bit-identical
+    local, local_stats = _extract(str(data), tiny_timm_weights, tmp_path / "local",
+                                  **{k: v for k, v in options.items() if k != "ray_cpus_per_worker"})
     remote, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", progress=True, **options)
     assert_same_cache(local.path, remote.path)
     assert stats.engine == "ray" and stats.failed == local_stats.failed == 3
@@ -165,16 +168,36 @@ def test_ray_cache_equals_local_with_broken_files(ray_cluster: str, tiny_timm_we
 @needs_ray
 def test_ray_recomputes_a_damaged_shard(ray_cluster: str, tiny_timm_weights: str, tmp_path: Path) -> None:
     """A truncated shard file exists but fails the cheap check: the Ray engine recomputes it, it does not
-    mistake it for one this run already wrote."""
+    mistake it for one this run already wrote. Default actor sizing: two 1-CPU actors."""
     data = make_image_folder(tmp_path / "shapes", classes=3, per_class=5)
     options = {"num_workers": 0, "layers": ("pooled",)}
     local, _ = _extract(str(data), tiny_timm_weights, tmp_path / "local", **options)
-    remote, _ = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
+    remote, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
+    assert stats.workers == 2 and len({e["pid"] for e in stats.shard_log}) == 2  # 3 shards on two actors
     shard = remote.path / "shards" / "00001.h5"
     shard.write_bytes(shard.read_bytes()[:200])  # truncated: unreadable, still a file
     again, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
     assert [e["shard"] for e in stats.shard_log] == [1] and stats.embedded == 6  # shard size 6
-    assert_same_cache(local.path, again.path)
+    assert_same_cache(local.path, again.path, exact=False)  # 1-CPU actors: 1 torch thread
+
+
+@needs_ray
+def test_actor_sizing(ray_cluster: str) -> None:
+    """CPU-only nodes get 1-CPU actors by default (2 on this 2-CPU instance); --ray-cpus-per-worker
+    overrides it, and an impossible size is one clear error."""
+    from embedpipe.engines.ray_engine import Pool, RayEngine
+    from embedpipe.errors import EmbedpipeError
+
+    options = {"device": "cpu"}
+    assert RayEngine(None, options).size_pool(5) == Pool(2, 1, 0)
+    assert RayEngine(None, options).size_pool(1) == Pool(1, 1, 0)  # never more actors than shards
+    assert RayEngine(None, options, cpus_per_worker=2).size_pool(5) == Pool(1, 2, 0)
+    with pytest.raises(EmbedpipeError, match="more than any node has"):
+        RayEngine(None, options, cpus_per_worker=3).size_pool(5)
+    with pytest.raises(EmbedpipeError, match="at least 1"):
+        RayEngine(None, options, cpus_per_worker=0)
+    with pytest.raises(EmbedpipeError, match="need --engine ray"):
+        run_extract("digits", ray_cpus_per_worker=2)
 
 
 def _actor_pids() -> list[int]:
@@ -201,7 +224,7 @@ def test_sigkill_of_an_embedding_worker_is_retried(ray_cluster: str, digits_data
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    cache, stats = _extract(str(digits_data), tiny_timm_weights, root, engine="ray")
+    cache, stats = _extract(str(digits_data), tiny_timm_weights, root, engine="ray", ray_cpus_per_worker=2)
     thread.join(timeout=5)
     assert killed, "no shard actor was found to kill"
     assert_same_cache(digits_local, cache.path)
@@ -218,7 +241,7 @@ def test_killed_driver_resumes_with_the_same_command(ray_cluster: str, digits_da
     cmd = [sys.executable, "-m", "embedpipe", "extract", "--data", str(digits_data), "--backbone", TINY_TIMM,
            "--weights", tiny_timm_weights, "--cache-dir", str(root), "--precision", "fp32", "--dtype", "float32",
            "--batch-size", "4", "--shard-size", "6", "--workers", "0",
-           "--engine", "ray", "--ray-address", ray_cluster, "--json"]
+           "--engine", "ray", "--ray-address", ray_cluster, "--ray-cpus-per-worker", "2", "--json"]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None and not list(root.glob("*/*/shards/*.h5")):
@@ -283,6 +306,6 @@ def test_bench_extracts_with_the_ray_engine(ray_cluster: str, tiny_timm_weights:
                                results_dir=str(tmp_path / "results"), extract=EXACT)
     rows = run_bench(config)
     assert [r["status"] for r in rows] == ["ok"]
-    assert "ray: 2 shards on" in capfd.readouterr().err
+    assert "ray: 2 shards on 2 workers x 1 CPU across" in capfd.readouterr().err
     local, _ = _extract(str(data), tiny_timm_weights, tmp_path / "local")
-    assert_same_cache(local.path, next((tmp_path / "cache" / "shapes").iterdir()))
+    assert_same_cache(local.path, next((tmp_path / "cache" / "shapes").iterdir()), exact=False)

@@ -40,6 +40,7 @@ RAY_MISSING = 'the Ray engine needs Ray: pip install "embedpipe[ray]"'
 ALIVE_POLL_S = 2.0  # how often the progress bar asks the cluster how many workers are alive
 CONNECT_TIMEOUT_S = 5.0  # a --ray-address host:port must accept a TCP connection within this
 GPU_PROBE_TIMEOUT_S = 300  # waiting for a GPU to resolve precision "auto" on the cluster
+CPU_ACTORS_PER_NODE = 8  # CPU-only nodes: 1-CPU actors up to this many CPUs, then larger actors
 
 
 def import_ray() -> Any:
@@ -76,7 +77,10 @@ class ShardActor:
 
     def __init__(self, ctx: ShardContext, cpus: int) -> None:
         import ray
+        import torch
 
+        if ctx.backbone.device == "cpu":
+            torch.set_num_threads(max(1, cpus))  # Ray sets OMP_NUM_THREADS too; torch may have read it late
         self.runner = ShardRunner(ctx, max(1, cpus))
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
@@ -96,7 +100,10 @@ class ShardActor:
 class RayEngine:
     """A connection to a Ray cluster (joined, or started locally) that fills pending shards."""
 
-    def __init__(self, address: str | None, bb_options: dict[str, Any]) -> None:
+    def __init__(self, address: str | None, bb_options: dict[str, Any], cpus_per_worker: int | None = None) -> None:
+        if cpus_per_worker is not None and cpus_per_worker < 1:
+            raise EmbedpipeError(f"--ray-cpus-per-worker must be at least 1, got {cpus_per_worker}")
+        self.cpus_per_worker = cpus_per_worker
         self.ray = import_ray()
         _quiet_ray()
         address = address or os.environ.get("RAY_ADDRESS") or None
@@ -143,18 +150,26 @@ class RayEngine:
         return str(self.ray.get(probe.remote(), timeout=GPU_PROBE_TIMEOUT_S))
 
     def size_pool(self, shards: int) -> Pool:
-        """One actor per GPU (with that GPU's share of its node's CPUs), or, without GPUs, actors as
-        large as the smallest node, as many as fit on every node."""
+        """One actor per GPU (with that GPU's share of its node's CPUs); without GPUs, small CPU
+        actors: ``cpus_per_worker`` CPUs each when given, else 1 CPU each on nodes of up to
+        ``CPU_ACTORS_PER_NODE`` CPUs and at most that many actors per node on larger ones (each actor
+        holds a copy of the model). Small actors decode in-line and run few torch threads: on a 2-core
+        node two 1-CPU actors came within 6 % of the local engine where one 2-CPU actor (a decoding
+        process beside 2 torch threads and Ray's own processes) lost 30 % (benchmarks/results/scale.md)."""
         nodes = self._nodes()
         if self.use_gpu:
             gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= 1]
             cpus = min(int(r.get("CPU", 0) // r["GPU"]) for r in gpu_nodes)
+            if self.cpus_per_worker is not None:
+                cpus = self.cpus_per_worker
             actors = sum(int(r["GPU"]) for r in gpu_nodes)
             return Pool(max(1, min(actors, shards)), cpus, 1)
         cpu_counts = [int(r.get("CPU", 0)) for r in nodes if r.get("CPU", 0) >= 1]
         if not cpu_counts:
             raise EmbedpipeError("the Ray cluster has no CPUs to run on; start nodes with `ray start`")
-        per = min(cpu_counts)
+        per = self.cpus_per_worker or max(1, -(-min(cpu_counts) // CPU_ACTORS_PER_NODE))
+        if per > max(cpu_counts):
+            raise EmbedpipeError(f"--ray-cpus-per-worker {per} is more than any node has ({max(cpu_counts)} CPUs)")
         return Pool(max(1, min(sum(c // per for c in cpu_counts), shards)), per, 0)
 
     def alive_workers(self) -> int | None:
@@ -223,7 +238,7 @@ class RayEngine:
         stats.nodes = len({e["node"] for e in stats.shard_log})
         if progress:
             pids = len({(e["node"], e["pid"]) for e in stats.shard_log})
-            print(f"ray: {len(pending)} shards on {pool.actors} workers x {pool.cpus} CPUs"
+            print(f"ray: {len(pending)} shards on {pool.actors} workers x {pool.cpus} CPU{'s' * (pool.cpus != 1)}"
                   f"{f' + {pool.gpus} GPU' if pool.gpus else ''} across {stats.nodes} node(s)"
                   f"{f'; {pids - pool.actors} worker restarts' if pids > pool.actors else ''}", file=sys.stderr)
         return stats
