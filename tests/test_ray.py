@@ -173,7 +173,7 @@ def test_ray_recomputes_a_damaged_shard(ray_cluster: str, tiny_timm_weights: str
     options = {"num_workers": 0, "layers": ("pooled",)}
     local, _ = _extract(str(data), tiny_timm_weights, tmp_path / "local", **options)
     remote, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
-    assert stats.workers == 2 and len({e["pid"] for e in stats.shard_log}) == 2  # 3 shards on two actors
+    assert stats.workers == 2  # two actors for 3 shards (which actor takes which shard is Ray's choice)
     shard = remote.path / "shards" / "00001.h5"
     shard.write_bytes(shard.read_bytes()[:200])  # truncated: unreadable, still a file
     again, stats = _extract(str(data), tiny_timm_weights, tmp_path / "ray", engine="ray", **options)
