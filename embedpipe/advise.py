@@ -31,6 +31,10 @@ from .errors import EmbedpipeError
 # -- thresholds (the only place they live) -----------------------------------------------------
 SMALL_PER_CLASS = 200  # below this many training images per class, fine-tuning blocks tends to overfit:
 #                        train a head on frozen features (rule of thumb of the transfer-learning guides)
+FINETUNE_MIN_TRAIN = 5000  # small per class but this many training images in all: the blocks after the cut
+#                        are shared by every class, so they learn from the whole train split. glyphs
+#                        (9,000 images, 6 per class, different): finetune from block3:map beat the best
+#                        frozen layer by 12 points (benchmarks/results/finetune.md); digits (~1,200) stays frozen
 GAP_DIFFERENT = 0.01  # an earlier layer beating `pooled` by >= 1 point of val accuracy: the last blocks
 #                        are tuned to the source task, so the data is "different" from it
 ENTROPY_DIFFERENT = 0.5  # mean normalised entropy of the source classifier above this: it recognises none
@@ -41,7 +45,8 @@ KNN_K = 20  # kNN probe neighbours (DINO's setting, as the knn head)
 
 CASES = {
     ("small", "similar"): "small & similar: keep the backbone frozen, train a new top on pooled",
-    ("small", "different"): "small & different: cut earlier (the peak layer) or combine layers (multilayer)",
+    ("small", "different"): "small & different: cut earlier (the peak layer) or combine layers (multilayer); "
+                            f"with >= {FINETUNE_MIN_TRAIN} training images in all, fine-tune from below the peak",
     ("large", "similar"): "large & similar: fine-tune the top block(s) with a new classifier",
     ("large", "different"): "large & different: fine-tune more blocks, starting below the peak layer",
 }
@@ -78,16 +83,16 @@ class Evidence:
 
 
 def depth(layer: str) -> int:
-    """blockN -> N; pooled after every block; anything else before them."""
+    """blockN (and its grids blockN:gridG) -> N; pooled after every block; anything else before them."""
     if layer == "pooled":
         return 1000
-    m = re.fullmatch(r"block(\d+)", layer)
+    m = re.fullmatch(r"block(\d+)(?::grid\d+)?", layer)
     return int(m.group(1)) if m else -1
 
 
 def sweep_layers(layers: list[str]) -> list[str]:
     """The vector layers worth sweeping, in depth order (not logits: those are the source's class scores)."""
-    return sorted((n for n in layers if ":" not in n and n != "logits"), key=depth)
+    return sorted((n for n in layers if not n.endswith(":map") and n != "logits"), key=depth)
 
 
 def decide(ev: Evidence) -> dict[str, Any]:
@@ -111,17 +116,22 @@ def decide(ev: Evidence) -> dict[str, Any]:
     similarity = "different" if different else "similar"
     blocks = sorted({depth(n) for n, _ in scores if n != "pooled"})
     last_block = f"block{blocks[-1]}" if blocks else "block4"
+    # fine-tuning starts below the peak layer, so the peak's own block is retrained too
+    below = [b for b in blocks if b < depth(peak_layer)] if peak_layer != "pooled" else blocks[:-1]
+    start = f"block{below[-1]}" if below else last_block
+    tuned = {"layer": f"{start}:map", "head": "finetune",
+             "finetune_blocks": max(1, len([b for b in blocks if b > depth(start)]))}
     if size == "small" and similarity == "similar":
         rec = {"layer": "pooled", "head": "logreg", "finetune_blocks": 0}
-    elif size == "small":
+    elif size == "small" and ev.n_train < FINETUNE_MIN_TRAIN:
         rec = {"layer": ",".join(n for n, _ in scores) or peak_layer, "head": "multilayer", "finetune_blocks": 0,
                "single_layer": peak_layer}
+    elif size == "small":  # few per class, many in all, different: the tuned blocks see every image
+        rec = {**tuned, "frozen_alternative": ",".join(n for n, _ in scores) or peak_layer}
     elif similarity == "similar":
         rec = {"layer": f"{last_block}:map", "head": "finetune", "finetune_blocks": 1}
-    else:  # fine-tune from the peak: every block after it is retrained
-        start = peak_layer if peak_layer != "pooled" else last_block
-        after = [b for b in blocks if b > depth(start)]
-        rec = {"layer": f"{start}:map", "head": "finetune", "finetune_blocks": max(1, len(after))}
+    else:  # large & different: every block from below the peak is retrained
+        rec = tuned
     return {"size": size, "similarity": similarity, "case": CASES[(size, similarity)], "why": why,
             "peak_layer": peak_layer, "peak_val": peak_acc, "pooled_val": pooled, "gap": gap,
             "recommendation": rec}
@@ -235,7 +245,7 @@ def format_advice(report: dict[str, Any]) -> str:
 
     lines = [format_table(rows), "",
              f"training images per class: {report['per_class']:.1f} ({report['n_train']} / {report['n_classes']}) "
-             f"-> {report['size']} (threshold {SMALL_PER_CLASS})",
+             f"-> {report['size']} (threshold {SMALL_PER_CLASS}; fine-tuning from {FINETUNE_MIN_TRAIN} in all)",
              f"sweep peaks at {report['peak_layer']} ({f(report['peak_val'])}); pooled {f(report['pooled_val'])}; "
              f"{report['why']} -> {report['similarity']}"]
     if report.get("entropy") is not None:
@@ -243,6 +253,8 @@ def format_advice(report: dict[str, Any]) -> str:
     lines += [f"case: {report['case']}",
               f"recommendation: --head {rec['head']} --layer {rec['layer']}"
               + (f" (fine-tune {rec['finetune_blocks']} block(s))" if rec["finetune_blocks"] else " (backbone frozen)")]
+    if rec.get("frozen_alternative"):
+        lines.append(f"cheaper, backbone frozen: --head multilayer --layer {rec['frozen_alternative']}")
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)

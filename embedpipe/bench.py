@@ -92,6 +92,20 @@ class CellRun:
     env: dict[str, str]
 
 
+def cpu_isa() -> str:
+    """The CPU's vector features that decide CPU speed here: native bf16 (AVX-512 BF16 or AMX) makes
+    autocast bf16 run about 3x faster than AVX2 alone, where it stays fp32 (read from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "cpu flags unknown"
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    bf16 = "bf16" if {"avx512_bf16", "amx_bf16"} & flags else "no bf16"
+    return f"{model or 'cpu'} ({'+'.join(isa) or 'no avx2'}, {bf16})"
+
+
 def environment() -> dict[str, str]:
     import json
 
@@ -99,7 +113,7 @@ def environment() -> dict[str, str]:
 
     return {
         "date": datetime.now(UTC).date().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_isa()}",
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "versions": json.dumps(library_versions(), sort_keys=True),
     }

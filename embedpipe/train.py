@@ -59,7 +59,7 @@ def default_layer(cache: Cache, head: str) -> str:
     """The layer a head trains on when none is given: every cached vector layer for ``multilayer``
     (in the cache's order), ``pooled`` for the others."""
     if head == "multilayer":
-        return ",".join(name for name in cache.layers if ":" not in name)  # ":" marks a spatial layer
+        return ",".join(name for name in cache.layers if len(cache.shapes[name]) == 1)  # vectors, grids included
     return "pooled"
 
 

@@ -24,9 +24,9 @@ from embedpipe.advise import (
 from embedpipe.report import advise_table
 
 
-def evidence(per_class: float, accs: dict[str, float], entropy: float | None = None) -> Evidence:
+def evidence(per_class: float, accs: dict[str, float], entropy: float | None = None, classes: int = 10) -> Evidence:
     sweep = [LayerScore(n, i, 8, None, a) for i, (n, a) in enumerate(accs.items())]
-    return Evidence("d", "b", int(per_class * 10), 10, per_class, sweep, entropy)
+    return Evidence("d", "b", int(per_class * classes), classes, per_class, sweep, entropy)
 
 
 SIMILAR = {"block2": 0.70, "block3": 0.80, "pooled": 0.90}  # monotone: the final embedding is best
@@ -34,17 +34,20 @@ DIFFERENT = {"block2": 0.70, "block3": 0.85, "block4": 0.80, "pooled": 0.60}  # 
 
 
 @pytest.mark.parametrize(
-    "per_class, accs, size, similarity, head, layer, blocks",
+    "per_class, classes, accs, size, similarity, head, layer, blocks",
     [
-        (20, SIMILAR, "small", "similar", "logreg", "pooled", 0),
-        (20, DIFFERENT, "small", "different", "multilayer", "block2,block3,block4,pooled", 0),
-        (5000, SIMILAR, "large", "similar", "finetune", "block3:map", 1),
-        (5000, DIFFERENT, "large", "different", "finetune", "block3:map", 1),
+        (20, 10, SIMILAR, "small", "similar", "logreg", "pooled", 0),
+        (20, 10, DIFFERENT, "small", "different", "multilayer", "block2,block3,block4,pooled", 0),
+        # few per class but FINETUNE_MIN_TRAIN in all (glyphs: 6 x 1500): fine-tune from below the peak
+        (6, 1500, DIFFERENT, "small", "different", "finetune", "block2:map", 2),
+        (20, 1500, SIMILAR, "small", "similar", "logreg", "pooled", 0),
+        (5000, 10, SIMILAR, "large", "similar", "finetune", "block3:map", 1),
+        (5000, 10, DIFFERENT, "large", "different", "finetune", "block2:map", 2),
     ],
 )
-def test_four_cases_follow_from_the_numbers(per_class: float, accs: dict[str, float], size: str, similarity: str,
-                                            head: str, layer: str, blocks: int) -> None:
-    d = decide(evidence(per_class, accs))
+def test_four_cases_follow_from_the_numbers(per_class: float, classes: int, accs: dict[str, float], size: str,
+                                            similarity: str, head: str, layer: str, blocks: int) -> None:
+    d = decide(evidence(per_class, accs, classes=classes))
     assert (d["size"], d["similarity"]) == (size, similarity)
     assert d["recommendation"]["head"] == head and d["recommendation"]["layer"] == layer
     assert d["recommendation"]["finetune_blocks"] == blocks
@@ -65,8 +68,8 @@ def test_thresholds_are_the_boundaries() -> None:
 
 
 def test_sweep_order_is_by_depth() -> None:
-    assert sweep_layers(["pooled", "block4", "logits", "block10", "block2", "block3:map"]) == \
-        ["block2", "block4", "block10", "pooled"]
+    assert sweep_layers(["pooled", "block4", "logits", "block10", "block2:grid2", "block2", "block3:map"]) == \
+        ["block2:grid2", "block2", "block4", "block10", "pooled"]  # a grid is its block's depth; maps are not swept
 
 
 def test_bench_rows_give_the_same_advice() -> None:

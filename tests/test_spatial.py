@@ -17,6 +17,7 @@ from conftest import TINY_CLIP, TINY_TIMM
 from embedpipe.backbones import create_backbone
 from embedpipe.cache import open_cache
 from embedpipe.cache.writer import CHUNK_BYTES, chunk_rows
+from embedpipe.errors import EmbedpipeError
 from embedpipe.extract import run_extract
 
 
@@ -114,3 +115,51 @@ def test_map_shards_pass_the_checks_and_a_wrong_map_shape_is_damage(image_folder
         fixed.load("train", "block1,block1:map")
     with pytest.raises(EmbedpipeError, match="head logreg takes vectors, and block1:map is an unpooled map"):
         fit_head(load_splits(fixed, "block1:map"), "logreg", "block1:map")
+
+
+def test_grids_are_the_maps_averaged_over_cells(tiny_timm_weights: str, tiny_clip_weights: str) -> None:
+    """block<k>:grid<G>: the stage's map averaged over a G x G grid, flattened (c, row, column); grid1
+    is the pooled block; a ViT's tokens form the grid too; sizes past the map's side are one error."""
+    timm_bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, precision="fp32", device="cpu")
+    size = timm_bb.preprocess["input_size"][-1]
+    x = torch.randn(2, 3, size, size)
+    assert "block2:grid2" in timm_bb.layers  # listed; other sizes are accepted on request
+    out = timm_bb.embed(x, ["block2", "block2:map", "block2:grid2", "block2:grid1"])
+    c, h, w = out["block2:map"].shape[1:]
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(out["block2:map"]), 2).flatten(1).numpy()
+    np.testing.assert_allclose(out["block2:grid2"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["block2:grid1"], out["block2"], rtol=1e-5, atol=1e-6)
+    assert timm_bb.shapes["block2:grid2"] == (c * 4,) and timm_bb.dims["block2:grid1"] == c
+    # cell (row 0, column 1) of channel 0 averages the right half of the top half
+    np.testing.assert_allclose(out["block2:grid2"][:, 1], out["block2:map"][:, 0, : h // 2, w // 2 :].mean(axis=(1, 2)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(EmbedpipeError, match=rf"block2:grid{min(h, w) + 1}: the grid must be 1 to {min(h, w)} cells"):
+        timm_bb.check_layers([f"block2:grid{min(h, w) + 1}"])
+    with pytest.raises(EmbedpipeError, match="has no layer block99:grid2"):
+        timm_bb.check_layers(["block99:grid2"])
+    clip_bb = create_backbone(TINY_CLIP, weights=tiny_clip_weights, precision="fp32", device="cpu")
+    side = clip_bb.preprocess["input_size"][-1]
+    out = clip_bb.embed(torch.randn(2, 3, side, side), ["block0", "block0:grid2"])
+    assert out["block0:grid2"].shape == (2, 4 * out["block0"].shape[1]) == (2, *clip_bb.shapes["block0:grid2"])
+    np.testing.assert_allclose(out["block0:grid2"].reshape(2, -1, 4).mean(axis=2), out["block0"], rtol=1e-4, atol=1e-5)
+
+
+def test_grid_layers_cache_train_and_predict(image_folder: Path, tiny_timm_weights: str, tmp_path: Path) -> None:
+    """A grid is a vector layer: cached, trained on (alone or in a multilayer head) and embedded again
+    by a saved head's predict on raw images."""
+    from embedpipe.predict import predict
+    from embedpipe.train import default_layer, train_heads
+
+    cache, _ = run_extract(str(image_folder), TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "c",
+                           num_workers=0, precision="fp32", dtype="float32",
+                           layers=("block1", "block1:grid3", "block1:map"), progress=False)
+    X, y = cache.load("train", "block1:grid3")
+    assert X.shape == (len(y), 9 * cache.dims["block1"]) and cache.shapes["block1:grid3"] == (X.shape[1],)
+    maps = torch.from_numpy(cache.load("train", "block1:map")[0])
+    np.testing.assert_allclose(X, torch.nn.functional.adaptive_avg_pool2d(maps, 3).flatten(1).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert default_layer(cache, "multilayer") == "block1,block1:grid3"  # vectors and grids, not maps
+    r = train_heads(cache, ["logreg"], layer="block1:grid3", out=tmp_path / "head.npz")[0]
+    image = str(next(image_folder.rglob("*.png")))
+    rows = predict(r.path, [image], top_k=1)
+    assert "error" not in rows[0] and rows[0]["top"][0][0] in cache.label_names

@@ -2,8 +2,11 @@
 
 A backbone loads lazily (nothing heavy happens until a property or ``embed`` needs the model).
 Layers: ``pooled`` (the embedding), ``block0``..``blockN`` (intermediate stages, average-pooled to
-vectors), ``block0:map``..``blockN:map`` (the same stages unpooled: a (C, H, W) feature map for
-convnets, a (L, C) token sequence for transformers) and ``logits`` for classifier backbones.
+vectors), ``block<k>:grid<G>`` (the same stage average-pooled to a G x G grid and flattened, C*G*G
+values in (c, row, column) order: it keeps where things are, which a global average loses;
+``layers`` lists ``:grid2``, any G up to the map's side is accepted), ``block0:map``..``blockN:map``
+(the same stages unpooled: a (C, H, W) feature map for convnets, a (L, C) token sequence for
+transformers) and ``logits`` for classifier backbones.
 ``shapes`` gives every layer's per-image shape; ``dims`` its flat width (the product of the shape).
 ``embed`` runs one forward pass for all requested
 layers. ``forward`` takes a uint8 batch (normalised on the device with the backbone's own mean/std)
@@ -23,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -193,6 +197,7 @@ class Backbone:
     def layers(self) -> list[str]:
         self._ensure_loaded()
         names = ["pooled"] + [f"block{i}" for i in range(self._n_blocks)]
+        names += [f"block{i}:grid2" for i in range(self._n_blocks)]
         names += [f"block{i}:map" for i in range(self._n_blocks)]
         return names + (["logits"] if self.has_logits else [])
 
@@ -246,12 +251,23 @@ class Backbone:
     def check_layers(self, layers: Sequence[str]) -> list[str]:
         if not layers:
             raise EmbedpipeError("no layers requested; use e.g. --layers pooled")
-        bad = [name for name in layers if name not in self.layers]
+        bad = [name for name in layers if name not in self.layers and not self._add_grid(name)]
         if bad:
             raise EmbedpipeError(
                 f"backbone {self.spec} has no layer {', '.join(bad)}; it has {', '.join(self.layers)}"
+                " (and block<k>:grid<G> for other grid sizes G)"
             )
         return list(dict.fromkeys(layers))
+
+    def _add_grid(self, name: str) -> bool:
+        """Accept ``block<k>:grid<G>`` for any G from 1 to the map's side: its shape joins ``shapes``."""
+        m = GRID_RE.fullmatch(name)
+        if not m or f"block{m.group(1)}:map" not in self.layers:
+            return False
+        shape = grid_shape(self.shapes[f"block{m.group(1)}:map"], int(m.group(2)), name)
+        self.shapes[name] = shape
+        self.__dict__.pop("dims", None)  # recomputed with the new layer
+        return True
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -296,14 +312,48 @@ def pool_map(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+GRID_RE = re.compile(r"block(\d+):grid(\d+)")  # block<k>:grid<G>
+
+
+def grid_pool(t: torch.Tensor, g: int) -> torch.Tensor:
+    """Average a feature map (B, C, H, W) over a g x g grid of cells: (B, C*g*g), in (c, row, column) order."""
+    if t.ndim != 4:
+        raise EmbedpipeError(f"a grid needs a spatial feature map (B, C, H, W); this layer gives shape {tuple(t.shape)}")
+    return torch.nn.functional.adaptive_avg_pool2d(t, g).flatten(1)
+
+
+def grid_shape(map_shape: Sequence[int], g: int, name: str) -> tuple[int]:
+    """Shape of ``block<k>:grid<g>`` from its map's: (C*g*g,). A (C, H, W) map, or a transformer's
+    (L, C) tokens when they form a square grid (a class token aside)."""
+    if len(map_shape) == 3:
+        c, side = map_shape[0], min(map_shape[1], map_shape[2])
+    else:
+        c, side = map_shape[-1], int((map_shape[0]) ** 0.5)
+    if not 1 <= g <= side:
+        raise EmbedpipeError(f"{name}: the grid must be 1 to {side} cells a side (the map is "
+                             f"{'x'.join(map(str, map_shape))}); use e.g. {name.rsplit(':', 1)[0]}:grid2")
+    return (int(c) * g * g,)
+
+
+def add_grids(out: dict[str, torch.Tensor], i: int, t: torch.Tensor, layers: Sequence[str]) -> None:
+    """Put every requested ``block<i>:grid<G>`` of stage i's map ``t`` (B, C, H, W) into ``out``."""
+    for name in layers:
+        m = GRID_RE.fullmatch(name)
+        if m and int(m.group(1)) == i:
+            out[name] = grid_pool(t, int(m.group(2)))
+
+
 def is_map(layer: str) -> bool:
     """True for an unpooled layer (``block<k>:map``)."""
     return layer.endswith(":map")
 
 
 def block_index(layer: str) -> int:
-    """k of ``block<k>`` or ``block<k>:map``."""
-    return int(layer.removesuffix(":map")[5:])
+    """k of ``block<k>``, ``block<k>:map`` or ``block<k>:grid<G>``."""
+    m = re.fullmatch(r"block(\d+)(?::.*)?", layer)
+    if not m:
+        raise EmbedpipeError(f"{layer!r} is not a block layer")
+    return int(m.group(1))
 
 
 class Tail(torch.nn.Module):

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from ..errors import EmbedpipeError
-from .base import Backbone, BackboneConfig, block_index, check_weights_file, file_digest, pool_map
+from .base import (
+    Backbone,
+    BackboneConfig,
+    add_grids,
+    block_index,
+    check_weights_file,
+    file_digest,
+    pool_map,
+)
 
 # Small architecture configs shipped with embedpipe (e.g. the tiny random-weight test model).
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
@@ -123,6 +131,8 @@ class OpenClipBackbone(Backbone):
         out: dict[str, torch.Tensor] = {}
         for i, t in zip(blocks, res["image_intermediates"], strict=True):  # ViT tokens come as (B, C, h, w)
             out[f"block{i}"] = pool_map(t)
+            if t.ndim == 4:
+                add_grids(out, i, t, layers)
             out[f"block{i}:map"] = t.flatten(2).transpose(1, 2) if t.ndim == 4 else t  # (B, L, C)
         if "pooled" in layers:
             out["pooled"] = res["image_features"]

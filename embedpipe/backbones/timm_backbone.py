@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from ..errors import EmbedpipeError
-from .base import Backbone, BackboneConfig, Tail, block_index, check_weights_file, pool_map
+from .base import (
+    Backbone,
+    BackboneConfig,
+    Tail,
+    add_grids,
+    block_index,
+    check_weights_file,
+    pool_map,
+)
 
 
 class TimmBackbone(Backbone):
@@ -91,6 +99,7 @@ class TimmBackbone(Backbone):
             final, inters = res if need_final else (None, res)
             for i, t in zip(blocks, inters, strict=True):
                 out[f"block{i}"], out[f"block{i}:map"] = pool_map(t), t
+                add_grids(out, i, t, layers)
         elif need_final:
             final = model.forward_features(x)
         if "pooled" in layers:
