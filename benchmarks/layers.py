@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/layers.py                                   # digits and glyphs caches under cache/
     .venv/bin/python benchmarks/layers.py --cache /path/to/cache ...        # any caches
     .venv/bin/python benchmarks/layers.py --quick                           # pooled, block3, block4 only
+    .venv/bin/python benchmarks/layers.py --layers pooled,block3,block4,block3:grid2,block4:grid2 --cache ...
 
 For each cache (effnet-lite0 with pooled, block0..block4, logits: `embedpipe extract --data digits
 --layers pooled,block0,block1,block2,block3,block4,logits`), in one process:
@@ -38,15 +39,18 @@ def find_caches(names: list[str]) -> list[Path]:
     return found
 
 
-def run_cache(path: Path, quick: bool, env: dict[str, Any]) -> list[dict[str, Any]]:
+def run_cache(path: Path, quick: bool, env: dict[str, Any], layers: str | None = None) -> list[dict[str, Any]]:
     from embedpipe import open_cache
     from embedpipe.advise import advise, sweep_layers
     from embedpipe.train import default_layer, fit_head, load_splits
 
     cache = open_cache(path)
     dataset = str(cache.meta.get("dataset"))
-    singles = ["pooled", "block3", "block4"] if quick else sweep_layers(cache.layers)
-    multi = ",".join(singles) if quick else default_layer(cache, "multilayer")
+    if layers:
+        singles = [n for n in layers.split(",") if n]
+    else:
+        singles = ["pooled", "block3", "block4"] if quick else sweep_layers(cache.layers)
+    multi = ",".join(singles) if quick or layers else default_layer(cache, "multilayer")
     rows = []
     warm = load_splits(cache, singles[-1])["train"]  # warm torch up so the first timed fit is not penalised
     fit_head({"train": warm, "val": warm, "test": warm}, "logreg", singles[-1], {"Cs": (1.0,), "max_iter": 5})
@@ -86,10 +90,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--cache", action="append", help="cache directory (repeatable); default cache/{digits,glyphs}")
     ap.add_argument("--quick", action="store_true", help="single layers pooled, block3, block4 and their multilayer")
+    ap.add_argument("--layers", help="single layers to compare (comma-separated), and multilayer over all of them")
     args = ap.parse_args()
     env = environment()
     paths = [Path(p) for p in args.cache] if args.cache else find_caches(["digits", "glyphs"])
-    rows = [row for p in paths for row in run_cache(p, args.quick, env)]
+    rows = [row for p in paths for row in run_cache(p, args.quick, env, args.layers)]
     _, md_path = write_results("layers", rows, ["dataset", "method", "layer", "val_acc", "test_acc", "fit_s",
                                                        "best_single", "gain_vs_best", "ratio_vs_pooled",
                                                        "ratio_vs_best", "contributions"])
