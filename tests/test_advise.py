@@ -51,6 +51,8 @@ def test_four_cases_follow_from_the_numbers(per_class: float, classes: int, accs
     assert (d["size"], d["similarity"]) == (size, similarity)
     assert d["recommendation"]["head"] == head and d["recommendation"]["layer"] == layer
     assert d["recommendation"]["finetune_blocks"] == blocks
+    if size == "small" and head == "finetune":  # the frozen head stays on offer as the cheaper choice
+        assert d["recommendation"]["frozen_alternative"] == ",".join(accs)
     assert d["peak_layer"] == max(accs, key=accs.__getitem__)
     assert d["gap"] == pytest.approx(max(v for k, v in accs.items() if k != "pooled") - accs["pooled"])
 
