@@ -65,7 +65,7 @@ def constraint_differences() -> dict[str, tuple[str, str]]:
 
 def write_results(name: str, rows: list[dict[str, Any]], columns: list[str]) -> tuple[Path, Path]:
     """Write ``results/<name>.csv`` (all fields) and ``results/<name>.md`` (the chosen columns)."""
-    from embedpipe.bench import format_table
+    from embedpipe.table import format_table
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = RESULTS / f"{name}.csv", RESULTS / f"{name}.md"

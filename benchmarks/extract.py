@@ -128,7 +128,7 @@ def run_dataloader_loop(data: str, limit: int) -> dict[str, float]:
     import torch
 
     from embedpipe import create_backbone
-    from embedpipe.backbones.base import _cpu_has_bf16
+    from embedpipe.core.device import cpu_has_bf16
     from embedpipe.data import resolve_source
 
     source = resolve_source(data)
@@ -137,7 +137,7 @@ def run_dataloader_loop(data: str, limit: int) -> dict[str, float]:
     model, transform = bb.model, bb.transform
     loader = torch.utils.data.DataLoader(_Folder([r.path for r in records], transform),  # type: ignore[misc]
                                          batch_size=64, num_workers=2)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if _cpu_has_bf16() else contextlib.nullcontext()
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else contextlib.nullcontext()
     t0 = time.perf_counter()
     with torch.inference_mode(), amp:
         for batch in loader:

@@ -149,7 +149,7 @@ def run_model_only(a: argparse.Namespace, device: Any) -> dict[str, Any]:
     import torch
 
     from embedpipe.backbones.open_clip_backbone import CONFIG_DIR
-    from embedpipe.extraction.preprocess import Preprocess, normalize
+    from embedpipe.backbones.preprocess import Preprocess, normalize
 
     open_clip.add_model_config(CONFIG_DIR)
     model, _, transform = open_clip.create_model_and_transforms(a.arch, pretrained=a.weights)
@@ -174,7 +174,7 @@ def run_decode_only(a: argparse.Namespace, device: Any) -> dict[str, Any]:
 
     from embedpipe.backbones.open_clip_backbone import CONFIG_DIR
     from embedpipe.extraction.gpu_decode import decode_batch, decode_path
-    from embedpipe.extraction.preprocess import Preprocess
+    from embedpipe.backbones.preprocess import Preprocess
 
     open_clip.add_model_config(CONFIG_DIR)
     size = open_clip.get_model_config(a.arch)["vision_cfg"]["image_size"]  # the model's eval preprocessing
@@ -295,7 +295,7 @@ def main() -> None:
         print(f"{variant:12s} {row['images']:7d} images {row['img_s']:10.1f} img/s  ({row['seconds']} s)")
     columns = ["variant", "images", "img_s", "device"]
     if a.cpu_smoke:
-        from embedpipe.bench import format_table
+        from embedpipe.table import format_table
 
         print(format_table(rows, columns))
         return

@@ -7,7 +7,7 @@ from .advise import advise
 from .backbones import BackboneConfig, create_backbone, list_backbones
 from .bench import benchmark
 from .cache import Cache, open_cache
-from .errors import EmbedpipeError
+from .core.errors import EmbedpipeError
 from .extract import ExtractConfig, extract
 from .heads import create_head, list_heads
 from .predict import predict

@@ -19,14 +19,17 @@ All thresholds are in the block below, with a comment each.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import EmbedpipeError
+from .core.errors import EmbedpipeError
+from .core.layers import depth
+from .heads import create_head
+from .table import format_table
+from .train import as_cache, load_splits
 
 # -- thresholds (the only place they live) -----------------------------------------------------
 SMALL_PER_CLASS = 200  # below this many training images per class, fine-tuning blocks tends to overfit:
@@ -80,14 +83,6 @@ class Evidence:
             if v is not None:
                 out.append((s.layer, float(v)))
         return out
-
-
-def depth(layer: str) -> int:
-    """blockN (and its grids blockN:gridG) -> N; pooled after every block; anything else before them."""
-    if layer == "pooled":
-        return 1000
-    m = re.fullmatch(r"block(\d+)(?::grid\d+)?", layer)
-    return int(m.group(1)) if m else -1
 
 
 def sweep_layers(layers: list[str]) -> list[str]:
@@ -152,8 +147,6 @@ def _entropy(cache: Any) -> float | None:
 
 def measure(cache: Any) -> Evidence:
     """The layer sweep and the source entropy of a cache (val carved out of train when it has none)."""
-    from .heads import create_head
-    from .train import as_cache, load_splits
 
     cache = as_cache(cache)
     layers = sweep_layers(cache.layers)
@@ -217,7 +210,6 @@ def plot_sweep(ev: Evidence, decision: dict[str, Any], out: Path) -> Path:
 def advise(cache: Any, *, out: str | Path | None = None, plot: bool = True) -> dict[str, Any]:
     """The transfer report of a cache: evidence, the four-case decision, the recommendation, and the
     path of the accuracy-by-depth plot (``out``, default ``<cache>/advise.png``)."""
-    from .train import as_cache
 
     cache = as_cache(cache)
     ev = measure(cache)
@@ -234,7 +226,6 @@ def advise(cache: Any, *, out: str | Path | None = None, plot: bool = True) -> d
 
 def format_advice(report: dict[str, Any]) -> str:
     """The report as text: the evidence table, the figures, the case and the recommendation."""
-    from .bench import format_table
 
     rows = [{"layer": s["layer"], "dim": s["dim"] or "-", "knn_val": s["knn_val"], "logreg_val": s["logreg_val"]}
             for s in report["sweep"]]

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import DEFAULT_BACKBONE
-from .errors import EmbedpipeError
+from .core.errors import EmbedpipeError
+from .core.locking import exclusive
 from .extract import library_versions, run_extract
 from .heads import HEADS, list_heads
-from .locking import exclusive
+from .report import write_report
 from .train import fit_head, load_splits, sample_shots
 
 COLUMNS = [
@@ -256,8 +257,6 @@ def _r(value: float | None) -> float | None:
 
 def run_bench(config: BenchConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) a bench; writes the CSV, Markdown and plots; returns all rows of the CSV."""
-    from .report import write_report
-
     csv_path = Path(config.results_dir) / f"{config.name}.csv"
     with exclusive(csv_path.with_name(csv_path.name + ".lock"), str(csv_path)):
         rows = Bench(config, progress).run()
@@ -277,24 +276,3 @@ def benchmark(
     cfg = BenchConfig.build(datasets=datasets, backbones=backbones, layers=layers,
                             heads=heads or tuple(h for h in list_heads() if h != "zeroshot"), **config)
     return run_bench(cfg, progress)
-
-
-def format_table(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...], columns: list[str] | None = None) -> str:
-    """A Markdown table; floats with 3 decimals, None/'' as '-'."""
-    if not rows:
-        return "(no results)"
-    columns = list(columns or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if v is None or v == "":
-            return "-"
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    body = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-
-    def line(vals: list[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(columns), sep, *(line(b) for b in body)])

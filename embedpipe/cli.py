@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import EmbedpipeError
+from .core.errors import EmbedpipeError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -119,7 +119,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .bench import format_table
+    from .table import format_table
     from .train import few_shot, train_heads
 
     heads = _csv(args.head)

@@ -30,9 +30,10 @@ from .cache import (
     read_meta,
     write_meta,
 )
+from .core.errors import EmbedpipeError
+from .core.locking import exclusive
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .engines import check_engine
-from .errors import EmbedpipeError
 from .extraction.decode import DecodeOptions
 from .extraction.defaults import default_batch_size, default_workers
 from .extraction.embed import BatchDecoder
@@ -40,7 +41,6 @@ from .extraction.engine import run_local
 from .extraction.plan import ShardPlan, plan_shards
 from .extraction.shard import ShardExecutor
 from .extraction.write import describe_os_error
-from .locking import exclusive
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .backbones import BackboneConfig, create_backbone
+from .core.errors import EmbedpipeError
 from .data.loader import to_rgb
 from .data.safety import MAX_PIXELS, open_image
-from .errors import EmbedpipeError
 from .heads import load_head
 from .heads.io import class_names
 

@@ -10,12 +10,22 @@ head; ``<name>-fit-time.png`` the fit seconds per head. A transfer-advice table 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .bench import BenchConfig, format_table
+from .advise import decide, evidence_from_rows
+from .table import format_table
+
+
+class ReportConfig(Protocol):
+    """What a report needs of a bench's configuration (``bench.BenchConfig`` has it)."""
+
+    name: str  # results/<name>.md and -*.png
+    layers: Sequence[str]  # in the order of the layer table
+    results_dir: str
 
 
 def _float(v: Any) -> float | None:
@@ -110,8 +120,6 @@ def plot(summary: list[dict[str, Any]], layers: list[str], out: Path) -> list[Pa
 def advise_table(rows: list[dict[str, Any]]) -> str:
     """Per (dataset, backbone): images per class, the sweep's peak, the gap to pooled, the case and the
     recommended strategy, decided by ``advise.decide`` from the bench's own logreg/kNN val accuracy."""
-    from .advise import decide, evidence_from_rows
-
     out = []
     for dataset, backbone in sorted({(r["dataset"], r["backbone"]) for r in rows if r.get("status") == "ok"}):
         ev = evidence_from_rows(rows, dataset, backbone)
@@ -128,7 +136,7 @@ def advise_table(rows: list[dict[str, Any]]) -> str:
     return format_table(out) if out else ""
 
 
-def render_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
+def render_markdown(config: ReportConfig, rows: list[dict[str, Any]]) -> str:
     summary = summarize(rows)
     columns = ["dataset", "backbone", "layer", "head", "shots", "classes", "n_train", "val_acc", "test_acc", "fit_s"]
     parts = [f"# {config.name}", "", format_table(summary, columns)]
@@ -143,7 +151,7 @@ def render_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(config: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
+def write_report(config: ReportConfig, rows: list[dict[str, Any]]) -> dict[str, Path]:
     out = Path(config.results_dir) / config.name
     md = out.parent / f"{config.name}.md"
     md.write_text(render_markdown(config, rows))

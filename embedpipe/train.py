@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from .cache import Cache, open_cache
+from .core.errors import EmbedpipeError
 from .data.splits import VAL_CARVE, carve_val
-from .errors import EmbedpipeError
 from .heads import HEADS, Head, create_head, load_head, save_head
 
 

@@ -25,7 +25,7 @@ from embedpipe.extract import prepare_records, run_extract
 from embedpipe.extraction.decode import CHANGED, DecodeOptions, decode_batch_cpu, load_sample
 from embedpipe.extraction.embed import BatchDecoder
 from embedpipe.extraction.plan import plan_shards
-from embedpipe.extraction.preprocess import Preprocess
+from embedpipe.backbones.preprocess import Preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import camera_jpeg
@@ -180,7 +180,7 @@ import resource, signal, sys
 import h5py
 import numpy as np
 from pathlib import Path
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
 from embedpipe.extraction.write import ShardResult, ShardWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from embedpipe import open_cache
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
 
 _spec = importlib.util.spec_from_file_location("faults", Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py")
 assert _spec is not None and _spec.loader is not None

@@ -12,7 +12,7 @@ from conftest import TINY_TIMM, make_image_folder
 
 from embedpipe import extract
 from embedpipe.backbones import create_backbone
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
 from embedpipe.heads import create_head, load_head
 from embedpipe.heads.finetune import random_resized_crop
 from embedpipe.predict import predict

@@ -25,7 +25,7 @@ from embedpipe.extraction.gpu_decode import (
     jpeg_info,
     tensor_geometry,
 )
-from embedpipe.extraction.preprocess import Preprocess, normalize, pil_geometry, pil_to_uint8
+from embedpipe.backbones.preprocess import Preprocess, normalize, pil_geometry, pil_to_uint8
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 # torchvision 0.29 deprecates its decoders (TorchCodec has the same nvJPEG path); not our concern here

@@ -17,7 +17,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
 from embedpipe.heads import (
     DESCRIPTIONS,
     HEADS,
@@ -28,7 +28,7 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
-from embedpipe.registry import Registry
+from embedpipe.core.registry import Registry
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
 SMALL: dict[str, dict[str, Any]] = {

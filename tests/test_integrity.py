@@ -19,9 +19,9 @@ from embedpipe import open_cache
 from embedpipe.cache import DamagedShard, atomic_h5, unfinished_shards, verify_cache
 from embedpipe.cache.writer import STR
 from embedpipe.cli import main
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
 from embedpipe.extract import run_extract
-from embedpipe.locking import exclusive
+from embedpipe.core.locking import exclusive
 
 
 def _extract(data: Path, weights: str, cache_dir: Path):  # type: ignore[no-untyped-def]

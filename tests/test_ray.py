@@ -186,7 +186,7 @@ def test_actor_sizing(ray_cluster: str) -> None:
     """CPU-only nodes get 1-CPU actors by default (2 on this 2-CPU instance); --ray-cpus-per-worker
     overrides it, and an impossible size is one clear error."""
     from embedpipe.engines.ray_engine import Pool, RayEngine
-    from embedpipe.errors import EmbedpipeError
+    from embedpipe.core.errors import EmbedpipeError
 
     options = {"device": "cpu"}
     assert RayEngine(None, options).size_pool(5) == Pool(2, 1, 0)

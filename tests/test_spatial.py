@@ -17,7 +17,7 @@ from conftest import TINY_CLIP, TINY_TIMM
 from embedpipe.backbones import create_backbone
 from embedpipe.cache import open_cache
 from embedpipe.cache.writer import CHUNK_BYTES, chunk_rows
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
 from embedpipe.extract import run_extract
 
 
@@ -74,7 +74,7 @@ def test_old_cache_without_shapes_still_reads(image_folder: Path, tiny_timm_weig
 
 @pytest.mark.parametrize("bad", ["block9:map", "pooled:map"])
 def test_unknown_map_layer_is_refused(tiny_timm_weights: str, bad: str) -> None:
-    from embedpipe.errors import EmbedpipeError
+    from embedpipe.core.errors import EmbedpipeError
 
     bb = create_backbone(TINY_TIMM, weights=tiny_timm_weights, device="cpu")
     with pytest.raises(EmbedpipeError, match="has no layer"):
@@ -92,7 +92,7 @@ def test_map_shards_pass_the_checks_and_a_wrong_map_shape_is_damage(image_folder
     from embedpipe.cache import verify_cache
     from embedpipe.cache.reader import ShardLayout, read_meta, shard_problem, unfinished_shards
     from embedpipe.cache.writer import write_shard
-    from embedpipe.errors import EmbedpipeError
+    from embedpipe.core.errors import EmbedpipeError
     from embedpipe.train import fit_head, load_splits
 
     cache, _ = run_extract(str(image_folder), TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "c",

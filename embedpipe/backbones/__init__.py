@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import EmbedpipeError
-from ..registry import Registry
+from ..core.errors import EmbedpipeError
+from ..core.registry import Registry
 from .base import Backbone, BackboneConfig
 from .effnet_lite0 import EffnetLite0Backbone
 from .open_clip_backbone import OpenClipBackbone

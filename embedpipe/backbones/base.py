@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -35,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import EmbedpipeError
-from ..extraction.preprocess import Preprocess, normalize
+from ..core.device import resolve_device, resolve_precision
+from ..core.errors import EmbedpipeError
+from ..core.layers import grid_of, is_map  # noqa: F401 (is_map: re-exported for the heads until they import core)
+from .preprocess import Preprocess, normalize
 
 # Weight ids that name hub weights (a tag) rather than digest a local file: the fingerprint adds
 # a digest of the loaded state_dict for these.
@@ -56,35 +57,6 @@ class BackboneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise EmbedpipeError(f"bad device {device!r}: use auto, cpu or cuda[:N]") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EmbedpipeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
-def _cpu_has_bf16() -> bool:
-    with contextlib.suppress(Exception):
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs that support it (else fp16); bf16 on CPUs with native bf16; else fp32."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise EmbedpipeError(f"bad precision {precision!r}: use auto, fp32, bf16 or fp16")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if _cpu_has_bf16() else "fp32"
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -261,10 +233,10 @@ class Backbone:
 
     def _add_grid(self, name: str) -> bool:
         """Accept ``block<k>:grid<G>`` for any G from 1 to the map's side: its shape joins ``shapes``."""
-        m = GRID_RE.fullmatch(name)
-        if not m or f"block{m.group(1)}:map" not in self.layers:
+        grid = grid_of(name)
+        if grid is None or f"block{grid[0]}:map" not in self.layers:
             return False
-        shape = grid_shape(self.shapes[f"block{m.group(1)}:map"], int(m.group(2)), name)
+        shape = grid_shape(self.shapes[f"block{grid[0]}:map"], grid[1], name)
         self.shapes[name] = shape
         self.__dict__.pop("dims", None)  # recomputed with the new layer
         return True
@@ -312,9 +284,6 @@ def pool_map(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-GRID_RE = re.compile(r"block(\d+):grid(\d+)")  # block<k>:grid<G>
-
-
 def grid_pool(t: torch.Tensor, g: int) -> torch.Tensor:
     """Average a feature map (B, C, H, W) over a g x g grid of cells: (B, C*g*g), in (c, row, column) order."""
     if t.ndim != 4:
@@ -338,22 +307,9 @@ def grid_shape(map_shape: Sequence[int], g: int, name: str) -> tuple[int]:
 def add_grids(out: dict[str, torch.Tensor], i: int, t: torch.Tensor, layers: Sequence[str]) -> None:
     """Put every requested ``block<i>:grid<G>`` of stage i's map ``t`` (B, C, H, W) into ``out``."""
     for name in layers:
-        m = GRID_RE.fullmatch(name)
-        if m and int(m.group(1)) == i:
-            out[name] = grid_pool(t, int(m.group(2)))
-
-
-def is_map(layer: str) -> bool:
-    """True for an unpooled layer (``block<k>:map``)."""
-    return layer.endswith(":map")
-
-
-def block_index(layer: str) -> int:
-    """k of ``block<k>``, ``block<k>:map`` or ``block<k>:grid<G>``."""
-    m = re.fullmatch(r"block(\d+)(?::.*)?", layer)
-    if not m:
-        raise EmbedpipeError(f"{layer!r} is not a block layer")
-    return int(m.group(1))
+        grid = grid_of(name)
+        if grid is not None and grid[0] == i:
+            out[name] = grid_pool(t, grid[1])
 
 
 class Tail(torch.nn.Module):

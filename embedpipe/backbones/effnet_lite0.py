@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .base import BackboneConfig, file_digest
 from .timm_backbone import TimmBackbone
 

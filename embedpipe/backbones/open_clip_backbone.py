@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
+from ..core.layers import block_index
 from .base import (
     Backbone,
     BackboneConfig,
     add_grids,
-    block_index,
     check_weights_file,
     file_digest,
     pool_map,

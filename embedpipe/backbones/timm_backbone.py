@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
+from ..core.layers import block_index
 from .base import (
     Backbone,
     BackboneConfig,
     Tail,
     add_grids,
-    block_index,
     check_weights_file,
     pool_map,
 )

@@ -24,8 +24,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import EmbedpipeError
-from ..locking import held_by_another
+from ..core.errors import EmbedpipeError, first_line
+from ..core.locking import held_by_another
 from .key import SCHEMA_VERSION
 from .writer import shard_name, strings_digest
 
@@ -39,8 +39,8 @@ class DamagedShard(EmbedpipeError):
 
 
 def _first_line(e: BaseException, what: str = "") -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
+    """The first line of a read error, with HDF5's words for a failed checksum said plainly."""
+    line = first_line(e)
     if "filter returned failure" in line or "fletcher32" in line:  # how HDF5 reports a checksum mismatch
         return f"checksum mismatch in {what or 'a dataset'}"
     return line

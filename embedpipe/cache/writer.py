@@ -21,15 +21,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import EmbedpipeError
+from ..core.atomic import atomic_write_bytes
+from ..core.errors import EmbedpipeError, os_reason
 
 STR = h5py.string_dtype("utf-8")
 CHUNK_BYTES = 1 << 20  # at most 1 MiB a chunk: fits HDF5's default chunk cache, one checksum per chunk
@@ -72,22 +71,6 @@ def chunk_rows(shape: Sequence[int], itemsize: int) -> int:
     return max(1, min(int(shape[0]), CHUNK_BYTES // row_bytes))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _cause(e: OSError) -> str:
-    """The operating system's reason, also when h5py wraps it in its own message."""
-    if e.strerror:
-        return e.strerror
-    found = re.search(r"error message = '([^']+)'", str(e))
-    return found.group(1) if found else str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 @contextlib.contextmanager
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
     """Yield an open HDF5 file that becomes ``path`` only once fully written and synced.
@@ -100,29 +83,18 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
     during a run is an error, not silently recreated. Any OSError (ENOSPC, EFBIG, EACCES, ENOENT)
     becomes a one-line EmbedpipeError naming the cause and the folder; the ``.tmp`` is removed.
     """
-    tmp = path.with_name(path.name + ".tmp")
     folder = path.parent.parent if path.parent.name == "shards" else path.parent
     image = io.BytesIO()
     with h5py.File(image, "w", libver=LIBVER) as f:  # built in memory: HDF5 itself never meets a failing disk
         yield f
     try:
         path.parent.mkdir(exist_ok=True)
-        with open(tmp, "wb") as out:
-            out.write(image.getbuffer())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        _fsync(path.parent)
+        atomic_write_bytes(path, image.getbuffer())
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise EmbedpipeError(
-            f"writing {path.relative_to(folder)} failed ({_cause(e)}) in cache folder {folder}; "
+            f"writing {path.relative_to(folder)} failed ({os_reason(e)}) in cache folder {folder}; "
             "nothing partial was kept: fix that (free disk space, permissions) and re-run the same command to resume"
         ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def write_shard(

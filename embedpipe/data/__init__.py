@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .builtin import BUILTINS
 from .sources import SIGNATURES, CsvSource, ImageFolderSource, Record, Source, display_name
 from .splits import SplitRule, assign_splits

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .sources import Record, Source
 
 BUILTINS: Registry[Source] = Registry("built-in dataset")

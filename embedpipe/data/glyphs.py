@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .sources import Record, Source
 
 VERSION = 1  # bump when the rendering changes: it is part of every image's signature

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 
 SPLITS = ("train", "val", "test")
 SIGNATURES = ("stat", "content")  # stat: size + mtime (free); content: sha256 of the bytes (reads every file)

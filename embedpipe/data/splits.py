@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .sources import Record
 
 

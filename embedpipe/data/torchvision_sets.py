@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .sources import Record, Source
 from .splits import SplitRule, assign_splits
 

@@ -8,7 +8,7 @@ until a Ray extraction starts.
 
 from __future__ import annotations
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 
 ENGINES = ("local", "ray")  # "local" is the default and needs nothing beyond embedpipe itself
 

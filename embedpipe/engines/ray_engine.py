@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..cache import shard_name
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from ..extract import ExtractStats
 from .shard_runner import ShardContext, ShardRunner, file_mtime
 

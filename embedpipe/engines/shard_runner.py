@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..backbones import BackboneConfig, create_backbone
 from ..cache import shard_name
+from ..core.errors import EmbedpipeError
 from ..data import Source
 from ..data.sources import Record
-from ..errors import EmbedpipeError
 from ..extraction.decode import DecodeOptions
 from ..extraction.defaults import default_workers
 from ..extraction.engine import run_local

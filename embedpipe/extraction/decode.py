@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..backbones.preprocess import Preprocess, pil_geometry, pil_to_uint8
 from ..data.loader import to_rgb
 from ..data.safety import check_size
 from ..data.sources import Record, Source, display_name, file_signature
-from .preprocess import Preprocess, pil_geometry, pil_to_uint8
 
 CHANGED = "changed while reading"
 EXIF_ORIENTATION = 0x0112

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.preprocess import Preprocess
 from .decode import Batch, DecodeOptions, decode_bytes_cpu
 from .defaults import INPUT_RING, OUTPUT_RING
-from .preprocess import Preprocess
 
 # (datas, pre, device) -> (uint8 (n_ok, 3, H, W) on device, positions decoded, positions to fall back)
 DecodeBytes = Callable[[list[bytes], Preprocess, torch.device], tuple[torch.Tensor, list[int], list[int]]]

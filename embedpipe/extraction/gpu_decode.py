@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from .preprocess import Preprocess
+from ..backbones.preprocess import Preprocess
 
 DECODE_PATH = "gpu-nvjpeg"  # nvJPEG decode + torchvision tensor resize/crop (antialiased)
 CPU_DECODE_PATH = "cpu-libjpeg"  # the same function on CPU: torchvision's libjpeg-turbo decode

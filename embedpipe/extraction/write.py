@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import shard_name, write_shard
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .defaults import WRITER_QUEUE
 
 

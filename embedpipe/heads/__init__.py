@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .base import Head
 from .finetune import FinetuneHead
 from .io import load_head, save_head
@@ -43,7 +43,7 @@ def create_head(name: str, **params: Any) -> Head:
     except TypeError:
         known = sorted(cls().get_params())
         bad = sorted(set(params) - set(known))
-        from ..errors import EmbedpipeError
+        from ..core.errors import EmbedpipeError
 
         raise EmbedpipeError(f"head {name} has no parameter {', '.join(bad)}; it takes {', '.join(known)}") from None
 

@@ -130,7 +130,7 @@ class FinetuneHead(Head):
         if self.backbone is None:
             return None
         from ..backbones import create_backbone
-        from ..errors import EmbedpipeError
+        from ..core.errors import EmbedpipeError
 
         if not self.layer or not is_map(self.layer) or not self.map_shape:
             raise ValueError(f"finetune needs a cached map layer (block<k>:map), got {self.layer!r}; "

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .base import Head, StateSpec
 
 FORMAT = "embedpipe-head"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EmbedpipeError
+from ..core.errors import EmbedpipeError
 from .base import ArraySpec, Head, State, StateSpec
 
 

@@ -1,0 +1,2 @@
+"""What every layer uses and nothing of embedpipe's own: errors, atomic writes, file locks, the
+device and precision rules, the layer-name grammar, logging and the registry pattern."""
