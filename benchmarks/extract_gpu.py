@@ -173,8 +173,8 @@ def run_decode_only(a: argparse.Namespace, device: Any) -> dict[str, Any]:
     import open_clip
 
     from embedpipe.backbones.open_clip_backbone import CONFIG_DIR
-    from embedpipe.extraction.gpu_decode import decode_batch, decode_path
     from embedpipe.backbones.preprocess import Preprocess
+    from embedpipe.extraction.gpu_decode import decode_batch, decode_path
 
     open_clip.add_model_config(CONFIG_DIR)
     size = open_clip.get_model_config(a.arch)["vision_cfg"]["image_size"]  # the model's eval preprocessing

@@ -220,7 +220,7 @@ def advise(cache: Any, *, out: str | Path | None = None, plot: bool = True) -> d
         try:
             report["plot"] = str(plot_sweep(ev, decision, target))
         except OSError as e:
-            raise EmbedpipeError(f"cannot write the plot to {target} ({e.strerror}); pass --out FILE.png") from None
+            raise EmbedpipeError(f"cannot write the plot to {target} ({e.strerror}); pass out='FILE.png'") from None
     return report
 
 

@@ -10,9 +10,9 @@ Configuration comes from keyword arguments or a TOML file (``BenchConfig.from_to
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
-import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -20,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import DEFAULT_BACKBONE
-from .core.errors import EmbedpipeError
+from .backbones.base import file_digest
+from .cache.key import digest
+from .core.atomic import atomic_file
+from .core.errors import EmbedpipeError, first_line
 from .core.locking import exclusive
+from .core.log import get_logger, level, show_progress
 from .extract import library_versions, run_extract
 from .heads import HEADS, list_heads
 from .report import write_report
 from .train import fit_head, load_splits, sample_shots
+
+_logger = get_logger(__name__)
 
 COLUMNS = [
     "dataset", "backbone", "layer", "head", "shots", "seed", "settings", "status", "error",
@@ -108,9 +114,7 @@ def cpu_isa() -> str:
 
 
 def environment() -> dict[str, str]:
-    import json
-
-    import torch
+    import torch  # heavy: imported by a bench run, not at start-up
 
     return {
         "date": datetime.now(UTC).date().isoformat(),
@@ -133,12 +137,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class Bench:
@@ -156,8 +158,7 @@ class Bench:
         return [(layer, head, k, s) for layer in self.config.layers for k, s in plans for head in heads]
 
     def _say(self, text: str) -> None:
-        if self.progress:
-            print(text, file=sys.stderr, flush=True)
+        _logger.log(level(self.progress), text)
 
     def _record(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if _key(r) != _key(row)] + [row]
@@ -211,9 +212,6 @@ class Bench:
         return self.rows
 
     def _settings(self, backbone: str, head: str) -> str:
-        from .backbones.base import file_digest
-        from .cache.key import digest
-
         weights = self.config.weights.get(backbone)
         return digest({"weights": file_digest(weights) if weights and os.path.isfile(weights) else weights,
                        "params": self.config.head_params.get(head, {}), "extract": self.config.extract})[:12]
@@ -226,7 +224,7 @@ class Bench:
 
     @staticmethod
     def _failed(base: dict[str, Any], error: BaseException, env: dict[str, str]) -> dict[str, Any]:
-        message = str(error).splitlines()[0] if str(error) else ""
+        message = first_line(error) if str(error).strip() else ""
         if not isinstance(error, EmbedpipeError):  # our own errors already say what is wrong
             message = f"{type(error).__name__}: {message}"
         return {**base, **env, "status": "error", "error": message[:300]}
@@ -257,6 +255,8 @@ def _r(value: float | None) -> float | None:
 
 def run_bench(config: BenchConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) a bench; writes the CSV, Markdown and plots; returns all rows of the CSV."""
+    if progress:
+        show_progress()
     csv_path = Path(config.results_dir) / f"{config.name}.csv"
     with exclusive(csv_path.with_name(csv_path.name + ".lock"), str(csv_path)):
         rows = Bench(config, progress).run()

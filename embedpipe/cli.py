@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from .core.errors import EmbedpipeError
+from .core.log import show_progress
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -337,12 +339,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Python argument names whose flag is not the name with dashes (the rest follow from the parser).
+FLAG_ALIASES = {"num_workers": "--workers", "heads": "--head", "head_file": "--head-file"}
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Python argument name -> command-line flag, for every flag of every verb."""
+    names = dict(FLAG_ALIASES)
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names.update({k: v for k, v in flag_names(sub).items() if k not in FLAG_ALIASES})
+        elif action.option_strings and action.dest not in ("help", "version"):
+            names.setdefault(action.dest, max(action.option_strings, key=len))
+    return names
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """A library error in the CLI's words: ``name='value'`` becomes ``--flag value`` and a bare
+    ``snake_case`` argument name becomes its flag (plain words are left alone)."""
+    def valued(m: re.Match[str]) -> str:
+        flag = flags.get(m.group(1))
+        return f"{flag} {m.group(3) or m.group(4) or m.group(5)}" if flag else m.group(0)
+
+    message = re.sub(r"\b([a-z][a-z0-9_]*)=('([^']*)'|\"([^\"]*)\"|([^\s,;)']+))", valued, message)
+    return re.sub(r"(?<![-\w])([a-z]+(?:_[a-z]+)+)\b(?!=)", lambda m: flags.get(m.group(1), m.group(1)), message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "quiet", False):
+        show_progress()
     try:
         return int(args.func(args) or 0)
     except EmbedpipeError as e:
-        print(f"embedpipe: error: {e}", file=sys.stderr)
+        print(f"embedpipe: error: {as_flags(str(e), flag_names(parser))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("embedpipe: interrupted; finished shards are kept, re-run the same command to resume",

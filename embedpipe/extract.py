@@ -8,8 +8,8 @@ rest from the earlier cache of the same backbone and layers.
 
 from __future__ import annotations
 
+import json
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -20,8 +20,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, BackboneConfig, create_backbone
 from .cache import (
+    SCHEMA_VERSION,
     Cache,
     cache_key,
     cache_path,
@@ -30,18 +32,19 @@ from .cache import (
     read_meta,
     write_meta,
 )
-from .core.errors import EmbedpipeError
+from .core.errors import EmbedpipeError, os_reason
 from .core.locking import exclusive
+from .core.log import get_logger, level, show_progress
 from .data import Source, SplitRule, assign_splits, resolve_source
-from .engines import check_engine
+from .data.sources import Record
+from .engines import Engine, ExecutorOptions, ExtractJob, ExtractStats, LocalEngine, check_engine
+from .engines.ray_engine import RayEngine
 from .extraction.decode import DecodeOptions
-from .extraction.defaults import default_batch_size, default_workers
-from .extraction.embed import BatchDecoder
-from .extraction.engine import run_local
-from .extraction.plan import ShardPlan, plan_shards
-from .extraction.shard import ShardExecutor
-from .extraction.write import describe_os_error
+from .extraction.defaults import default_batch_size
+from .extraction.embed import BatchDecoder, gpu_decoder
+from .extraction.plan import plan_shards
 
+_logger = get_logger(__name__)
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -63,28 +66,13 @@ class ExtractConfig:
         if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
             raise EmbedpipeError("batch size and shard size must be at least 1")
         if self.num_workers is not None and self.num_workers < 0:
-            raise EmbedpipeError(f"--workers must be 0 or more, got {self.num_workers}")
-
-
-@dataclass
-class ExtractStats:
-    cache: str
-    images: int
-    embedded: int
-    reused: int
-    failed: int
-    seconds: float
-    images_per_s: float
-    resumed_shards: int
-    retried: int = 0  # failed rows of an earlier run tried again
+            raise EmbedpipeError(f"num_workers must be 0 or more, got {self.num_workers}")
 
 
 def library_versions() -> dict[str, str]:
-    import open_clip
+    import open_clip  # heavy: imported when an extraction records its provenance, not at start-up
     import timm
     import torch
-
-    from . import __version__
 
     return {
         "embedpipe": __version__,
@@ -97,7 +85,8 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def prepare_records(source: Source, rule: SplitRule) -> tuple[list[Any], list[str]]:
+def prepare_records(source: Source, rule: SplitRule) -> tuple[list[Record], list[str]]:
+    """The manifest in cache-row order (sorted by id, split assigned) and the sorted label names."""
     records = sorted(assign_splits(source.records, rule), key=lambda r: r.id)
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
@@ -112,8 +101,9 @@ def _configs(options: dict[str, Any]) -> tuple[dict[str, Any], ExtractConfig]:
     if unknown:
         raise EmbedpipeError(f"unknown extract option(s) {sorted(unknown)}; known: {sorted(bb_fields | ex_fields)}")
     config = replace(ExtractConfig(), **{k: v for k, v in options.items() if k in ex_fields})
-    if isinstance(config.layers, str):
-        config = replace(config, layers=tuple(config.layers.split(",")))
+    if isinstance(config.layers, str):  # one layer name
+        config = replace(config, layers=(config.layers,))
+    config = replace(config, layers=tuple(config.layers))
     config.check()
     return {k: v for k, v in options.items() if k in bb_fields}, config
 
@@ -157,20 +147,13 @@ def run_extract(
     from itself and only the failed rows decoded again (so fixing a file and re-running fixes the
     cache); a shard whose rows fail again for the same reasons is left as it is."""
     t0 = time.perf_counter()
+    if progress:
+        show_progress()
     bb_options, config = _configs(options)
     source = resolve_source(data, signature=config.signature)
     records, label_names = prepare_records(source, config.split)
-    remote = None
-    if check_engine(engine) == "ray":
-        from .engines.ray_engine import RayEngine
-
-        remote = RayEngine(ray_address, bb_options, ray_cpus_per_worker)
-        bb_options = remote.driver_options
-    elif ray_address or ray_cpus_per_worker is not None:
-        raise EmbedpipeError("--ray-address and --ray-cpus-per-worker need --engine ray")
-    if isinstance(backbone, Backbone) and bb_options:
-        raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **bb_options)
+    runner, bb_options = _engine(engine, ray_address, ray_cpus_per_worker, bb_options)
+    bb = _backbone(backbone, bb_options)
     layers = bb.check_layers(config.layers)
     opts = DecodeOptions(bb.pixel_preprocess, bb.transform, config.jpeg_draft)
     if decoder is None and config.gpu_decode and opts.pre is not None and bb.device.type == "cuda":
@@ -181,41 +164,50 @@ def run_extract(
         config = replace(config, batch_size=default_batch_size(bb.device))
     key = cache_key(fkey, manifest_digest(records))
     path = cache_path(cache_dir, source.name, bb.spec, key)
-    n = len(records)
-    if progress:
-        print(size_estimate_line(bb, layers, config.dtype, n), file=sys.stderr)
+    _logger.log(level(progress), size_estimate_line(bb, layers, config.dtype, len(records)))
 
     with exclusive(path / ".lock", str(path)):
         existing = read_meta(path) if (path / "meta.h5").is_file() else None
         if existing is not None and existing.get("key") != key:
             raise EmbedpipeError(f"{path} holds a different cache (key {existing.get('key')}); remove it")
         size = int(existing["shard_size"]) if existing is not None else config.shard_size  # resume keeps its shards
-        n_shards = (n + size - 1) // size
+        n_shards = (len(records) + size - 1) // size
         if existing is None:
-            label_index = {name: i for i, name in enumerate(label_names)}
-            _write_meta_or_fail(path, lambda: write_meta(
-                path,
-                arrays={
-                    "ids": np.array([r.id for r in records], dtype=object),
-                    "labels": np.array([label_index[r.label] for r in records], dtype=np.int32),
-                    "label_names": np.array(label_names, dtype=object),
-                    "split": np.array([r.split for r in records], dtype=object),
-                    "signatures": np.array([r.signature for r in records], dtype=object),
-                },
-                attrs=_meta_attrs(source, bb, layers, config, key, fkey, n, n_shards, decode_path),
-            ))
+            _write_new_meta(path, records, label_names, _meta_attrs(
+                source, bb, layers, config, key, fkey, len(records), n_shards, decode_path))
         assert config.batch_size is not None
         plans = plan_shards(records, path, key, fkey, size, config.batch_size)
-        fill = remote.fill_shards if remote is not None else _fill_shards
-        stats = fill(source, records, bb, layers, config, path, key, plans, opts, decoder, progress)
+        job = ExtractJob(tuple(plans), source, tuple(records),
+                         ExecutorOptions(bb, tuple(layers), opts, decoder, config.num_workers),
+                         path, key, config.dtype, progress)
+        stats = runner.fill(job)
     missing = sum(1 for p in plans if not p.previous_failures)
     stats.resumed_shards = n_shards - missing if 0 < missing < n_shards else 0
     stats.seconds = time.perf_counter() - t0
     cache = Cache(path)
     stats.failed = len(cache.failed)
-    if progress:
-        print(_summary_line(stats, not plans), file=sys.stderr)
+    _logger.log(level(progress), _summary_line(stats, not plans))
     return cache, stats
+
+
+def _engine(engine: str, ray_address: str | None, ray_cpus_per_worker: int | None,
+            bb_options: dict[str, Any]) -> tuple[Engine, dict[str, Any]]:
+    """The engine that fills the shards, and the backbone options the driver plans with (the Ray
+    engine resolves precision on the cluster's GPUs, where the features are computed)."""
+    if check_engine(engine) == "ray":
+        remote = RayEngine(ray_address, bb_options, ray_cpus_per_worker)
+        return remote, remote.driver_options
+    if ray_address or ray_cpus_per_worker is not None:
+        raise EmbedpipeError("ray_address and ray_cpus_per_worker need engine='ray'")
+    return LocalEngine(), bb_options
+
+
+def _backbone(backbone: str | Backbone, bb_options: dict[str, Any]) -> Backbone:
+    if isinstance(backbone, Backbone):
+        if bb_options:
+            raise EmbedpipeError(f"backbone options {sorted(bb_options)} apply to a spec, not to a built Backbone")
+        return backbone
+    return create_backbone(backbone, **bb_options)
 
 
 def size_estimate_line(bb: Backbone, layers: Sequence[str], dtype: str, rows: int) -> str:
@@ -239,10 +231,6 @@ def _meta_attrs(
     source: Source, bb: Backbone, layers: list[str], config: ExtractConfig, key: str, fkey: str,
     n: int, n_shards: int, decode_path: str,
 ) -> dict[str, Any]:
-    import json
-
-    from .cache import SCHEMA_VERSION
-
     return {
         "schema_version": SCHEMA_VERSION,
         "key": key,
@@ -269,41 +257,25 @@ def _meta_attrs(
     }
 
 
-def gpu_decoder() -> BatchDecoder:
-    """nvJPEG through torchvision: the files ``gpu_decodable`` accepts go to the GPU in batches."""
-    from .extraction.gpu_decode import DECODE_PATH, decode_batch, gpu_decodable
-
-    return BatchDecoder(gpu_decodable, decode_batch, DECODE_PATH)
-
-
 def feature_key_for(bb: Backbone, layers: Sequence[str], dtype: str, decode: str) -> str:
     """The feature key of this extraction (what goes in is documented in cache/key.py)."""
     return feature_key(bb.fingerprint, layers, dtype, compute=bb.compute_provenance(), decode=decode)
 
 
-def _fill_shards(
-    source: Source, records: list[Any], bb: Backbone, layers: list[str], config: ExtractConfig,
-    path: Path, key: str, plans: list[ShardPlan], opts: DecodeOptions, decoder: BatchDecoder | None,
-    progress: bool,
-) -> ExtractStats:
-    n = len(records)
-    stats = ExtractStats(str(path), n, 0, 0, 0, 0.0, 0.0, 0)
-    if not plans:
-        return stats
-    executor = ShardExecutor.build(source, records, bb, layers, opts, decoder)
-    workers = default_workers(bb.device) if config.num_workers is None else config.num_workers
-    run = run_local(plans, source, records, executor, path, key, config.dtype, workers,
-                    route=decoder.route if decoder else None, progress=progress)
-    stats.embedded, stats.reused, stats.retried = run.embedded, run.reused, run.retried
-    stats.images_per_s = run.computed / run.seconds if run.seconds > 0 and run.computed else 0.0
-    return stats
-
-
-def _write_meta_or_fail(path: Path, write: Any) -> None:
+def _write_new_meta(path: Path, records: Sequence[Record], label_names: list[str], attrs: dict[str, Any]) -> None:
+    """meta.h5 of a new cache: the manifest (ids, labels, splits, file signatures) and its provenance."""
+    label_index = {name: i for i, name in enumerate(label_names)}
+    arrays = {
+        "ids": np.array([r.id for r in records], dtype=object),
+        "labels": np.array([label_index[r.label] for r in records], dtype=np.int32),
+        "label_names": np.array(label_names, dtype=object),
+        "split": np.array([r.split for r in records], dtype=object),
+        "signatures": np.array([r.signature for r in records], dtype=object),
+    }
     try:
-        write()
+        write_meta(path, arrays=arrays, attrs=attrs)
     except OSError as e:
-        raise EmbedpipeError(f"cannot write meta.h5 in cache folder {path}: {describe_os_error(e)}; "
+        raise EmbedpipeError(f"cannot write meta.h5 in cache folder {path}: {os_reason(e)}; "
                              "free space and re-run") from None
 
 

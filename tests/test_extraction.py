@@ -18,6 +18,7 @@ from conftest import TINY_TIMM, make_image, make_image_folder
 from PIL import Image
 
 from embedpipe import create_backbone
+from embedpipe.backbones.preprocess import Preprocess
 from embedpipe.data import SplitRule, resolve_source
 from embedpipe.data.loader import to_rgb
 from embedpipe.data.sources import ImageFolderSource, Record
@@ -25,7 +26,6 @@ from embedpipe.extract import prepare_records, run_extract
 from embedpipe.extraction.decode import CHANGED, DecodeOptions, decode_batch_cpu, load_sample
 from embedpipe.extraction.embed import BatchDecoder
 from embedpipe.extraction.plan import plan_shards
-from embedpipe.backbones.preprocess import Preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import camera_jpeg

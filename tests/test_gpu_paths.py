@@ -15,6 +15,7 @@ from conftest import TINY_TIMM
 from PIL import Image, ImageDraw
 
 from embedpipe import create_backbone
+from embedpipe.backbones.preprocess import Preprocess, normalize, pil_geometry, pil_to_uint8
 from embedpipe.data.loader import to_rgb
 from embedpipe.extraction.gpu_decode import (
     CPU_DECODE_PATH,
@@ -25,7 +26,6 @@ from embedpipe.extraction.gpu_decode import (
     jpeg_info,
     tensor_geometry,
 )
-from embedpipe.backbones.preprocess import Preprocess, normalize, pil_geometry, pil_to_uint8
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 # torchvision 0.29 deprecates its decoders (TorchCodec has the same nvJPEG path); not our concern here

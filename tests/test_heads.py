@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from embedpipe.core.errors import EmbedpipeError
+from embedpipe.core.registry import Registry
 from embedpipe.heads import (
     DESCRIPTIONS,
     HEADS,
@@ -28,7 +29,6 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
-from embedpipe.core.registry import Registry
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
 SMALL: dict[str, dict[str, Any]] = {

@@ -20,8 +20,8 @@ from embedpipe.cache import DamagedShard, atomic_h5, unfinished_shards, verify_c
 from embedpipe.cache.writer import STR
 from embedpipe.cli import main
 from embedpipe.core.errors import EmbedpipeError
-from embedpipe.extract import run_extract
 from embedpipe.core.locking import exclusive
+from embedpipe.extract import run_extract
 
 
 def _extract(data: Path, weights: str, cache_dir: Path):  # type: ignore[no-untyped-def]

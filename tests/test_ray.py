@@ -185,8 +185,8 @@ def test_ray_recomputes_a_damaged_shard(ray_cluster: str, tiny_timm_weights: str
 def test_actor_sizing(ray_cluster: str) -> None:
     """CPU-only nodes get 1-CPU actors by default (2 on this 2-CPU instance); --ray-cpus-per-worker
     overrides it, and an impossible size is one clear error."""
-    from embedpipe.engines.ray_engine import Pool, RayEngine
     from embedpipe.core.errors import EmbedpipeError
+    from embedpipe.engines.ray_engine import Pool, RayEngine
 
     options = {"device": "cpu"}
     assert RayEngine(None, options).size_pool(5) == Pool(2, 1, 0)
@@ -196,7 +196,7 @@ def test_actor_sizing(ray_cluster: str) -> None:
         RayEngine(None, options, cpus_per_worker=3).size_pool(5)
     with pytest.raises(EmbedpipeError, match="at least 1"):
         RayEngine(None, options, cpus_per_worker=0)
-    with pytest.raises(EmbedpipeError, match="need --engine ray"):
+    with pytest.raises(EmbedpipeError, match=r"need engine=.ray."):
         run_extract("digits", ray_cpus_per_worker=2)
 
 

@@ -222,7 +222,7 @@ class Backbone:
 
     def check_layers(self, layers: Sequence[str]) -> list[str]:
         if not layers:
-            raise EmbedpipeError("no layers requested; use e.g. --layers pooled")
+            raise EmbedpipeError("no layers requested; use e.g. layers='pooled'")
         bad = [name for name in layers if name not in self.layers and not self._add_grid(name)]
         if bad:
             raise EmbedpipeError(

@@ -43,10 +43,10 @@ class OpenClipBackbone(Backbone):
         if not self.arch:
             raise EmbedpipeError("open_clip backbone needs an architecture, e.g. open_clip:ViT-B-32")
         if self.tag and config.weights:
-            raise EmbedpipeError("give either a pretrained tag or --weights FILE, not both")
+            raise EmbedpipeError("give either a pretrained tag or weights=FILE, not both")
         check_weights_file(config.weights)
         if config.image_size is not None:
-            raise EmbedpipeError("open_clip models have a fixed input size; --image-size is for timm convnets")
+            raise EmbedpipeError("open_clip models have a fixed input size; image_size is for timm convnets")
 
     def _load(self) -> None:
         import open_clip
@@ -70,7 +70,7 @@ class OpenClipBackbone(Backbone):
         if pretrained is None and not self.arch.startswith(("local-dir:", "hf-hub:")):
             raise EmbedpipeError(
                 f"open_clip:{self.arch} has no weights; give a tag (open_clip:{self.arch}/<tag>, "
-                f"see open_clip.list_pretrained()) or --weights FILE"
+                f"see open_clip.list_pretrained()) or weights=FILE"
             )
         self._model = model
         self._transform = preprocess

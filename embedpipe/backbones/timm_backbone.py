@@ -50,7 +50,7 @@ class TimmBackbone(Backbone):
                 self.model_name, pretrained=True, pretrained_cfg_overlay=overlay or None
             )
         except (OSError, RuntimeError, ValueError) as e:
-            where = self.config.weights or "the model hub (needs internet; or pass --weights FILE)"
+            where = self.config.weights or "the model hub (needs internet; or pass weights=FILE)"
             raise EmbedpipeError(
                 f"could not load weights for timm:{self.model_name} from {where}: "
                 f"{str(e).splitlines()[0][:200]}"
@@ -70,7 +70,7 @@ class TimmBackbone(Backbone):
                 raise EmbedpipeError(f"image size {self.config.image_size} is too small: use 32 px or more")
             if hasattr(model, "pos_embed"):
                 raise EmbedpipeError(f"timm:{self.model_name} has a fixed input size (position embeddings); "
-                                     "drop --image-size")
+                                     "drop image_size")
             data_cfg = {**data_cfg, "input_size": (3, self.config.image_size, self.config.image_size)}
         self._model = model
         self._transform = timm.data.create_transform(**data_cfg, is_training=False)

@@ -24,7 +24,7 @@ def _cannot_write(folder: Path, e: OSError) -> EmbedpipeError:
     if isinstance(e, (FileExistsError, NotADirectoryError)):
         reason = "a file is in the way of the folder"
     return EmbedpipeError(f"cannot write to cache folder {folder} ({reason}); make it writable or pass "
-                          "another --cache-dir")
+                          "another cache_dir")
 
 
 @contextlib.contextmanager

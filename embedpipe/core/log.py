@@ -43,3 +43,9 @@ def show_progress(level: int = logging.INFO) -> None:
         handler.setFormatter(_OneLine())
         handler._embedpipe = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+
+
+def level(progress: bool) -> int:
+    """The level of a progress message: INFO when the caller asked for progress, DEBUG otherwise
+    (so ``progress=False`` stays quiet even after another call turned progress on)."""
+    return logging.INFO if progress else logging.DEBUG

@@ -1,19 +1,10 @@
-"""Extraction engines: ``local`` (one process, the default) and ``ray`` (a Ray cluster).
-
-Both run the same plan (``extract.run_extract`` makes it: manifest, split, key, ``meta.h5``, pending
-shards, donor rows) and write the same cache; an engine only decides where shards are computed.
-The Ray engine is an optional extra (``pip install "embedpipe[ray]"``): nothing here imports Ray
-until a Ray extraction starts.
-"""
+"""Extraction engines behind one interface (``engines/base.py``): ``local`` (one process, the
+default) and ``ray`` (a Ray cluster). The Ray engine is an optional extra
+(``pip install "embedpipe[ray]"``): nothing here imports Ray until a Ray extraction starts."""
 
 from __future__ import annotations
 
-from ..core.errors import EmbedpipeError
+from .base import ENGINES, Engine, ExecutorOptions, ExtractJob, ExtractStats, check_engine
+from .local import LocalEngine
 
-ENGINES = ("local", "ray")  # "local" is the default and needs nothing beyond embedpipe itself
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise EmbedpipeError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
-    return engine
+__all__ = ["ENGINES", "Engine", "ExecutorOptions", "ExtractJob", "ExtractStats", "LocalEngine", "check_engine"]

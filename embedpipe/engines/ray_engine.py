@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from ..cache import shard_name
 from ..core.errors import EmbedpipeError
-from ..extract import ExtractStats
+from .base import ExtractJob, ExtractStats
 from .shard_runner import ShardContext, ShardRunner, file_mtime
 
 RAY_MISSING = 'the Ray engine needs Ray: pip install "embedpipe[ray]"'
@@ -242,6 +243,15 @@ class RayEngine:
                   f"{f' + {pool.gpus} GPU' if pool.gpus else ''} across {stats.nodes} node(s)"
                   f"{f'; {pids - pool.actors} worker restarts' if pids > pool.actors else ''}", file=sys.stderr)
         return stats
+
+    name = "ray"
+
+    def fill(self, job: ExtractJob) -> RayExtractStats:
+        """The Engine interface (engines/base.py) over ``fill_shards``."""
+        ex = job.executor
+        options = SimpleNamespace(dtype=job.dtype, num_workers=ex.num_workers)
+        return self.fill_shards(job.source, list(job.records), ex.backbone, list(ex.layers), options, job.path,
+                                job.key, list(job.plans), ex.decode, ex.decoder, job.progress)
 
 
 def _plain(value: Any) -> Any:

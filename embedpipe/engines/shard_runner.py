@@ -22,9 +22,10 @@ from ..data import Source
 from ..data.sources import Record
 from ..extraction.decode import DecodeOptions
 from ..extraction.defaults import default_workers
-from ..extraction.engine import run_local
+from ..extraction.embed import gpu_decoder
 from ..extraction.plan import ShardPlan
 from ..extraction.shard import ShardExecutor
+from .local import run_local
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ class ShardRunner:
     """Holds one loaded backbone and computes shard after shard (what an actor keeps)."""
 
     def __init__(self, ctx: ShardContext, cpus: int | None = None) -> None:
-        from ..extract import gpu_decoder
-
         self.ctx = ctx
         options = {k: v for k, v in ctx.backbone.to_dict().items() if k != "spec"}
         bb = create_backbone(ctx.backbone.spec, **options)

@@ -24,6 +24,7 @@ from ..backbones.base import Backbone
 from ..backbones.preprocess import Preprocess
 from .decode import Batch, DecodeOptions, decode_bytes_cpu
 from .defaults import INPUT_RING, OUTPUT_RING
+from .gpu_decode import DECODE_PATH, decode_batch, gpu_decodable
 
 # (datas, pre, device) -> (uint8 (n_ok, 3, H, W) on device, positions decoded, positions to fall back)
 DecodeBytes = Callable[[list[bytes], Preprocess, torch.device], tuple[torch.Tensor, list[int], list[int]]]
@@ -154,3 +155,8 @@ class Embedder:
         """Wait for every host copy in flight and hand it to its sink (call before a shard is written)."""
         for k in range(OUTPUT_RING):
             self._resolve(k)
+
+
+def gpu_decoder() -> BatchDecoder:
+    """nvJPEG through torchvision: the files ``gpu_decodable`` accepts go to the GPU in batches."""
+    return BatchDecoder(gpu_decodable, decode_batch, DECODE_PATH)

@@ -1,4 +1,4 @@
-"""The local engine: the stages wired into one pipeline with bounded queues.
+"""The local engine: the stages wired into one pipeline with bounded queues, in this process.
 
     DataLoader workers (read + decode, uint8 across the process boundary, ``PREFETCH_FACTOR``
     batches ahead each) -> main thread (embed: device normalise, forward, async host copy; shard
@@ -21,11 +21,12 @@ import torch
 from tqdm import tqdm
 
 from ..data.sources import Record, Source
-from .decode import Route, SampleDataset, collate
-from .defaults import PREFETCH_FACTOR
-from .plan import ShardPlan, reused_rows
-from .shard import ShardExecutor, ShardState, unchanged_retry
-from .write import ShardWriter
+from ..extraction.decode import Route, SampleDataset, collate
+from ..extraction.defaults import PREFETCH_FACTOR, default_workers
+from ..extraction.plan import ShardPlan, reused_rows
+from ..extraction.shard import ShardExecutor, ShardState, unchanged_retry
+from ..extraction.write import ShardWriter
+from .base import ExtractJob, ExtractStats
 
 
 @dataclass
@@ -89,3 +90,22 @@ def run_local(
     finally:
         writer.close()
     return stats
+
+
+class LocalEngine:
+    """Computes every shard of a job in this process (the default engine)."""
+
+    name = "local"
+
+    def fill(self, job: ExtractJob) -> ExtractStats:
+        stats = ExtractStats(str(job.path), len(job.records))
+        if not job.plans:
+            return stats
+        ex = job.executor
+        executor = ShardExecutor.build(job.source, job.records, ex.backbone, ex.layers, ex.decode, ex.decoder)
+        workers = default_workers(ex.backbone.device) if ex.num_workers is None else ex.num_workers
+        run = run_local(job.plans, job.source, job.records, executor, job.path, job.key, job.dtype, workers,
+                        route=ex.decoder.route if ex.decoder else None, progress=job.progress)
+        stats.embedded, stats.reused, stats.retried = run.embedded, run.reused, run.retried
+        stats.images_per_s = run.computed / run.seconds if run.seconds > 0 and run.computed else 0.0
+        return stats
