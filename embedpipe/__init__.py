@@ -1,13 +1,12 @@
 """embedpipe: a frozen pretrained backbone embeds a dataset once into an HDF5 cache; classical heads
 train on the cached embeddings in seconds."""
 
-__version__ = "0.1.0"
-
 from .advise import advise
 from .backbones import BackboneConfig, create_backbone, list_backbones
 from .bench import benchmark
 from .cache import Cache, open_cache
 from .core.errors import EmbedpipeError
+from .core.version import __version__
 from .extract import ExtractConfig, extract
 from .heads import create_head, list_heads
 from .predict import predict

@@ -186,7 +186,7 @@ def evidence_from_rows(rows: list[dict[str, Any]], dataset: str, backbone: str) 
 
 
 def plot_sweep(ev: Evidence, decision: dict[str, Any], out: Path) -> Path:
-    import matplotlib
+    import matplotlib  # heavy: only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

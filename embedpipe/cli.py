@@ -65,7 +65,7 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from .backbones import DESCRIPTIONS as BB
+    from .backbones import DESCRIPTIONS as BB  # start-up: each verb imports only what it runs
     from .data import list_datasets
     from .heads import DESCRIPTIONS as HD
 
@@ -74,7 +74,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import SplitRule
+    from .data import SplitRule  # start-up: each verb imports only what it runs
 
     options: dict[str, Any] = {
         "layers": tuple(_csv(args.layers)),
@@ -95,7 +95,9 @@ def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from .extract import run_extract
+    from .extract import (
+        run_extract,  # start-up: torch and the models load only for the verbs that need them
+    )
 
     cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir, progress=not args.quiet,
                                engine=args.engine, ray_address=args.ray_address,
@@ -104,7 +106,11 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .cache import open_cache, verify_cache, verify_message
+    from .cache import (  # start-up: each verb imports only what it runs
+        open_cache,
+        verify_cache,
+        verify_message,
+    )
 
     if args.verify and (problems := verify_cache(args.cache)):
         raise EmbedpipeError(verify_message(args.cache, problems))
@@ -121,7 +127,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .table import format_table
+    from .table import format_table  # start-up: each verb imports only what it runs
     from .train import few_shot, train_heads
 
     heads = _csv(args.head)
@@ -155,14 +161,14 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 
 def cmd_advise(args: argparse.Namespace) -> None:
-    from .advise import advise, format_advice
+    from .advise import advise, format_advice  # start-up: each verb imports only what it runs
 
     report = advise(args.cache, out=args.out, plot=not args.no_plot)
     _emit(args, report, format_advice(report))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .train import evaluate
+    from .train import evaluate  # start-up: each verb imports only what it runs
 
     m = evaluate(args.head_file, args.cache, args.split)
     text = (f"{m['head']} on {m['split']} ({m['n']} images): top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
@@ -171,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .predict import predict  # start-up: each verb imports only what it runs
 
     results = predict(args.head_file, args.images, top_k=args.top_k, device=args.device)
     lines = []
@@ -185,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import BenchConfig, run_bench
+    from .bench import BenchConfig, run_bench  # start-up: each verb imports only what it runs
     from .report import render_markdown
 
     flags: dict[str, Any] = {
@@ -219,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _add_extract_flags(p: argparse.ArgumentParser) -> None:
-    from .backbones import DEFAULT_BACKBONE
+    from .backbones import DEFAULT_BACKBONE  # start-up: --help needs no torch
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="backbone spec: effnet-lite0, timm:<name>, open_clip:<arch>[/<tag>] (default %(default)s)")
@@ -259,7 +265,7 @@ def _add_engine_flags(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .core.version import __version__  # start-up: --help needs no torch
 
     parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")

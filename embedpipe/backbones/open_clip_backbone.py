@@ -8,6 +8,7 @@ normalised), ``block<i>`` (transformer blocks / ResNet stages, via ``forward_int
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,11 @@ class OpenClipBackbone(Backbone):
             raise EmbedpipeError("open_clip models have a fixed input size; image_size is for timm convnets")
 
     def _load(self) -> None:
-        import open_clip
+        import open_clip  # heavy (pulls in its tokenizers): loaded with the model
 
         open_clip.add_model_config(CONFIG_DIR)
         pretrained = self.config.weights or self.tag
         if not self.arch.startswith(("local-dir:", "hf-hub:")) and self.arch not in open_clip.list_models():
-            import difflib
 
             close = difflib.get_close_matches(self.arch, open_clip.list_models(), n=3)
             raise EmbedpipeError(f"unknown open_clip architecture {self.arch!r}; close: {close}")
@@ -110,7 +110,7 @@ class OpenClipBackbone(Backbone):
     def text_classifier(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """Zero-shot weights (k, d): per class, the normalised mean of the normalised text embeddings
         of every template filled with the class name (open_clip's build_zero_shot_classifier)."""
-        import open_clip
+        import open_clip  # heavy (pulls in its tokenizers): loaded with the model
         from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
         model: Any = self.model

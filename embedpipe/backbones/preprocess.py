@@ -34,7 +34,7 @@ class Preprocess:
     @classmethod
     def from_transform(cls, transform: Any) -> Preprocess | None:
         """Parse a torchvision eval Compose; None when it is not Resize/CenterCrop/ToTensor/Normalize."""
-        from torchvision import transforms as T
+        from torchvision import transforms as T  # torchvision: only when a transform is parsed
 
         ops = list(getattr(transform, "transforms", []))
         resize = crop = norm = None
@@ -102,7 +102,7 @@ _PIL_FILTERS = {
 
 def pil_geometry(img: Image.Image, pre: Preprocess) -> Image.Image:
     """Resize + center crop on an RGB PIL image, as torchvision's PIL ops do them."""
-    from torchvision.transforms import functional as F
+    from torchvision.transforms import functional as F  # torchvision: only on the PIL geometry path
 
     w, h = pre.resized_size(*img.size)
     img = img.resize((w, h), _PIL_FILTERS[pre.interpolation])

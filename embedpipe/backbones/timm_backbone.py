@@ -9,6 +9,7 @@ classifier. ``tail(layer)`` rebuilds, with their pretrained weights, the blocks 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ class TimmBackbone(Backbone):
         check_weights_file(config.weights)
 
     def _create(self, **overlay: Any) -> torch.nn.Module:
-        import timm
+        import timm  # heavy: loaded with the model, not at import
 
         if not timm.is_model(self.model_name):
             close = timm.list_models(f"*{self.model_name.split('.')[0]}*")[:5]
@@ -57,13 +58,13 @@ class TimmBackbone(Backbone):
             ) from e
 
     def _load(self) -> None:
-        import timm.data
+        import timm.data  # heavy: loaded with the model, not at import
 
         model = self._create()
         self._setup(model, timm.data.resolve_data_config(model=model))
 
     def _setup(self, model: torch.nn.Module, data_cfg: dict[str, Any]) -> None:
-        import timm.data
+        import timm.data  # heavy: loaded with the model, not at import
 
         if self.config.image_size is not None:  # same crop fraction, another input size
             if self.config.image_size < 32:
@@ -117,7 +118,6 @@ class TimmBackbone(Backbone):
         needed = ("blocks", "stage_ends", "conv_head", "bn2")
         if not all(hasattr(model, a) for a in needed):
             return super().tail(layer)
-        import copy
 
         k = block_index(layer)
         if not 0 <= k < len(model.stage_ends):

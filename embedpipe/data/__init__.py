@@ -25,7 +25,9 @@ def resolve_source(data: str | os.PathLike[str] | Source, signature: str = "stat
     if data in BUILTINS:
         return BUILTINS.create(data)
     if data.startswith("torchvision:"):
-        from .torchvision_sets import TorchvisionSource
+        from .torchvision_sets import (
+            TorchvisionSource,  # torchvision.datasets: only for torchvision: sources
+        )
 
         return TorchvisionSource(data.partition(":")[2])
     if os.path.isdir(data):

@@ -22,7 +22,9 @@ class DigitsSource(Source):
     size = 64  # side of the RGB image handed to the backbone's own transform
 
     def __init__(self) -> None:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import (
+            load_digits,  # scikit-learn's datasets module: only for the digits set
+        )
 
         digits = load_digits()
         self.name = "digits"
@@ -50,6 +52,6 @@ BUILTINS.register("digits")(DigitsSource)
 
 @BUILTINS.register("glyphs")
 def _glyphs() -> Source:
-    from .glyphs import GlyphsSource
+    from .glyphs import GlyphsSource  # matplotlib and fontTools: only for the glyphs set
 
     return GlyphsSource()

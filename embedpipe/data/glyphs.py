@@ -35,7 +35,7 @@ SKIP_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me", "
 
 def font_dir() -> Path:
     try:
-        import matplotlib
+        import matplotlib  # heavy; the fonts ship with it
     except ImportError as e:
         raise EmbedpipeError("the glyphs dataset needs matplotlib's fonts: pip install matplotlib") from e
     return Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf"
@@ -59,7 +59,7 @@ def _bitmap(ch: str, face: str, size: int) -> Image.Image | None:
 @cache
 def glyph_classes(n_classes: int) -> tuple[tuple[int, tuple[str, ...]], ...]:
     """(codepoint, faces that draw it) for the first ``n_classes`` usable, distinct characters."""
-    from fontTools.ttLib import TTFont
+    from fontTools.ttLib import TTFont  # heavy; only when glyphs are drawn
 
     cmaps = {face: set(TTFont(str(font_dir() / f"{face}.ttf"), lazy=True).getBestCmap()) for face in FACES}
     seen: set[bytes] = set()

@@ -31,7 +31,7 @@ class TorchvisionSource(Source):
     def __init__(self, name: str, root: str | Path | None = None, download: bool = True) -> None:
         if name not in SUPPORTED:
             raise EmbedpipeError(f"torchvision dataset {name!r} is not supported; use one of {', '.join(SUPPORTED)}")
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # heavy: only when a torchvision: source is used
 
         root = Path(root or default_root())
         try:

@@ -155,7 +155,9 @@ def tensor_geometry(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """``pre``'s Resize + CenterCrop on a uint8 (3, h, w) tensor (or a (B, 3, h, w) batch of one size),
     on any device: antialiased torchvision resize with the same interpolation and size rounding as the
     PIL path (``Preprocess.resized_size``), then the same center crop."""
-    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import (
+        InterpolationMode,  # torchvision: only on the GPU decode path
+    )
     from torchvision.transforms.v2 import functional as F
 
     h, w = img.shape[-2:]
@@ -182,7 +184,10 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def _decode(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import (  # torchvision.io: only on the GPU decode path
+        ImageReadMode,
+        decode_jpeg,
+    )
 
     if device.type == "cuda":
         # vision PR #9606 / torchcodec PR #1634: on GPUs with a hardware JPEG engine (A100, H100)
