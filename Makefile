@@ -29,8 +29,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff, then import-linter's layers contract (pyproject.toml): imports flow one way.
 lint: $(STAMP)
 	$(BIN)/ruff check embedpipe tests benchmarks
+	$(BIN)/lint-imports
 
 # Re-pin constraints.txt to what .venv holds now (after a deliberate upgrade), then re-run the
 # benchmarks whose figures the README quotes.
