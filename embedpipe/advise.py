@@ -36,8 +36,8 @@ SMALL_PER_CLASS = 200  # below this many training images per class, fine-tuning 
 #                        train a head on frozen features (rule of thumb of the transfer-learning guides)
 FINETUNE_MIN_TRAIN = 5000  # small per class but this many training images in all: the blocks after the cut
 #                        are shared by every class, so they learn from the whole train split. glyphs
-#                        (9,000 images, 6 per class, different): finetune from block3:map beat the best
-#                        frozen layer by 12 points (benchmarks/results/finetune.md); digits (~1,200) stays frozen
+#                        (9,000 images, 6 per class, different) fine-tunes; digits (~1,200) stays frozen
+#                        (the measurements: benchmarks/results/finetune.md)
 GAP_DIFFERENT = 0.01  # an earlier layer beating `pooled` by >= 1 point of val accuracy: the last blocks
 #                        are tuned to the source task, so the data is "different" from it
 ENTROPY_DIFFERENT = 0.5  # mean normalised entropy of the source classifier above this: it recognises none

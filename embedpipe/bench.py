@@ -100,8 +100,8 @@ class CellRun:
 
 
 def cpu_isa() -> str:
-    """The CPU's vector features that decide CPU speed here: native bf16 (AVX-512 BF16 or AMX) makes
-    autocast bf16 run about 3x faster than AVX2 alone, where it stays fp32 (read from /proc/cpuinfo)."""
+    """The CPU's vector features that decide CPU speed here: with native bf16 (AVX-512 BF16 or AMX)
+    the forward pass runs in bf16 autocast, on AVX2 alone it stays fp32 (read from /proc/cpuinfo)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

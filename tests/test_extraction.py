@@ -89,7 +89,8 @@ def test_plan_is_deterministic_and_batches_stay_in_shards(image_folder: Path, ti
     root = tmp_path / "cache"
     first, _ = run_extract(str(image_folder), TINY_TIMM, weights=tiny_timm_weights, cache_dir=root,
                            shard_size=5, **FAST)
-    # execute_shard (what a Ray actor calls) on a fresh plan gives the bytes the local engine wrote
+    # one shard run alone in this process (what a Ray actor does) gives the bytes the whole run wrote
+    from embedpipe.engines.local import run_local
     from embedpipe.extraction.embed import Embedder
     from embedpipe.extraction.shard import ShardExecutor
 
@@ -99,9 +100,11 @@ def test_plan_is_deterministic_and_batches_stay_in_shards(image_folder: Path, ti
     (plan0, *_) = plan_shards(records0, tmp_path / "elsewhere" / "x", "k", "no-donors", 5, 4)
     opts = DecodeOptions(bb.pixel_preprocess, bb.transform)
     executor = ShardExecutor(src0, records0, Embedder(bb, ["pooled"], opts), {"pooled": bb.dims["pooled"]})
-    result = executor.execute_shard(plan0)
-    with h5py.File(first.path / "shards" / "00000.h5") as f:
-        assert np.array_equal(result.features["pooled"].astype(np.float16), f["features/pooled"][()])
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    run_local([plan0], src0, records0, executor, alone, "k", "float16", 0, progress=False)
+    with h5py.File(first.path / "shards" / "00000.h5") as f, h5py.File(alone / "shards" / "00000.h5") as g:
+        assert np.array_equal(g["features/pooled"][()], f["features/pooled"][()])
     for i in range(8, 11):
         make_image(2, i).save(image_folder / "class2" / f"img{i:03d}.png")
     src = resolve_source(str(image_folder))

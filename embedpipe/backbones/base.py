@@ -52,7 +52,7 @@ class BackboneConfig:
     weights: str | None = None  # local weights file; None = the family's own default weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast dtype for the forward pass)
-    channels_last: bool = True  # NHWC memory layout; about 2x faster for convnets on CPU
+    channels_last: bool = True  # NHWC memory layout; faster for convnets on CPU (benchmarks/extract.py)
     image_size: int | None = None  # model input side in px (timm convnets); None = the model's own
 
     def to_dict(self) -> dict[str, Any]:

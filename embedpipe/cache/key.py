@@ -8,7 +8,8 @@ one place that combines them):
 * how the forward pass computes (``Backbone.compute_provenance``): device type, channels_last,
   precision, torch / timm / open_clip versions;
 * the decode path (``DecodeOptions.path``): ``pil`` (full PIL decode), ``pil-draft`` (JPEGs decoded
-  at reduced DCT scale), ``transform`` (the backbone's own float transform), later ``gpu``;
+  at reduced DCT scale), ``transform`` (the backbone's own float transform), each prefixed with the
+  batch decoder's name when one takes the JPEGs (``gpu-nvjpeg+pil-draft`` on CUDA);
 * the stored layers and the storage dtype.
 
 Rows of two caches are interchangeable (a donor may lend rows) only when all of this is equal. ``manifest_digest`` covers what they are made of

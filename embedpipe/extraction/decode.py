@@ -13,7 +13,7 @@
    (``Image.draft``) that never goes below the size the Resize step needs; then EXIF orientation and
    mode (``to_rgb``), resize + crop (``pil_geometry``) and a (3, H, W) uint8 tensor.
 
-Every failure is data: ``Sample.reason`` holds ``"<Exception>: <first line>"``, as before.
+Every failure is data: ``Sample.reason`` holds ``"<Exception>: <first line>"``.
 When the backbone's transform cannot be split into geometry + normalisation (``pre is None``), the
 backbone's own float transform runs instead (``decode="transform"``).
 """
@@ -183,5 +183,5 @@ class SampleDataset(torch.utils.data.Dataset[Sample]):
 
 def decode_batch_cpu(source: Source, records: Sequence[Record], rows: Sequence[int], opts: DecodeOptions,
                      route: Route | None = None) -> Batch:
-    """Read + decode one batch in this process (what an actor without workers does)."""
+    """Read + decode one batch in this process, without decoding workers."""
     return collate([load_sample(source, records[r], r, opts, route) for r in rows])

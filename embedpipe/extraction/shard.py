@@ -1,8 +1,8 @@
 """Execute one shard of the plan: donor rows copied, the rest decoded and embedded, failures recorded.
 
-``ShardExecutor`` is what an engine holds: the backbone is loaded once, then shard after shard.
-``execute_shard(plan)`` does all of one shard in this process (what a Ray actor calls); the local
-engine instead feeds it batches decoded by worker processes (``start`` / ``add`` / ``finish``).
+``ShardExecutor`` is what an engine holds: the backbone is loaded once, then shard after shard. An
+engine feeds it the batches of a shard, decoded by worker processes or in-line (``start`` / ``add``
+/ ``finish``); both engines do this through ``engines/local.py``'s ``run_local``.
 
 Invariants kept here: a shard's buffer exists only from ``start`` until ``finish`` hands a whole
 ShardResult over (memory bounded by the shard size); every row of the shard is accounted for
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backbones.base import Backbone
 from ..data.sources import Record, Source
-from .decode import Batch, DecodeOptions, Route, decode_batch_cpu
+from .decode import Batch, DecodeOptions, Route
 from .embed import BatchDecoder, Embedder
 from .plan import ShardPlan, copy_rows
 from .write import ShardResult
@@ -84,13 +84,6 @@ class ShardExecutor:
         assert state.left == 0, "a shard is handed over only when all its rows are done"
         self.embedder.flush()  # async host copies of this shard's batches land before it is written
         return ShardResult(state.plan.index, state.plan.start, state.features, state.ok, state.errors)
-
-    def execute_shard(self, plan: ShardPlan) -> ShardResult:
-        """All of one shard in this process: copy, decode, embed; the result is ready to write."""
-        state = self.start(plan)
-        for rows in plan.batches:
-            self.add(state, decode_batch_cpu(self.source, self.records, rows, self.opts, self.route))
-        return self.finish(state)
 
 
 def unchanged_retry(plan: ShardPlan, result: ShardResult) -> bool:
