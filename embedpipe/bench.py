@@ -26,7 +26,8 @@ from .core.atomic import atomic_file
 from .core.errors import EmbedpipeError, first_line
 from .core.locking import exclusive
 from .core.log import get_logger, level, show_progress
-from .extract import library_versions, run_extract
+from .core.provenance import cpu_isa, library_versions
+from .extract import run_extract
 from .heads import HEADS, list_heads
 from .report import write_report
 from .train import fit_head, load_splits, sample_shots
@@ -97,20 +98,6 @@ class CellRun:
     backbone: str
     extract_img_s: float | None
     env: dict[str, str]
-
-
-def cpu_isa() -> str:
-    """The CPU's vector features that decide CPU speed here: with native bf16 (AVX-512 BF16 or AMX)
-    the forward pass runs in bf16 autocast, on AVX2 alone it stays fp32 (read from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "cpu flags unknown"
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    bf16 = "bf16" if {"avx512_bf16", "amx_bf16"} & flags else "no bf16"
-    return f"{model or 'cpu'} ({'+'.join(isa) or 'no avx2'}, {bf16})"
 
 
 def environment() -> dict[str, str]:

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, BackboneConfig, create_backbone
@@ -34,7 +33,7 @@ from .cache import (
 from .core.errors import EmbedpipeError, os_reason
 from .core.locking import exclusive
 from .core.log import get_logger, level, show_progress
-from .core.version import __version__
+from .core.provenance import library_versions
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.sources import Record
 from .engines import Engine, ExecutorOptions, ExtractJob, ExtractStats, LocalEngine, check_engine
@@ -67,22 +66,6 @@ class ExtractConfig:
             raise EmbedpipeError("batch size and shard size must be at least 1")
         if self.num_workers is not None and self.num_workers < 0:
             raise EmbedpipeError(f"num_workers must be 0 or more, got {self.num_workers}")
-
-
-def library_versions() -> dict[str, str]:
-    import open_clip  # heavy: imported when an extraction records its provenance, not at start-up
-    import timm
-    import torch
-
-    return {
-        "embedpipe": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "open_clip": open_clip.__version__,
-        "h5py": h5py.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def prepare_records(source: Source, rule: SplitRule) -> tuple[list[Record], list[str]]:
