@@ -84,7 +84,9 @@ def _configs(options: dict[str, Any]) -> tuple[dict[str, Any], ExtractConfig]:
     if unknown:
         raise EmbedpipeError(f"unknown extract option(s) {sorted(unknown)}; known: {sorted(bb_fields | ex_fields)}")
     config = replace(ExtractConfig(), **{k: v for k, v in options.items() if k in ex_fields})
-    if isinstance(config.layers, str):  # one layer name
+    if isinstance(config.layers, str):  # one layer name; several are a list (the CLI splits commas)
+        if "," in config.layers:
+            raise EmbedpipeError(f"layers takes a list of names, e.g. layers={config.layers.split(',')}")
         config = replace(config, layers=(config.layers,))
     config = replace(config, layers=tuple(config.layers))
     config.check()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import BackboneConfig, create_backbone
-from .core.errors import EmbedpipeError
+from .core.errors import EmbedpipeError, describe
 from .data.loader import to_rgb
 from .data.safety import MAX_PIXELS, open_image
 from .heads import load_head
@@ -53,7 +53,7 @@ def predict(
                 with open_image(path, max_pixels) as img:
                     tensors.append((len(results) - 1, backbone.transform(to_rgb(img))))
             except Exception as e:  # a bad image is reported in its row; the others are still predicted
-                results[-1]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                results[-1]["error"] = describe(e)
         if not tensors:
             continue
         feats = backbone.embed(torch.stack([t for _, t in tensors]), layers)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import EmbedpipeError
+from ..core.errors import EmbedpipeError, first_line
 from ..core.layers import block_index
 from .base import (
     Backbone,
@@ -65,7 +65,7 @@ class OpenClipBackbone(Backbone):
         except (OSError, RuntimeError, ValueError) as e:
             raise EmbedpipeError(
                 f"could not build open_clip:{self.arch} with weights {pretrained or 'none'}: "
-                f"{str(e).splitlines()[0][:200]}"
+                f"{first_line(e, 200)}"
             ) from e
         if pretrained is None and not self.arch.startswith(("local-dir:", "hf-hub:")):
             raise EmbedpipeError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..core.errors import EmbedpipeError
+from ..core.errors import EmbedpipeError, first_line
 from ..core.layers import block_index
 from .base import (
     Backbone,
@@ -54,7 +54,7 @@ class TimmBackbone(Backbone):
             where = self.config.weights or "the model hub (needs internet; or pass weights=FILE)"
             raise EmbedpipeError(
                 f"could not load weights for timm:{self.model_name} from {where}: "
-                f"{str(e).splitlines()[0][:200]}"
+                f"{first_line(e, 200)}"
             ) from e
 
     def _load(self) -> None:

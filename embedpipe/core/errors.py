@@ -34,3 +34,8 @@ def os_reason(e: BaseException) -> str:
         return os.strerror(int(m.group(1)))
     m = re.search(r"error message = '([^']+)'", text)
     return m.group(1) if m else first_line(e)
+
+
+def describe(e: BaseException, limit: int = 300) -> str:
+    """``"<Type>: <first line>"`` in at most ``limit`` characters (how failures are recorded)."""
+    return f"{type(e).__name__}: {first_line(e) if str(e).strip() else ''}"[:limit]

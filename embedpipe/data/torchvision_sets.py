@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..core.errors import EmbedpipeError
+from ..core.errors import EmbedpipeError, describe
 from .sources import Record, Source
 from .splits import SplitRule, assign_splits
 
@@ -40,7 +40,7 @@ class TorchvisionSource(Source):
         except Exception as e:  # no internet, a proxy, a half-downloaded archive
             raise EmbedpipeError(
                 f"could not get torchvision {name} into {root} (needs internet the first time): "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                f"{describe(e)}"[:300]
             ) from None
         self.name = name.lower()
         self.description = f"torchvision {name} ({root})"

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from ..backbones.preprocess import Preprocess, pil_geometry, pil_to_uint8
+from ..core.errors import describe
 from ..data.loader import to_rgb
 from ..data.safety import check_size
 from ..data.sources import Record, Source, display_name, file_signature
@@ -80,8 +81,7 @@ class Batch:
 
 def failure_reason(e: BaseException) -> str:
     """One line; a non-UTF-8 path inside the message becomes \\xNN, so HDF5 can store it."""
-    first = display_name(str(e).splitlines()[0]) if str(e) else ""
-    return f"{type(e).__name__}: {first}"[:300]
+    return display_name(describe(e))[:300]
 
 
 def signature_matches(path: str, data: bytes, signature: str) -> bool:

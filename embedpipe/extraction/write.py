@@ -12,10 +12,7 @@ yet written are simply computed again by the next run (resume).
 
 from __future__ import annotations
 
-import errno
-import os
 import queue
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import shard_name, write_shard
-from ..core.errors import EmbedpipeError
+from ..core.errors import EmbedpipeError, os_reason
 from .defaults import WRITER_QUEUE
 
 
@@ -38,24 +35,11 @@ class ShardResult:
     errors: list[str]  # "" for good rows, else the reason
 
 
-def describe_os_error(e: BaseException) -> str:
-    """The cause of a failed write in words ('No space left on device'), also through h5py's wrapping."""
-    code = getattr(e, "errno", None)
-    if code:
-        return os.strerror(code)
-    text = str(e)
-    m = re.search(r"errno = (\d+)", text)
-    if m and int(m.group(1)) in errno.errorcode:
-        return os.strerror(int(m.group(1)))
-    m = re.search(r"error message = '([^']+)'", text)
-    return m.group(1) if m else (text.splitlines()[0] if text else type(e).__name__)
-
-
 def write_error(path: Path, index: int, e: BaseException) -> EmbedpipeError:
     if isinstance(e, EmbedpipeError):  # atomic_h5 already named the cause and the folder
         return e
     return EmbedpipeError(
-        f"cannot write {shard_name(index)} in cache folder {path}: {describe_os_error(e)}; "
+        f"cannot write {shard_name(index)} in cache folder {path}: {os_reason(e)}; "
         "free space (or raise the file size limit) and re-run the same command to resume"
     )
 
