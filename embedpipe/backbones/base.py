@@ -102,6 +102,11 @@ class Backbone:
         self._preprocess: dict[str, Any] = {}
         self._n_blocks = 0
 
+    def __reduce__(self) -> tuple[Any, tuple[BackboneConfig]]:
+        """A backbone pickles as its config (a few hundred bytes, never the model): unpickled, it is
+        rebuilt by the registry and loads lazily where it is used (what a Ray worker receives)."""
+        return _rebuild, (self.config,)
+
     # -- what subclasses provide -------------------------------------------------------------
     def _load(self) -> None:
         """Build self._model (eval, on CPU), self._transform, self._preprocess, self._n_blocks."""
@@ -273,6 +278,14 @@ class Backbone:
         """Embed a (B, 3, H, W) batch (uint8 pixels or float input); float32 arrays, one (B, dim) per layer."""
         out = self.forward(batch, layers)
         return {name: v.float().cpu().numpy() for name, v in out.items()}
+
+
+def _rebuild(config: BackboneConfig) -> Backbone:
+    # the registry (backbones/__init__.py) imports this module, so it is looked up at call time
+    from . import create_backbone
+
+    options = {k: v for k, v in config.to_dict().items() if k != "spec"}
+    return create_backbone(config.spec, **options)
 
 
 def pool_map(t: torch.Tensor) -> torch.Tensor:
