@@ -519,7 +519,7 @@ def test_unknown_head_parameter_is_named() -> None:
 def test_duplicate_registration_raises() -> None:
     before = dict(DESCRIPTIONS)
     with pytest.raises(ValueError, match="registered twice"):
-        register_head(LogRegHead, "an impostor")
+        register_head(description="an impostor")(LogRegHead)
     with pytest.raises(ValueError, match="registered twice"):
         HEADS.register("mlp")(LogRegHead)
     assert before == DESCRIPTIONS
@@ -537,3 +537,20 @@ def test_registry_pattern() -> None:
     )
     with pytest.raises(EmbedpipeError, match="unknown widget 'alpah'; did you mean alpha"):
         reg.get("alpah")
+
+
+def test_register_head_decorator_registers_under_the_class_name() -> None:
+    from embedpipe.heads.base import Head
+
+    @register_head(description="a test-only head")
+    class _TestOnlyHead(Head):
+        name = "test-only-head"
+
+    try:
+        assert HEADS.get("test-only-head") is _TestOnlyHead and _TestOnlyHead.name == "test-only-head"
+        assert DESCRIPTIONS["test-only-head"] == "a test-only head"
+        assert "test-only-head" in list_heads("test-*")
+    finally:  # leave the global registry as it was for the other tests
+        del HEADS._factories["test-only-head"], DESCRIPTIONS["test-only-head"]
+    with pytest.raises(ValueError, match="no name"):
+        register_head(description="nameless")(type("Nameless", (Head,), {}))

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..backbones.base import is_map, resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
+from .registry import register_head
 
 AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
 
@@ -61,6 +62,7 @@ def random_resized_crop(x: torch.Tensor, scale: float, flip: bool, gen: torch.Ge
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@register_head(description="retrain the backbone's blocks after a cached block<k>:map, new classifier on top")
 class FinetuneHead(Head):
     name = "finetune"
     takes_maps = True  # fit/predict_proba take (n, *map_shape) rows as they come from the cache

@@ -66,7 +66,7 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
     file: not an archive, object arrays (pickle), JSON or arrays whose names, types, dtypes or shapes
     differ from what the head declares (``Head._state_spec``), NaN, label names that do not cover the
     classes, or a head that cannot predict one row after loading."""
-    from . import HEADS
+    from .registry import HEADS
 
     path = Path(path)
     if not path.is_file():

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import EmbedpipeError
 from .base import ArraySpec, Head, State, StateSpec
+from .registry import register_head
 
 
 def _lightgbm() -> Any:
@@ -32,6 +33,7 @@ def pca_fit(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), vt[:k].astype(np.float32)
 
 
+@register_head(description="LightGBM on PCA-reduced embeddings, early stopping on val")
 class LGBMHead(Head):
     name = "lgbm"
 

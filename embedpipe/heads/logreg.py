@@ -17,6 +17,7 @@ import torch
 
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
+from .registry import register_head
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
@@ -47,6 +48,7 @@ def lbfgs_logreg(
     return W.detach(), b.detach(), int(iters)
 
 
+@register_head(description="multinomial L2 logistic regression, torch L-BFGS, C swept on val")
 class LogRegHead(Head):
     name = "logreg"
 

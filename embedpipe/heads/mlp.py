@@ -13,6 +13,7 @@ from torch import nn
 
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
+from .registry import register_head
 from .torch_utils import as_tensor
 
 
@@ -26,6 +27,7 @@ def build_mlp(d_in: int, hidden: int, n_layers: int, n_out: int, dropout: float)
     return nn.Sequential(*layers)
 
 
+@register_head(description="1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
 class MLPHead(Head):
     name = "mlp"
 

@@ -35,6 +35,7 @@ import torch
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg
+from .registry import register_head
 from .torch_utils import as_tensor
 
 DEFAULT_KEEPS = (0.25, 0.5, 1.0)  # fractions of features tried on val (Head2Toe tries a grid too)
@@ -88,6 +89,7 @@ def group_lasso_logreg(
     return W, lam, grad
 
 
+@register_head(description="Head2Toe: several layers, per-layer normalised, group-lasso selection, logreg")
 class MultiLayerHead(Head):
     name = "multilayer"
 

@@ -15,6 +15,7 @@ import torch
 
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec
+from .registry import register_head
 from .torch_utils import as_tensor
 
 _PREDICT_ROWS = 65536  # rows scored per block on the device (bounds its memory)
@@ -24,6 +25,7 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
+@register_head(description="cosine k-nearest neighbours, temperature-weighted votes (DINO)")
 class KNNHead(Head):
     name = "knn"
 
@@ -61,6 +63,7 @@ class KNNHead(Head):
         self.X_, self.y_ = arrays["X_"].astype(np.float32), arrays["y_"].astype(np.int64)
 
 
+@register_head(description="nearest class mean (cosine, centred), the few-shot baseline")
 class NCMHead(Head):
     name = "ncm"
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .base import ArraySpec, Head, State, StateSpec, softmax_np
 from .neighbors import l2_normalize
+from .registry import register_head
 
 # The CLIP prompt-engineering notebook's short ImageNet set, plus the plain "a photo of a {}."
 DEFAULT_TEMPLATES = (
@@ -34,6 +35,7 @@ DEFAULT_TEMPLATES = (
 )
 
 
+@register_head(description="open_clip zero-shot: class names through prompts and the text encoder")
 class ZeroShotHead(Head):
     name = "zeroshot"
 
