@@ -22,7 +22,7 @@ from typing import Any
 from .backbones import DEFAULT_BACKBONE
 from .errors import EmbedpipeError
 from .extract import library_versions, run_extract
-from .heads import HEADS, list_heads
+from .heads import classifier_class, list_heads
 from .locking import exclusive
 from .train import fit_head, load_splits, sample_shots
 
@@ -78,7 +78,7 @@ class BenchConfig:
         clean["exclude"] = {k: as_tuple(v) for k, v in clean.get("exclude", {}).items()}
         config = replace(cls(), **clean)
         for head in config.heads:
-            HEADS.get(head)  # unknown head names fail before any work
+            classifier_class(head)  # unknown head names fail before any work
         return config
 
 
@@ -239,7 +239,7 @@ class Bench:
                 idx = sample_shots(ytr, shots, int(seed or 0))
                 data = {**data, "train": (Xtr[idx], ytr[idx])}
             result = fit_head(data, head, layer, self.config.head_params.get(head),
-                              HEADS.get(head).context_params(cache, layer))
+                              classifier_class(head).context_params(cache, layer))
             m = result.test_metrics
             return {**base, **run.env, "status": "ok", "error": "", "val_acc": _r(result.val_acc),
                     "test_acc": _r(result.test_acc), "test_top5": _r(m.get("top5")),

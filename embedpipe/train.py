@@ -26,7 +26,16 @@ import numpy as np
 from .cache import Cache, open_cache
 from .data.splits import VAL_CARVE, carve_val
 from .errors import EmbedpipeError
-from .heads import HEADS, Head, create_head, load_head, save_head
+from .heads import (
+    Head,
+    ZeroShotClassifier,
+    classifier_class,
+    create_classifier,
+    load_head,
+    save_head,
+)
+
+Classifier = Head | ZeroShotClassifier  # what `train` fits and saves: a head, or the zero-shot classifier
 
 
 @dataclass
@@ -43,7 +52,7 @@ class FitResult:
     path: str | None = None
     val_split: dict[str, Any] = field(default_factory=dict)  # where the selection rows came from
     report: dict[str, Any] = field(default_factory=dict)  # head-specific findings (multilayer: per-layer shares)
-    model: Head | None = field(default=None, repr=False)
+    model: Classifier | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,7 +118,7 @@ def head_info(cache: Cache, layer: str) -> dict[str, Any]:
     }
 
 
-def accuracy(head: Head, X: np.ndarray, y: np.ndarray) -> float | None:
+def accuracy(head: Classifier, X: np.ndarray, y: np.ndarray) -> float | None:
     return float(head.score(X, y)) if len(X) else None
 
 
@@ -117,14 +126,18 @@ def fit_head(
     data: dict[str, tuple[np.ndarray, np.ndarray]], name: str, layer: str, params: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
 ) -> FitResult:
-    head = create_head(name, **{**(context or {}), **(params or {})})
+    head = create_classifier(name, **{**(context or {}), **(params or {})})
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
     if Xtr.ndim > 2 and not getattr(head, "takes_maps", False):  # e.g. a bench row of logreg on block3:map
         raise EmbedpipeError(f"head {name} takes vectors, and {layer} is an unpooled map; use "
                              f"{layer.removesuffix(':map')} (the same block pooled) or the finetune head")
     t0 = time.perf_counter()
     try:
-        head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
+        if isinstance(head, ZeroShotClassifier):  # built from the class names: nothing to fit
+            head = ZeroShotClassifier.from_names(**head.get_params())
+            head.predict_proba(Xtr[:1])  # it takes these features (the backbone's pooled width)
+        else:
+            head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
     except (ValueError, TypeError) as e:  # a bad hyperparameter value or a head that cannot use these features
         raise EmbedpipeError(f"head {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     fit_s = time.perf_counter() - t0
@@ -161,7 +174,7 @@ def train_heads(
     cache = as_cache(cache)
     names = heads.split(",") if isinstance(heads, str) else list(heads)
     for name in names:
-        create_head(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
+        create_classifier(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
     layers = {name: layer or default_layer(cache, name) for name in names}
     for spec in set(layers.values()):
         for one in spec.split(","):
@@ -173,7 +186,7 @@ def train_heads(
         spec = layers[name]
         if spec not in loaded:
             loaded[spec] = load_splits(cache, spec)
-        context = HEADS.get(name).context_params(cache, spec)
+        context = classifier_class(name).context_params(cache, spec)
         result = fit_head(loaded[spec], name, spec, (params or {}).get(name), context)
         result.val_split = val_split
         if save:
@@ -197,7 +210,7 @@ def train(
     return train_heads(cache, [head], layer=layer, params={head: params}, out=out)[0]
 
 
-def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
+def check_compatible(cache: Cache, info: dict[str, Any], head: Classifier) -> str:
     """The layer to evaluate; raises if the cache's features are not what the head was trained on."""
     layer = str(info.get("layer", "pooled"))
     names = layer.split(",")
@@ -213,7 +226,7 @@ def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
     return layer
 
 
-def metrics(head: Head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def metrics(head: Classifier, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """top-1, top-5 accuracy and mean per-class recall (balanced accuracy)."""
     proba = head.predict_proba(X)
     order = np.argsort(-proba, axis=1, kind="stable")  # ties go to the first class, as predict's argmax
@@ -278,7 +291,8 @@ def few_shot(
         samples[str(seed)] = train_ids[idx].tolist()
         subset = {**data, "train": (Xtr[idx], ytr[idx])}
         for name in names:
-            r = fit_head(subset, name, layer, (params or {}).get(name), HEADS.get(name).context_params(cache, layer))
+            r = fit_head(subset, name, layer, (params or {}).get(name),
+                         classifier_class(name).context_params(cache, layer))
             runs.append({"head": name, "seed": seed, "val_acc": r.val_acc, "test_acc": r.test_acc,
                          "fit_s": r.fit_s, "n_train": r.n_train})
     summary = []

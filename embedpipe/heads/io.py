@@ -23,6 +23,9 @@ import numpy as np
 
 from ..errors import EmbedpipeError
 from .base import Head, StateSpec
+from .zeroshot import ZeroShotClassifier
+
+Saveable = Head | ZeroShotClassifier  # what a head file holds: a fitted head, or a built zero-shot classifier
 
 FORMAT = "embedpipe-head"
 VERSION = 1
@@ -37,7 +40,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_head(path: str | Path, head: Head, info: dict[str, Any] | None = None) -> Path:
+def save_head(path: str | Path, head: Saveable, info: dict[str, Any] | None = None) -> Path:
     state, arrays = head._get_state()
     doc = {
         "format": FORMAT,
@@ -61,13 +64,15 @@ def save_head(path: str | Path, head: Head, info: dict[str, Any] | None = None) 
     return path
 
 
-def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
+def load_head(path: str | Path) -> tuple[Saveable, dict[str, Any]]:
     """-> (fitted head, info). Raises one-line EmbedpipeError for anything that is not a valid head
     file: not an archive, object arrays (pickle), JSON or arrays whose names, types, dtypes or shapes
     differ from what the head declares (``Head._state_spec``), NaN, label names that do not cover the
     classes, or a head that cannot predict one row after loading."""
+    from . import CLASSIFIERS  # the package has imported every head module by now: HEADS is full
     from .registry import HEADS
 
+    kinds = {**{name: HEADS.get(name) for name in HEADS.names()}, **CLASSIFIERS}
     path = Path(path)
     if not path.is_file():
         raise EmbedpipeError(f"head file not found: {path}")
@@ -85,7 +90,7 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
     if doc.get("version") != VERSION:
         raise EmbedpipeError(f"{path} is head format {doc.get('version')}; this embedpipe reads {VERSION}")
     try:
-        head = _build(doc, entries, HEADS)
+        head = _build(doc, entries, kinds)
     except _Refused as e:
         raise EmbedpipeError(f"{path} is a damaged or hand-edited head file: {e}; retrain it with `embedpipe train`") from None
     return head, dict(doc["info"])
@@ -107,7 +112,7 @@ class _Refused(Exception):
     """A reason a head file is refused (turned into one EmbedpipeError line naming the file)."""
 
 
-def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> Head:
+def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str, Any]) -> Saveable:
     for key in ("params", "state", "info"):
         if not isinstance(doc.get(key), dict):
             raise _Refused(f"'{key}' is {type(doc.get(key)).__name__}, expected an object")
@@ -115,9 +120,9 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> H
     if type(n_features) is not int or n_features < 1:
         raise _Refused(f"n_features_in is {n_features!r}, expected a positive integer")
     name = doc.get("head")
-    if not isinstance(name, str) or name not in heads:
+    if not isinstance(name, str) or name not in kinds:
         raise _Refused(f"unknown head {name!r}")
-    head = heads.get(name)()
+    head = kinds[name]()
     params = _check_params(head, doc["params"])
     head.set_params(**params)
     classes = _check_classes(entries.pop("classes", None), doc["info"])
@@ -143,7 +148,7 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> H
     return head
 
 
-def _check_params(head: Head, params: dict[str, Any]) -> dict[str, Any]:
+def _check_params(head: Saveable, params: dict[str, Any]) -> dict[str, Any]:
     """Only declared hyperparameters, each of the JSON type of its default (None defaults take any)."""
     defaults = head.get_params()
     out = {}
