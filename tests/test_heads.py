@@ -187,6 +187,55 @@ def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:
     assert default.C_ == 1.0 and default.val_scores_ == {}
 
 
+# -- 3b. logreg's coef_ and intercept_ act on raw X, as scikit-learn's do ----------------------
+
+
+def shifted_blobs(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs whose features have very different means and scales (so standardising matters)."""
+    X, y, _ = blobs(n_classes, 30, 6, 0.8, seed=seed)
+    return (X * np.array([1, 10, 0.1, 5, 100, 2], np.float32) + np.arange(6, dtype=np.float32) * 7), y
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_logreg_decision_function_is_linear_in_raw_X() -> None:
+    X, y = shifted_blobs(3)
+    head = LogRegHead().fit(X, y)
+    scores = X.astype(np.float64) @ head.coef_.T.astype(np.float64) + head.intercept_
+    decision = head.decision_function(X)
+    assert decision.shape == (len(X), 3) and head.coef_.shape == (3, 6) and head.intercept_.shape == (3,)
+    np.testing.assert_allclose(decision, scores, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(head.predict_proba(X), softmax(scores), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(head.predict(X), head.classes_[np.argmax(decision, axis=1)])
+    assert head.score(X, y) > 0.9
+
+
+def test_logreg_raw_coef_is_the_standardised_fit_unfolded() -> None:
+    """Fitting on raw X (standardised inside) = fitting on standardised X, then coef/scale and
+    intercept - coef_std @ (mean/scale): the exact conversion, checked against the head's own solver."""
+    X, y = shifted_blobs(3)
+    mean, scale = X.mean(0, dtype=np.float64).astype(np.float32), X.std(0, dtype=np.float64).astype(np.float32)
+    raw = LogRegHead(C=0.5).fit(X, y)
+    std = LogRegHead(C=0.5, standardize=False).fit((X - mean) / scale, y)
+    np.testing.assert_allclose(raw.coef_, std.coef_ / scale, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(raw.intercept_, std.intercept_ - std.coef_ @ (mean / scale), rtol=1e-4, atol=1e-3)
+    assert not hasattr(raw, "mean_") and not hasattr(raw, "scale_")  # nothing else is needed to predict
+
+
+def test_logreg_binary_decision_function_follows_scikit_learn() -> None:
+    X, y = shifted_blobs(2)
+    labels = np.array(["no", "yes"])[y]
+    head = LogRegHead(C=1.0).fit(X, labels)
+    margin = head.decision_function(X)
+    scores = X @ head.coef_.T + head.intercept_  # still one row of coef_ per class
+    assert margin.shape == (len(X),) and head.coef_.shape == (2, 6)
+    np.testing.assert_allclose(margin, scores[:, 1] - scores[:, 0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(head.predict(X), np.where(margin > 0, "yes", "no"))
+
+
 # -- 4. each head learns, including with far more classes than a backbone's source --------------
 
 
@@ -304,6 +353,94 @@ def test_save_without_info_loads_empty_info(tmp_path: Path) -> None:
     X, y, _ = blobs(3, 10, 4, 0.5)
     _, info = load_head(save_head(tmp_path / "h.npz", create_head("logreg").fit(X, y)))
     assert info == {}
+
+
+def _v1_file(path: Path, head: str, params: dict[str, Any], n_features: int, state: dict[str, Any],
+             arrays: dict[str, np.ndarray], classes: np.ndarray) -> Path:
+    """A head file as format 1 wrote it (version 1 in the JSON; arrays as given)."""
+    doc = {"format": "embedpipe-head", "version": 1, "head": head, "params": params,
+           "n_features_in": n_features, "state": state, "info": {}}
+    entries = {f"a/{k}": v for k, v in arrays.items()}
+    return _write(path, {**entries, "classes": classes}, doc)
+
+
+def _one_warning_line(caplog: pytest.LogCaptureFixture) -> str:
+    records = [r for r in caplog.records if r.levelno >= 30]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    message = records[0].getMessage()
+    assert "\n" not in message and "format 1" in message
+    return message
+
+
+def test_format_1_logreg_file_is_converted_exactly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    k, d = 3, 5
+    coef_std = rng.normal(size=(k, d)).astype(np.float32)  # format 1: coefficients on standardised X
+    intercept_std = rng.normal(size=k).astype(np.float32)
+    mean = rng.normal(size=d).astype(np.float32) * 10
+    scale = rng.uniform(0.1, 20, size=d).astype(np.float32)
+    params = {k_: list(v) if isinstance(v, tuple) else v for k_, v in LogRegHead().get_params().items()}
+    state = {"C_": 1.0, "val_scores_": {}, "best_val_score_": None, "n_iter_": 7}
+    path = _v1_file(tmp_path / "old.npz", "logreg", params, d, state,
+                    {"coef_": coef_std, "intercept_": intercept_std, "mean_": mean, "scale_": scale},
+                    np.array([2, 5, 9]))
+    with caplog.at_level("WARNING"):
+        head, _ = load_head(path)
+    assert str(path) in _one_warning_line(caplog)
+    X = (rng.normal(size=(50, d)) * scale + mean).astype(np.float32)
+    old = ((X - mean) / scale).astype(np.float64) @ coef_std.T + intercept_std  # the format-1 formula
+    np.testing.assert_allclose(head.coef_, coef_std / scale, rtol=1e-6)
+    np.testing.assert_allclose(head.intercept_, intercept_std - coef_std.astype(np.float64) @ (mean / scale),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.decision_function(X), old, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(head.predict_proba(X), softmax(old), atol=1e-5)
+    np.testing.assert_array_equal(head.predict(X), np.array([2, 5, 9])[np.argmax(old, axis=1)])
+    assert head.n_iter_ == 7
+    # saved again, it is format 2 and loads without a warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again, _ = load_head(save_head(tmp_path / "new.npz", head))
+    assert _doc(dict(np.load(tmp_path / "new.npz")))["version"] == 2 and not caplog.records
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
+def test_format_1_file_with_a_bad_standardiser_is_refused(tmp_path: Path) -> None:
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in LogRegHead().get_params().items()}
+    state = {"C_": 1.0, "val_scores_": {}, "best_val_score_": None, "n_iter_": 1}
+    arrays = {"coef_": np.ones((2, 3), np.float32), "intercept_": np.zeros(2, np.float32),
+              "mean_": np.zeros(3, np.float32), "scale_": np.array([1, 0, 1], np.float32)}
+    with pytest.raises(EmbedpipeError, match=r"cannot be converted.*scale_"):
+        load_head(_v1_file(tmp_path / "z.npz", "logreg", params, 3, state, arrays, np.array([0, 1])))
+    arrays["scale_"] = np.ones(4, np.float32)
+    with pytest.raises(EmbedpipeError, match="cannot be converted"):
+        load_head(_v1_file(tmp_path / "w.npz", "logreg", params, 3, state, arrays, np.array([0, 1])))
+
+
+def test_format_1_multilayer_file_converts_its_nested_logreg(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    X, y, means = blobs(3, 30, 8, 1.0, seed=0)
+    Xv, yv, _ = blobs(3, 10, 8, 1.0, seed=1, means=means)
+    head = create_head("multilayer", layer_dims=(5, 3), Cs=(0.1, 1.0), keeps=(0.5, 1.0)).fit(
+        X, y, eval_set=(Xv, yv))
+    path = save_head(tmp_path / "ml.npz", head)
+    entries = dict(np.load(path))
+    doc = _doc(entries)
+    # the same final classifier written as format 1 did: on standardised kept columns
+    s = len(head.selected_)
+    m = np.linspace(-3, 3, s).astype(np.float32)
+    sc = np.linspace(0.5, 4, s).astype(np.float32)
+    coef, intercept = head.clf_.coef_.astype(np.float64), head.clf_.intercept_.astype(np.float64)
+    entries["a/clf.coef_"] = (coef * sc).astype(np.float32)
+    entries["a/clf.intercept_"] = (intercept + coef @ m).astype(np.float32)
+    entries["a/clf.mean_"], entries["a/clf.scale_"] = m, sc
+    old = _write(tmp_path / "ml-v1.npz", entries, {**doc, "version": 1})
+    with caplog.at_level("WARNING"):
+        loaded, _ = load_head(old)
+    assert "multilayer" in _one_warning_line(caplog)
+    Xq = np.concatenate([X, Xv])
+    np.testing.assert_allclose(loaded.predict_proba(Xq), head.predict_proba(Xq), atol=1e-4)
+    np.testing.assert_array_equal(loaded.predict(Xq), head.predict(Xq))
+    np.testing.assert_allclose(loaded.decision_function(Xq), head.decision_function(Xq), rtol=1e-4, atol=1e-3)
 
 
 # -- 6. a crafted head file cannot run code -----------------------------------------------------

@@ -45,6 +45,11 @@ def test_multilayer_finds_the_informative_layer_and_round_trips(tmp_path: Path) 
     assert shares["b"] > 0.5 and shares["b"] > shares["a"] + shares["c"]  # the informative layer dominates
     assert set(head.keep_scores_) == {"0.25", "0.5", "1.0"} and head.keep_ in (0.25, 0.5, 1.0)
     assert sum(head.layer_kept_.values()) == len(head.selected_) == round(head.keep_ * 78)
+    # the final logreg is linear on the kept raw columns: decision_function is exactly that
+    decision = head.decision_function(Xte)
+    np.testing.assert_allclose(decision, Xte[:, head.selected_] @ head.clf_.coef_.T + head.clf_.intercept_,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(head.predict(Xte), np.argmax(decision, axis=1))
     path = save_head(tmp_path / "m.npz", head, {"layer": "a,b,c"})
     again, info = load_head(path)
     assert info["layer"] == "a,b,c" and again.layer_dims == (40, 8, 30)

@@ -63,6 +63,12 @@ class Head(ClassifierMixin, BaseEstimator):
         return None
 
     @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Convert, in place, a state saved in head file format ``version`` (older than today's) to
+        today's; True when something changed. Heads whose state did not change keep this default."""
+        return False
+
+    @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
         """Hyperparameters a head takes from the cache it is trained on (user parameters win)."""
         return {}

@@ -8,12 +8,18 @@ hyperparameters, so a crafted file cannot run code; it then checks the file agai
 declares (``Head._state_spec``: each JSON value's type, each array's dtype and shape, no NaN, nothing
 missing or extra) and predicts one row, so a file edited by hand is refused with one line naming the
 file and the problem instead of failing later deep inside numpy.
+
+Format versions: 2 (today) stores the logreg head's ``coef_``/``intercept_`` on raw features, as
+scikit-learn does (the multilayer head's nested final logreg too). A format-1 file kept them on
+standardised features with ``mean_``/``scale_``; it is converted exactly on load
+(``Head._upgrade_state``: ``coef / scale``, ``intercept - coef @ (mean / scale)``) with one warning line.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -28,7 +34,9 @@ from .zeroshot import ZeroShotClassifier
 Saveable = Head | ZeroShotClassifier  # what a head file holds: a fitted head, or a built zero-shot classifier
 
 FORMAT = "embedpipe-head"
-VERSION = 1
+VERSION = 2  # 2: logreg coef_/intercept_ act on raw X
+READS = (1, 2)  # format versions load_head reads (older ones are converted on load)
+_logger = logging.getLogger(__name__)
 _JSON_TYPES = (str, int, float, bool, type(None))
 
 
@@ -87,12 +95,16 @@ def load_head(path: str | Path) -> tuple[Saveable, dict[str, Any]]:
         raise EmbedpipeError(f"{path} is not a valid embedpipe head file ({type(e).__name__}: {_line(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise EmbedpipeError(f"{path} is not an embedpipe head file")
-    if doc.get("version") != VERSION:
-        raise EmbedpipeError(f"{path} is head format {doc.get('version')}; this embedpipe reads {VERSION}")
+    version = doc.get("version")
+    if type(version) is not int or version not in READS:
+        raise EmbedpipeError(f"{path} is head format {version!r}; this embedpipe reads {', '.join(map(str, READS))}")
     try:
-        head = _build(doc, entries, kinds)
+        head, converted = _build(doc, entries, kinds, version)
     except _Refused as e:
         raise EmbedpipeError(f"{path} is a damaged or hand-edited head file: {e}; retrain it with `embedpipe train`") from None
+    if converted:
+        _logger.warning("%s: head format %d converted on load to format %d (the %s head's coefficients now act "
+                        "on raw features); save it again to store the new format", path, version, VERSION, head.name)
     return head, dict(doc["info"])
 
 
@@ -112,7 +124,9 @@ class _Refused(Exception):
     """A reason a head file is refused (turned into one EmbedpipeError line naming the file)."""
 
 
-def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str, Any]) -> Saveable:
+def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str, Any],
+           version: int = VERSION) -> tuple[Saveable, bool]:
+    """-> (the head, whether its state was converted from an older format version)."""
     for key in ("params", "state", "info"):
         if not isinstance(doc.get(key), dict):
             raise _Refused(f"'{key}' is {type(doc.get(key)).__name__}, expected an object")
@@ -131,6 +145,12 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str,
     stray = sorted(k for k in entries if not k.startswith("a/"))
     if stray:
         raise _Refused(f"unexpected entries {stray}")
+    converted = False
+    if version != VERSION:
+        try:
+            converted = head._upgrade_state(version, state, arrays)
+        except (ValueError, TypeError, KeyError) as e:
+            raise _Refused(f"its format-{version} state cannot be converted ({type(e).__name__}: {_line(e)})") from None
     try:
         spec = head._state_spec()  # may rebuild a model from the parameters (finetune's backbone blocks)
     except (EmbedpipeError, ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
@@ -145,7 +165,7 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str,
     if proba.shape != (1, len(classes)) or not np.all(np.isfinite(proba)):
         raise _Refused(f"the {name} head predicts {proba.shape} probabilities (finite: {np.isfinite(proba).all()}) "
                        f"for {len(classes)} classes")
-    return head
+    return head, converted
 
 
 def _check_params(head: Saveable, params: dict[str, Any]) -> dict[str, Any]:

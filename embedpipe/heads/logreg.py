@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
@@ -76,16 +77,16 @@ class LogRegHead(Head):
         dev = resolve_device(self.device)
         sweep = self.C is None and X_val is not None
         X_all = np.concatenate([X, X_val]) if sweep and self.refit and X_val is not None else X
-        self.mean_, self.scale_ = standardizer(X_all) if self.standardize else (
+        mean, scale = standardizer(X_all) if self.standardize else (
             np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
-        Xt, yt = as_tensor((X - self.mean_) / self.scale_, dev), torch.from_numpy(y).to(dev)
+        Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
         k = len(self.classes_)
         W = torch.zeros(X.shape[1], k, device=dev)
         b = torch.zeros(k, device=dev)
         self.val_scores_: dict[str, float] = {}
         if sweep:
             assert X_val is not None and y_val is not None
-            Xv = as_tensor((X_val - self.mean_) / self.scale_, dev)
+            Xv = as_tensor((X_val - mean) / scale, dev)
             yv = torch.from_numpy(y_val).to(dev)
             best = (-1.0, 0.0, W, b, 0)
             worse = 0  # C values in a row that scored below the best
@@ -107,26 +108,70 @@ class LogRegHead(Head):
             self.C_ = float(self.C if self.C is not None else 1.0)
             self.best_val_score_ = None
             W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
-        # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention)
-        # scikit-learn layout: coef_ (k, d) on standardised features, intercept_ (k,)
-        self.coef_ = W.T.cpu().numpy()
-        self.intercept_ = b.cpu().numpy()
+        # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention).
+        # scikit-learn layout, acting on raw X: coef_ (k, d), intercept_ (k,)
+        self.coef_, self.intercept_ = unstandardize(W.T.cpu().numpy(), b.cpu().numpy(), mean, scale)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Class scores ``X @ coef_.T + intercept_`` on raw X, shape (n_samples, n_classes); with two
+        classes, scikit-learn's binary convention: the score of ``classes_[1]`` minus that of
+        ``classes_[0]``, shape (n_samples,), positive where ``classes_[1]`` is predicted."""
+        check_is_fitted(self, "coef_")
+        return binary_margin(self._scores(validate_data(self, X, reset=False, dtype=np.float32)))
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef_.T + self.intercept_
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax_np(((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_)
+        return softmax_np(self._scores(X))
 
     def _get_state(self) -> State:
         return ({"C_": self.C_, "val_scores_": self.val_scores_, "best_val_score_": self.best_val_score_,
                  "n_iter_": self.n_iter_},
-                {"coef_": self.coef_, "intercept_": self.intercept_, "mean_": self.mean_, "scale_": self.scale_})
+                {"coef_": self.coef_, "intercept_": self.intercept_})
 
     def _state_spec(self) -> StateSpec:
         return ({"C_": "number", "val_scores_": "dict[str,number]", "best_val_score_": "number?", "n_iter_": "int"},
-                {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",)), "mean_": ArraySpec(("d",)),
-                 "scale_": ArraySpec(("d",), positive=True)})
+                {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",))})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.C_, self.val_scores_ = float(state["C_"]), dict(state["val_scores_"])
         self.best_val_score_, self.n_iter_ = state.get("best_val_score_"), int(state.get("n_iter_", 0))
         self.coef_, self.intercept_ = arrays["coef_"], arrays["intercept_"]
-        self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
+
+    @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Format 1 kept ``coef_``/``intercept_`` on standardised features with ``mean_``/``scale_``;
+        fold the standardisation in (exactly: ``unstandardize``)."""
+        return upgrade_v1_arrays(arrays) if version < 2 else False
+
+
+def unstandardize(coef_std: np.ndarray, intercept_std: np.ndarray, mean: np.ndarray,
+                  scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same linear scores on raw X from coefficients fitted on ``(X - mean) / scale``:
+    ``coef[k, j] = coef_std[k, j] / scale[j]`` and ``intercept[k] = intercept_std[k] -
+    sum_j coef_std[k, j] * mean[j] / scale[j]`` (computed in float64, stored as float32)."""
+    coef_std, mean, scale = (np.asarray(a, np.float64) for a in (coef_std, mean, scale))
+    if coef_std.ndim != 2 or mean.shape != (coef_std.shape[1],) or scale.shape != mean.shape:
+        raise ValueError(f"coef_ {coef_std.shape}, mean_ {mean.shape} and scale_ {scale.shape} do not fit together")
+    if not np.all(scale > 0):
+        raise ValueError("scale_ holds values <= 0")
+    coef = coef_std / scale
+    intercept = np.asarray(intercept_std, np.float64) - coef_std @ (mean / scale)
+    return coef.astype(np.float32), intercept.astype(np.float32)
+
+
+def upgrade_v1_arrays(arrays: dict[str, np.ndarray], prefix: str = "") -> bool:
+    """Convert a format-1 logreg state in ``arrays`` (keys under ``prefix``) in place; False when it
+    holds no ``mean_``/``scale_`` to fold in."""
+    coef, intercept, mean, scale = (prefix + k for k in ("coef_", "intercept_", "mean_", "scale_"))
+    if not all(k in arrays for k in (coef, intercept, mean, scale)):
+        return False
+    arrays[coef], arrays[intercept] = unstandardize(arrays[coef], arrays[intercept], arrays[mean], arrays[scale])
+    del arrays[mean], arrays[scale]
+    return True
+
+
+def binary_margin(scores: np.ndarray) -> np.ndarray:
+    """scikit-learn's decision_function shape: (n,) for two classes (score 1 - score 0), else as is."""
+    return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
-from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg
+from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, upgrade_v1_arrays
 from .registry import register_head
 from .torch_utils import as_tensor
 
@@ -185,8 +186,15 @@ class MultiLayerHead(Head):
                                      for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        sel = self.selected_
-        return self.clf_.predict_proba(X[:, sel])
+        return self.clf_.predict_proba(X[:, self.selected_])
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The final logreg's class scores on the kept columns of raw X: exactly
+        ``X[:, selected_] @ clf_.coef_.T + clf_.intercept_`` (linear in X; the other columns weigh 0).
+        Shape (n_samples, n_classes), or (n_samples,) with two classes (scikit-learn's convention)."""
+        check_is_fitted(self, "clf_")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        return self.clf_.decision_function(X[:, self.selected_])
 
     def _get_state(self) -> State:
         clf_state, clf_arrays = self.clf_._get_state()
@@ -205,8 +213,7 @@ class MultiLayerHead(Head):
                  "layer_contributions_": "dict[str,number]", "clf": "dict"},
                 {"mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True),
                  "selected_": ArraySpec(("s",), kind="iu", below="d"), "group_norms_": ArraySpec(("d",)),
-                 "clf.coef_": ArraySpec(("k", "s")), "clf.intercept_": ArraySpec(("k",)),
-                 "clf.mean_": ArraySpec(("s",)), "clf.scale_": ArraySpec(("s",), positive=True)})
+                 "clf.coef_": ArraySpec(("k", "s")), "clf.intercept_": ArraySpec(("k",))})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if state["final_fit"] != FINAL_FIT:
@@ -226,6 +233,11 @@ class MultiLayerHead(Head):
         clf._set_state(state["clf"], {k[4:]: v for k, v in arrays.items() if k.startswith("clf.")})
         self.clf_ = clf
         self.n_iter_ = clf.n_iter_
+
+    @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Format 1: the nested final logreg's coefficients were on standardised features (see logreg)."""
+        return upgrade_v1_arrays(arrays, prefix="clf.") if version < 2 else False
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:

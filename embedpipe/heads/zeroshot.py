@@ -187,3 +187,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.text_weights_ = arrays["text_weights_"]
+
+    @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        return False  # the state is the same in every head file format so far
