@@ -7,10 +7,12 @@ that the cache was made by the same backbone, layer and label set as the head.
 A layer may name several cached layers joined by commas (``"pooled,block4,block3"``): their features
 are concatenated in that order (``Cache.load``); the ``multilayer`` head trains on all cached layers
 when no layer is given. When the cache has no val rows (data laid out as train/ and test/ only), a
-seeded, stratified 15 % of train is held out for selection (``data.splits.carve_val``). It is computed
-at train time, not stored in the cache: it is a pure function of the cache's ids, labels and the rule,
-so it is the same on every run, and the head file and results record the rule, the number of rows and
-a digest of their ids (``val_split``), which is enough to recompute and check it.
+seeded, stratified 15 % of train is held out for selection by the heads' own selection rule
+(``heads.select.DEFAULT_SELECTION``, the ``HoldOut`` rule a head applies when it is fitted without an
+``eval_set``: one definition of the carve). It is computed at train time, not stored in the cache: it
+is a pure function of the cache's ids, labels and the rule, so it is the same on every run, and the
+head file and results record the rule, the number of rows and a digest of their ids (``val_split``),
+which is enough to recompute and check it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from .cache import Cache, open_cache
-from .data.splits import VAL_CARVE, carve_val
 from .errors import EmbedpipeError
 from .heads import (
     Head,
@@ -34,6 +35,7 @@ from .heads import (
     load_head,
     save_head,
 )
+from .heads.select import DEFAULT_SELECTION
 
 Classifier = Head | ZeroShotClassifier  # what `train` fits and saves: a head, or the zero-shot classifier
 
@@ -76,7 +78,7 @@ def _carve_mask(cache: Cache) -> np.ndarray | None:
     """Train rows to hold out as val when the cache has none (None when it has val rows)."""
     if len(cache.rows("val")):
         return None
-    return carve_val(cache.load_ids("train"), cache.labels[cache.rows("train")], VAL_CARVE)
+    return DEFAULT_SELECTION.mask(cache.load_ids("train"), cache.labels[cache.rows("train")])
 
 
 def val_split_info(cache: Cache) -> dict[str, Any]:
@@ -85,9 +87,10 @@ def val_split_info(cache: Cache) -> dict[str, Any]:
     if mask is None:
         return {"source": "cache", "rows": len(cache.rows("val"))}
     ids = cache.load_ids("train")[mask]
-    return {"source": "carved from train", "rule": VAL_CARVE.to_dict(), "rows": int(mask.sum()),
+    rule = DEFAULT_SELECTION
+    return {"source": "carved from train", "rule": rule.split_rule.to_dict(), "rows": int(mask.sum()),
             "ids_sha256": hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest(),
-            "note": f"no val split in the cache: held out {VAL_CARVE.val:.0%} of train (seed {VAL_CARVE.seed}) "
+            "note": f"no val split in the cache: held out {rule.fraction:.0%} of train (seed {rule.seed}) "
                     "for selection"}
 
 

@@ -63,7 +63,10 @@ def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path
 def test_unfreezing_changes_only_the_unfrozen_blocks(map_cache) -> None:  # type: ignore[no-untyped-def]
     ctx = create_head("finetune").context_params(map_cache, LAYER)
     X, y = map_cache.load("train", LAYER)
-    head = create_head("finetune", **ctx, epochs=3, min_steps=0, unfreeze=1, augment="").fit(X, y)
+    # head_epochs=0: the top block trains from the first epoch, so whichever epoch early stopping (on
+    # rows held out of train) keeps, it has trained that block
+    head = create_head("finetune", **ctx, epochs=3, min_steps=0, unfreeze=1, head_epochs=0, augment="").fit(X, y)
+    assert [h["unfrozen"] for h in head.history_] == [1] * head.n_epochs_ and head.best_val_score_ is not None
     bb = create_backbone(ctx["backbone"], weights=ctx["weights"], precision=ctx["precision"], device="cpu")
     fresh = bb.tail(LAYER)
     changed = [not all(torch.equal(a, b) for a, b in zip(u.state_dict().values(), v.state_dict().values(), strict=True))

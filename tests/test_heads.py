@@ -5,6 +5,7 @@ Everything uses real components on small synthetic data, so the file runs on CPU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import zipfile
@@ -17,6 +18,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from embedpipe.data.splits import VAL_CARVE, carve_val
 from embedpipe.errors import EmbedpipeError
 from embedpipe.heads import (
     DESCRIPTIONS,
@@ -28,6 +30,7 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
+from embedpipe.heads.select import DEFAULT_SELECTION, HoldOut, selection_rows
 from embedpipe.registry import Registry
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
@@ -101,9 +104,10 @@ def test_eval_set_is_validated_like_X() -> None:
 
 @pytest.mark.parametrize("epochs, batch_size", [(1, 256), (5, 16), (10, 256), (12, 256)])
 def test_mlp_fits_with_any_schedule_length(epochs: int, batch_size: int) -> None:
-    # 10 total steps once made OneCycleLR divide by zero (pct_start * total_steps == 1)
+    # 10 total steps once made OneCycleLR divide by zero (pct_start * total_steps == 1); patience =
+    # epochs: early stopping on the held-out rows must not cut the schedule short here
     X, y, _ = blobs(2, 10, 4, 0.5)
-    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size).fit(X, y)
+    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size, patience=epochs).fit(X, y)
     assert head.n_epochs_ == epochs
 
 
@@ -179,12 +183,32 @@ def test_logreg_sweep_stops_after_patience_values_below_the_best() -> None:
     assert Cs[int(np.argmax(scores[: stop + 1]))] == early.C_
 
 
-def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:
+def test_logreg_fixed_C_does_not_sweep() -> None:
     X, y, _ = blobs(3, 20, 6, 0.5)
     fixed = create_head("logreg", C=0.3).fit(X, y, eval_set=(X, y))
     assert fixed.C_ == 0.3 and fixed.val_scores_ == {} and fixed.best_val_score_ is None
-    default = create_head("logreg").fit(X, y)
-    assert default.C_ == 1.0 and default.val_scores_ == {}
+
+
+def test_logreg_without_eval_set_sweeps_on_rows_held_out_of_train() -> None:
+    """C=None and no eval_set: the selection rule holds rows out, the sweep runs on them, and the
+    refit sees all of train: the same head as fitting with those rows passed as eval_set."""
+    X, y = make_classification(n_samples=200, n_features=10, n_informative=5, n_classes=3, random_state=2)
+    Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    held = HoldOut().mask([str(i) for i in range(len(y))], y)
+    assert 0 < held.sum() < len(y) // 4
+    own = create_head("logreg", Cs=Cs, patience=None).fit(X, y)
+    given = create_head("logreg", Cs=Cs, patience=None).fit(X[~held], y[~held], eval_set=(X[held], y[held]))
+    assert set(own.val_scores_) == {repr(c) for c in Cs} and own.best_val_score_ is not None
+    assert own.val_scores_ == given.val_scores_ and own.C_ == given.C_
+    np.testing.assert_array_equal(own.predict_proba(X), given.predict_proba(X))  # refit on all of train
+    # the rule is a hyperparameter: another one holds out other rows
+    other = HoldOut(fraction=0.3, seed=1)
+    held2 = other.mask([str(i) for i in range(len(y))], y)
+    assert not np.array_equal(held, held2)
+    own2 = create_head("logreg", Cs=Cs, patience=None, selection=other).fit(X, y)
+    given2 = create_head("logreg", Cs=Cs, patience=None).fit(X[~held2], y[~held2], eval_set=(X[held2], y[held2]))
+    assert own2.val_scores_ == given2.val_scores_
+    np.testing.assert_array_equal(own2.predict_proba(X), given2.predict_proba(X))
 
 
 # -- 3b. logreg's coef_ and intercept_ act on raw X, as scikit-learn's do ----------------------
@@ -234,6 +258,82 @@ def test_logreg_binary_decision_function_follows_scikit_learn() -> None:
     assert margin.shape == (len(X),) and head.coef_.shape == (2, 6)
     np.testing.assert_allclose(margin, scores[:, 1] - scores[:, 0], rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(head.predict(X), np.where(margin > 0, "yes", "no"))
+
+
+# -- 3c. one selection hook: eval_set, else rows held out of train, else all of train -------------
+
+SELECTING = ["finetune", "lgbm", "logreg", "mlp", "multilayer"]
+FAST: dict[str, dict[str, Any]] = {**SMALL, "finetune": {"min_steps": 30, "epochs": 4, "lr": 0.03},
+                                   "multilayer": {"Cs": (0.1, 1.0), "keeps": (0.5, 1.0), "lasso_iters": 20}}
+
+
+def test_default_selection_is_the_train_carve_rule() -> None:
+    assert DEFAULT_SELECTION == HoldOut() == HoldOut(fraction=0.15, seed=0)
+    assert HoldOut().split_rule == VAL_CARVE  # the rule train.py applies to a cache without val rows
+    ids, labels = [f"img{i}" for i in range(40)], np.repeat([0, 1], 20)
+    np.testing.assert_array_equal(HoldOut().mask(ids, labels), carve_val(ids, labels, VAL_CARVE))
+    for bad in (0.0, 1.0, "0.2"):
+        with pytest.raises(ValueError, match="fraction"):
+            HoldOut(fraction=bad)  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        HoldOut().fraction = 0.2  # type: ignore[misc]
+
+
+def test_selection_rows_uses_eval_set_else_holds_out_seeded_stratified_rows() -> None:
+    X, y = np.arange(60, dtype=np.float32).reshape(30, 2), np.repeat([0, 1, 2], 10)
+    Xf, yf, Xv, yv = selection_rows(X, y, (X[:3], y[:3]), None, "test")
+    assert Xf is X and yf is y and np.array_equal(Xv, X[:3]) and np.array_equal(yv, y[:3])
+    Xf, yf, Xh, yh = selection_rows(X, y, None, None, "test")
+    assert Xh is not None and yh is not None
+    assert np.bincount(yh).tolist() == [2, 2, 2] and np.bincount(yf).tolist() == [8, 8, 8]
+    assert sorted(np.concatenate([Xf, Xh])[:, 0].tolist()) == X[:, 0].tolist()  # a partition of train
+    np.testing.assert_array_equal(selection_rows(X, y, None, None, "test")[2], Xh)  # seeded: the same rows
+    assert not np.array_equal(selection_rows(X, y, None, HoldOut(seed=5), "test")[2], Xh)
+
+
+def test_the_selecting_heads_are_the_ones_that_select() -> None:
+    assert [n for n in list_heads() if create_head(n)._selects()] == SELECTING
+    assert not create_head("logreg", C=1.0)._selects() and not create_head("lgbm", early_stopping_rounds=0)._selects()
+    assert not create_head("multilayer", keep=0.5, C=1.0)._selects()
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_without_eval_set_a_head_selects_on_the_rows_its_rule_holds_out(name: str) -> None:
+    """fit(X, y) is the same head as fit(train part, eval_set=held-out part) under the head's rule."""
+    X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
+    held = HoldOut().mask([str(i) for i in range(len(y))], y)
+    own = create_head(name, **FAST.get(name, {})).fit(X, y)
+    given = create_head(name, **FAST.get(name, {})).fit(X[~held], y[~held], eval_set=(X[held], y[held]))
+    np.testing.assert_allclose(own.predict_proba(X), given.predict_proba(X), rtol=1e-6, atol=1e-7)
+    if name != "lgbm":  # lgbm records no validation score
+        assert own.best_val_score_ is not None and own.best_val_score_ == given.best_val_score_
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_too_small_a_class_fits_on_all_of_train_with_one_warning(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    X, y, _ = blobs(3, 8, 4, 0.5)
+    X, y = X[:-7], y[:-7]  # the last class keeps one row: nothing can be held out of it
+    with caplog.at_level("WARNING"):
+        head = create_head(name, **FAST.get(name, {})).fit(X, y)
+    (record,) = [r for r in caplog.records if r.levelno >= 30]
+    message = record.getMessage()
+    assert "\n" not in message and type(head).__name__ in message and "smallest class has 1 row" in message
+    assert f"all {len(y)} training rows without selection" in message
+    assert getattr(head, "best_val_score_", None) is None
+    if name in ("logreg", "multilayer"):
+        assert head.C_ == 1.0  # nothing to sweep on: logreg's default C
+
+
+@pytest.mark.parametrize("name", ["knn", "ncm"])
+def test_heads_that_do_not_select_use_all_rows(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
+    with caplog.at_level("WARNING"):
+        head = create_head(name).fit(X, y)
+    assert not caplog.records
+    if name == "knn":
+        assert len(head.X_) == len(X)
+    else:
+        np.testing.assert_allclose(head.mean_, X.mean(0), rtol=1e-5, atol=1e-6)
 
 
 # -- 4. each head learns, including with far more classes than a backbone's source --------------
@@ -347,6 +447,19 @@ def test_save_load_round_trip(tmp_path: Path, name: str, labels: np.ndarray) -> 
     np.testing.assert_array_equal(loaded.predict(Xq), head.predict(Xq))
     np.testing.assert_array_equal(loaded.predict_proba(Xq), head.predict_proba(Xq))
     assert loaded.predict(Xq).dtype == labels.dtype
+
+
+def test_selection_rule_is_saved_as_json(tmp_path: Path, valid_entries: dict[str, np.ndarray]) -> None:
+    X, y, _ = blobs(3, 10, 4, 0.5)
+    path = save_head(tmp_path / "h.npz", create_head("logreg", selection=HoldOut(0.3, 2)).fit(X, y))
+    with np.load(path, allow_pickle=False) as z:
+        doc = _doc({k: z[k] for k in z.files})
+    assert doc["params"]["selection"] == {"rule": "holdout", "fraction": 0.3, "seed": 2}
+    assert load_head(path)[0].selection == HoldOut(0.3, 2)
+    base = _doc(valid_entries)
+    for bad in ({"rule": "kfold"}, {"rule": "holdout", "fraction": 2.0}, {"rule": "holdout", "evil": 1}, [0.3]):
+        with pytest.raises(EmbedpipeError, match="selection"):
+            load_head(_write(tmp_path / "bad.npz", valid_entries, {**base, "params": {**base["params"], "selection": bad}}))
 
 
 def test_save_without_info_loads_empty_info(tmp_path: Path) -> None:

@@ -128,6 +128,7 @@ def test_no_val_split_carves_one_out_of_train_and_says_so(tmp_path: Path, tiny_t
     head, info = load_head(result.path)
     assert head.val_scores_ and head.C_ in (0.01, 1.0, 100.0)  # the sweep ran: there was a val set
     assert info["val_split"] == result.val_split and info["val_split"]["rule"]["seed"] == 0
+    assert result.val_split["rule"] == {"seed": 0, "val": 0.15, "test": 0.0}  # heads.select.DEFAULT_SELECTION
     # the CLI says so in one line on stderr, and the same record is in the JSON
     proc = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(cache.path), "--head", "ncm",
                            "--json", "--out", str(tmp_path / "n.npz")], capture_output=True, text=True, check=True)

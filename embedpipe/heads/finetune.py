@@ -37,6 +37,7 @@ from torch import nn
 from ..backbones.base import is_map, resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .registry import register_head
+from .select import HoldOut
 
 AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
 
@@ -91,6 +92,7 @@ class FinetuneHead(Head):
         dropout: float = 0.2,
         patience: int = 3,
         random_state: int = 0,
+        selection: HoldOut | None = None,
         device: str = "auto",
         verbose: bool = False,
     ) -> None:
@@ -116,8 +118,12 @@ class FinetuneHead(Head):
         self.dropout = dropout  # dropout before the classifier
         self.patience = patience  # epochs without validation gain (after unfreezing) before stopping
         self.random_state = random_state  # seeds init, shuffling and augmentation
+        self.selection = selection  # rule that holds validation rows out of train without eval_set
         self.device = device  # auto = CUDA when present
         self.verbose = verbose  # one line per epoch on stderr
+
+    def _selects(self) -> bool:
+        return True
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:

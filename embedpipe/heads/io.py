@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import EmbedpipeError
 from .base import Head, StateSpec
+from .select import HoldOut, rule_from_json
 from .zeroshot import ZeroShotClassifier
 
 Saveable = Head | ZeroShotClassifier  # what a head file holds: a fitted head, or a built zero-shot classifier
@@ -41,6 +42,8 @@ _JSON_TYPES = (str, int, float, bool, type(None))
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, HoldOut):  # a selection rule: a small frozen dataclass, saved as its JSON
+        return value.to_json()
     if isinstance(value, tuple):
         return list(value)
     if isinstance(value, np.generic):
@@ -175,6 +178,12 @@ def _check_params(head: Saveable, params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if key not in defaults:
             raise _Refused(f"unknown parameters [{key!r}] for the {head.name} head")
+        if key == "selection" and value is not None:  # the one parameter that is an object: a rule
+            try:
+                out[key] = rule_from_json(value)
+            except ValueError as e:
+                raise _Refused(f"parameters: selection: {_line(e)}") from None
+            continue
         if not _plain(value):
             raise _Refused(f"non-plain parameters [{key!r}]")
         default = defaults[key]

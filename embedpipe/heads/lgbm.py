@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import EmbedpipeError
 from .base import ArraySpec, Head, State, StateSpec
 from .registry import register_head
+from .select import HoldOut
 
 
 def _lightgbm() -> Any:
@@ -51,6 +52,7 @@ class LGBMHead(Head):
         n_jobs: int = 0,
         random_state: int = 0,
         warn_after_s: float = 60.0,
+        selection: HoldOut | None = None,
     ) -> None:
         self.pca_dims = pca_dims  # project onto this many principal components first; 0 = raw features
         self.n_estimators = n_estimators  # maximum boosting rounds (one tree per class per round)
@@ -67,6 +69,10 @@ class LGBMHead(Head):
         self.n_jobs = n_jobs  # threads; 0 = all cores
         self.random_state = random_state  # seed
         self.warn_after_s = warn_after_s  # warn when the projected fit time exceeds this
+        self.selection = selection  # rule that holds validation rows out of train without eval_set
+
+    def _selects(self) -> bool:
+        return bool(self.early_stopping_rounds)
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         return X if self.components_ is None else (X - self.pca_mean_) @ self.components_.T

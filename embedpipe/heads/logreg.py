@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
 from .registry import register_head
+from .select import HoldOut
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
@@ -62,6 +63,7 @@ class LogRegHead(Head):
         max_iter: int = 500,
         tol: float = 1e-4,
         patience: int | None = 2,
+        selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
         self.C = C  # fixed inverse regularisation; None = select from Cs on the validation set
@@ -71,7 +73,11 @@ class LogRegHead(Head):
         self.max_iter = max_iter  # L-BFGS iterations per C value
         self.tol = tol  # gradient tolerance
         self.patience = patience  # stop the sweep after this many C values in a row below the best; None = all
+        self.selection = selection  # rule that holds validation rows out of train without eval_set
         self.device = device  # auto = CUDA when present
+
+    def _selects(self) -> bool:
+        return self.C is None
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         dev = resolve_device(self.device)

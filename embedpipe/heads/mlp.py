@@ -14,6 +14,7 @@ from torch import nn
 from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .registry import register_head
+from .select import HoldOut
 from .torch_utils import as_tensor
 
 
@@ -43,6 +44,7 @@ class MLPHead(Head):
         label_smoothing: float = 0.1,
         patience: int = 8,
         random_state: int = 0,
+        selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
         self.hidden = hidden  # width of each hidden layer
@@ -55,7 +57,11 @@ class MLPHead(Head):
         self.label_smoothing = label_smoothing  # cross-entropy label smoothing
         self.patience = patience  # epochs without validation gain before stopping
         self.random_state = random_state  # seeds init and shuffling
+        self.selection = selection  # rule that holds validation rows out of train without eval_set
         self.device = device  # auto = CUDA when present
+
+    def _selects(self) -> bool:
+        return True
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         dev = resolve_device(self.device)

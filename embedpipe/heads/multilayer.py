@@ -37,6 +37,7 @@ from ..backbones.base import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, upgrade_v1_arrays
 from .registry import register_head
+from .select import HoldOut
 from .torch_utils import as_tensor
 
 DEFAULT_KEEPS = (0.25, 0.5, 1.0)  # fractions of features tried on val (Head2Toe tries a grid too)
@@ -108,6 +109,7 @@ class MultiLayerHead(Head):
         Cs: tuple[float, ...] = DEFAULT_ML_CS,
         max_iter: int = 500,
         tol: float = 1e-4,
+        selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
         self.layer_dims = layer_dims  # widths of the layer groups in column order; None = one group
@@ -122,7 +124,11 @@ class MultiLayerHead(Head):
         self.Cs = Cs  # the final sweep
         self.max_iter = max_iter  # L-BFGS iterations per fit
         self.tol = tol  # L-BFGS gradient tolerance
+        self.selection = selection  # rule that holds validation rows out of train without eval_set
         self.device = device  # auto = CUDA when present
+
+    def _selects(self) -> bool:
+        return self.keep is None or self.C is None
 
     def _names(self) -> list[str]:
         dims = tuple(self.layer_dims) if self.layer_dims else (self.n_features_in_,)
@@ -165,7 +171,7 @@ class MultiLayerHead(Head):
         self.selected_ = np.sort(order[: max(1, round(self.keep_ * d))]).astype(np.int64)
         C = self.C if self.C is not None or have_val else NO_VAL_C
         self.clf_ = LogRegHead(C=C, Cs=self.Cs, standardize=True, max_iter=self.max_iter, tol=self.tol,
-                               device=self.device)
+                               selection=self.selection, device=self.device)
         sel = self.selected_
         eval_set = (X_val[:, sel], y_val) if have_val else None
         self.clf_.fit(X[:, sel], y, eval_set=eval_set)
@@ -227,7 +233,7 @@ class MultiLayerHead(Head):
         if self.selected_.ndim != 1 or (len(self.selected_) and self.selected_.max() >= self.n_features_in_):
             raise ValueError("selected_ does not index the head's features")
         clf = LogRegHead(C=self.C, Cs=self.Cs, standardize=True, max_iter=self.max_iter, tol=self.tol,
-                         device=self.device)
+                         selection=self.selection, device=self.device)
         clf.classes_ = np.arange(len(self.classes_))
         clf.n_features_in_ = len(self.selected_)
         clf._set_state(state["clf"], {k[4:]: v for k, v in arrays.items() if k.startswith("clf.")})
