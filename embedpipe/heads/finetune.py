@@ -13,7 +13,7 @@ Training, as the transfer-learning guides describe it:
 - early stopping on the validation split (best epoch kept) once unfreezing is complete;
 - feature augmentation (a cache cannot re-augment images; Frozen Feature Augmentation, Baer et al.,
   CVPR 2024): per-sample random resized crops and horizontal flips of the maps, and mixup. The ones
-  used are in ``augmentations_`` and printed. Flips are off by default: they turn characters and
+  used are in ``augmentations_`` (and logged with ``verbose``). Flips are off by default: they turn characters and
   digits into other classes (b/d); add ``flip`` for photos.
 
 Without a backbone (``backbone=None``, e.g. scikit-learn's checks on arbitrary 2-D X) the tail is
@@ -24,8 +24,8 @@ empty: the head is a linear classifier on standardised features trained by the s
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import sys
 import time
 from typing import Any
 
@@ -40,6 +40,7 @@ from .registry import register_head
 from .select import HoldOut
 
 AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
+_logger = logging.getLogger(__name__)
 
 
 def _flat(X: Any) -> Any:
@@ -120,7 +121,7 @@ class FinetuneHead(Head):
         self.random_state = random_state  # seeds init, shuffling and augmentation
         self.selection = selection  # rule that holds validation rows out of train without eval_set
         self.device = device  # auto = CUDA when present
-        self.verbose = verbose  # one line per epoch on stderr
+        self.verbose = verbose  # log the setup and one line per epoch (logging, INFO)
 
     def _selects(self) -> bool:
         return True
@@ -249,10 +250,9 @@ class FinetuneHead(Head):
             acc = self._accuracy(Xv, yv) if Xv is not None and yv is not None else None
             self.history_.append({"epoch": epoch + 1, "unfrozen": n_open, "loss": total / len(Xt),
                                   "val_acc": acc, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
-            if self.verbose:
-                self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
-                          + (f", val {acc:.3f}" if acc is not None else "")
-                          + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
+            self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
+                      + (f", val {acc:.3f}" if acc is not None else "")
+                      + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
             if acc is None:
                 continue
             if acc > best_acc:
@@ -268,7 +268,9 @@ class FinetuneHead(Head):
         self._to_cpu()
 
     def _say(self, line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        """Progress, logged at INFO only with ``verbose`` (the caller's logging config shows it)."""
+        if self.verbose:
+            _logger.info(line)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"fc.{k}": v for k, v in self.fc_.state_dict().items()}
