@@ -161,6 +161,20 @@ def default_head_path(cache: Cache, name: str, layer: str) -> Path:
     return cache.path / "heads" / f"{name}-{_file_layer(layer)}.npz"
 
 
+def head_names(heads: list[str] | tuple[str, ...] | str) -> list[str]:
+    """The head names ``heads`` lists: a list (or tuple) of names, or one name as a plain string.
+    A comma-joined string is refused: Python callers pass a list (the CLI splits ``--head a,b``)."""
+    if isinstance(heads, str):
+        if "," in heads:
+            raise EmbedpipeError(f"heads takes a list of head names, e.g. heads={[h.strip() for h in heads.split(',')]!r}, "
+                                 f"not the comma-joined string {heads!r}")
+        return [heads]
+    names = list(heads)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise EmbedpipeError(f"heads takes a non-empty list of head names; got {heads!r}")
+    return names
+
+
 def train_heads(
     cache: str | Path | Cache,
     heads: list[str] | str = "logreg",
@@ -170,12 +184,12 @@ def train_heads(
     out: str | Path | None = None,
     save: bool = True,
 ) -> list[FitResult]:
-    """Fit each head on one load of the features per layer. ``params`` maps head name ->
-    hyperparameters. ``layer`` (one name or several joined by commas) defaults per head
+    """Fit each head on one load of the features per layer. ``heads`` is a list of names (or one name);
+    ``params`` maps head name -> hyperparameters. ``layer`` (one name or several joined by commas) defaults per head
     (``default_layer``). Heads are saved to ``out`` (a file for one head, a folder for several) or next
     to the cache."""
+    names = head_names(heads)
     cache = as_cache(cache)
-    names = heads.split(",") if isinstance(heads, str) else list(heads)
     for name in names:
         create_classifier(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
     layers = {name: layer or default_layer(cache, name) for name in names}
@@ -248,7 +262,7 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
     head, info = load_head(head_file)
     if cache is None:
         if "cache" not in info:
-            raise EmbedpipeError(f"{head_file} records no cache; pass --cache PATH")
+            raise EmbedpipeError(f"{head_file} records no cache; pass cache=PATH")
         cache = info["cache"]
     cache = as_cache(cache)
     layer = check_compatible(cache, info, head)
@@ -262,7 +276,7 @@ def sample_shots(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """Indices of ``shots`` training rows per class (all of a class's rows when it has fewer),
     drawn with ``seed``; sorted, so the same (y, shots, seed) always gives the same sample."""
     if shots < 1:
-        raise EmbedpipeError(f"--shots must be at least 1, got {shots}")
+        raise EmbedpipeError(f"shots must be at least 1, got {shots}")
     rng = np.random.default_rng(seed)
     picked = [rng.permutation(np.flatnonzero(y == c))[:shots] for c in np.unique(y)]
     return np.sort(np.concatenate(picked))
@@ -278,10 +292,11 @@ def few_shot(
     params: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """K-shot evaluation as in CLIP_benchmark / ELEVATER: per seed, sample ``shots`` training images per
-    class, fit every head (val still selects), score on test; report mean and std over seeds. The sampled
-    ids of every seed are returned so that a run can be reproduced or audited."""
+    class, fit every head of ``heads`` (a list of names, or one name; val still selects), score on test;
+    report mean and std over seeds. The sampled ids of every seed are returned so that a run can be
+    reproduced or audited."""
+    names = head_names(heads)
     cache = as_cache(cache)
-    names = heads.split(",") if isinstance(heads, str) else list(heads)
     data = load_splits(cache, layer)
     Xtr, ytr = data["train"]
     train_ids = cache.load_ids("train")

@@ -88,8 +88,9 @@ def test_fingerprint_and_layer_are_checked(map_cache) -> None:  # type: ignore[n
     X, y = map_cache.load("train", LAYER)
     with pytest.raises(ValueError, match="differs from the one the cache"):
         create_head("finetune", **{**ctx, "backbone_fingerprint": "0" * 64}, epochs=1).fit(X, y)
-    with pytest.raises(EmbedpipeError, match="needs a cached map layer"):
+    with pytest.raises(EmbedpipeError, match="needs a cached map layer") as err:
         train(map_cache, "finetune", layer="pooled")
+    assert "layer='block<k>:map'" in str(err.value) and "--" not in str(err.value)  # Python arguments, not flags
     with pytest.raises(ValueError, match="unknown augmentation"):
         create_head("finetune", **ctx, augment="cutout").fit(X, y)
 

@@ -143,7 +143,7 @@ class FinetuneHead(Head):
 
         if not self.layer or not is_map(self.layer) or not self.map_shape:
             raise ValueError(f"finetune needs a cached map layer (block<k>:map), got {self.layer!r}; "
-                             "extract with --layers block<k>:map and train with --layer block<k>:map")
+                             "extract with layers=(..., 'block<k>:map') and train with layer='block<k>:map'")
         bb = create_backbone(self.backbone, weights=self.weights, precision=self.precision, device="cpu")
         if check and self.backbone_fingerprint and bb.fingerprint != self.backbone_fingerprint:
             raise ValueError(f"finetune: the backbone rebuilt from {self.backbone} differs from the one the cache "
