@@ -6,8 +6,11 @@ Everything uses real components on small synthetic data, so the file runs on CPU
 from __future__ import annotations
 
 import dataclasses
+import doctest
+import inspect
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from embedpipe.errors import EmbedpipeError
 from embedpipe.heads import (
     DESCRIPTIONS,
     HEADS,
+    ZeroShotClassifier,
     create_head,
     list_heads,
     load_head,
@@ -796,3 +800,62 @@ def test_register_head_decorator_registers_under_the_class_name() -> None:
         del HEADS._factories["test-only-head"], DESCRIPTIONS["test-only-head"]
     with pytest.raises(ValueError, match="no name"):
         register_head(description="nameless")(type("Nameless", (Head,), {}))
+
+
+# -- 9. documentation: numpydoc class docstrings whose examples run ------------------------------
+
+DOCUMENTED = [*(HEADS.get(name) for name in list_heads())]
+
+
+def _section(doc: str, title: str) -> list[str]:
+    """The names a numpydoc section lists (lines ``name : type`` at the section's indentation)."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = lines.index(title) + 2
+    assert set(lines[start - 1]) == {"-"}, title
+    names = []
+    for line in lines[start:]:
+        if line and set(line) == {"-"}:  # the next section's underline
+            break
+        if match := re.match(r"^(\w+) : ", line):
+            names.append(match.group(1))
+    return names
+
+
+@pytest.mark.parametrize("cls", [*DOCUMENTED, ZeroShotClassifier], ids=lambda c: c.__name__)
+def test_class_docstrings_document_every_parameter(cls: type) -> None:
+    doc = cls.__doc__ or ""
+    assert doc.splitlines()[0].strip().endswith(".")  # one summary line
+    assert _section(doc, "Parameters") == list(inspect.signature(cls).parameters)
+    assert "Examples" in doc and ">>> " in doc
+    for name in inspect.signature(cls).parameters:  # the meaning moved from inline comments
+        assert not re.search(rf"self\.{name} = {name}  #", inspect.getsource(cls)), name
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_class_docstrings_document_every_learned_attribute(name: str) -> None:
+    X, y, _ = blobs(3, 20, 8, 1.0)
+    head = create_head(name, **FAST.get(name, {}))
+    head.fit(X, y)
+    learned = sorted(k for k in vars(head) if k.endswith("_") and not k.startswith("_"))
+    documented = _section(type(head).__doc__ or "", "Attributes")
+    assert sorted(set(learned) - {"estimated_fit_s_"}) == sorted(set(documented) - {"estimated_fit_s_"})
+
+
+def test_docstring_examples_run() -> None:
+    """Every head's (and the selection rule's) docstring examples run and give what they show
+    (the zero-shot ones and finetune's cache example are skipped: they need a backbone download)."""
+    import embedpipe.heads.registry
+    import embedpipe.heads.select
+    import embedpipe.heads.zeroshot
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    objects = [*DOCUMENTED, embedpipe.heads.select.HoldOut, embedpipe.heads.zeroshot.ZeroShotClassifier,
+               embedpipe.heads.registry.register_head]
+    ran = {}
+    for obj in objects:
+        for test in finder.find(obj, obj.__name__, globs={}):
+            result = runner.run(test, out=lambda text: None)
+            assert result.failed == 0, f"{test.name}: {result.failed} failing examples"
+            ran[obj.__name__] = ran.get(obj.__name__, 0) + result.attempted
+    assert all(ran.get(cls.__name__, 0) >= 3 for cls in DOCUMENTED), ran  # a real example per head
+    assert ran["HoldOut"] >= 1

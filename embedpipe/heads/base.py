@@ -46,7 +46,16 @@ StateSpec = tuple[dict[str, str], dict[str, ArraySpec]]
 
 
 class Head(ClassifierMixin, BaseEstimator):
-    name: ClassVar[str] = ""
+    """Base class of every head: a scikit-learn classifier on embeddings, saved without pickle.
+
+    Subclasses implement ``_fit`` (on integer targets 0..k-1, with validation rows when they select),
+    ``_predict_proba`` and the state hooks (``_get_state``, ``_set_state``, ``_state_spec``), and
+    register with ``@register_head(description=...)`` under their ``name``. ``fit(X, y,
+    eval_set=None)`` validates the input, encodes the labels into ``classes_`` and, for a head that
+    selects (``_selects``), gets its validation rows from ``heads.select.selection_rows``.
+    """
+
+    name: ClassVar[str] = ""  # registry name (`embedpipe train --head NAME`, head files)
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:

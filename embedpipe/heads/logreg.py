@@ -1,11 +1,16 @@
 """Multinomial L2 logistic regression solved in torch with full-batch L-BFGS.
 
 Objective (scikit-learn's, with ``C``): mean cross-entropy + ||W||^2 / (2 C n); the intercept is not
-penalised. With a validation set and ``C=None`` it sweeps ``Cs`` from strong to weak regularisation,
-warm-starting each fit from the previous solution (the CLIP paper's probe protocol), keeps the C with
-the best validation accuracy, then refits on train+val at that C. The sweep stops early once
-``patience`` C values in a row score below the best one on validation: the weakly regularised end
-of the path is the slow one (most L-BFGS iterations), and past the peak it only overfits more.
+penalised. With ``C=None`` it sweeps ``Cs`` from strong to weak regularisation on validation rows (the
+``eval_set``, or rows held out of train by the selection rule, ``heads/select.py``), warm-starting
+each fit from the previous solution (the CLIP paper's probe protocol), keeps the C with the best
+validation accuracy, then refits on train+val at that C. The sweep stops early once ``patience`` C
+values in a row score below the best one on validation: the weakly regularised end of the path is
+the slow one (most L-BFGS iterations), and past the peak it only overfits more.
+
+It solves on standardised features and then folds the standardisation into the result, so ``coef_``
+and ``intercept_`` act on raw X, as scikit-learn's do (``unstandardize``), and prediction is
+``softmax(X @ coef_.T + intercept_)``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,76 @@ def lbfgs_logreg(
 
 @register_head(description="multinomial L2 logistic regression, torch L-BFGS, C swept on val")
 class LogRegHead(Head):
+    """Multinomial L2 logistic regression on embeddings, solved in torch with full-batch L-BFGS.
+
+    Minimises scikit-learn's objective, mean cross-entropy + ``||W||^2 / (2 C n)`` over the
+    multinomial weights ``W`` (the intercept is not penalised), on features standardised with the
+    training statistics (``standardize=True``). With ``C=None`` it selects C: it sweeps ``Cs`` from
+    strong to weak regularisation on the validation rows (the ``eval_set``, or rows its ``selection``
+    rule holds out of train), warm-starting each fit from the previous one (the CLIP linear-probe
+    protocol), keeps the C with the best validation accuracy and, with ``refit=True``, refits on
+    train + validation at that C. The fitted ``coef_`` and ``intercept_`` act on raw X, as
+    scikit-learn's do: the standardisation is folded into them.
+
+    Parameters
+    ----------
+    C : float or None, default=None
+        Inverse L2 regularisation strength. None = select it from ``Cs`` on validation rows (C=1.0
+        when no validation rows can be had: see ``selection``).
+    Cs : tuple of float, default=DEFAULT_CS
+        The values swept when ``C`` is None: 9 values from 1e-4 to 1e4, as in the CLIP linear probe.
+    refit : bool, default=True
+        After the sweep, refit on train + validation rows at the chosen C.
+    standardize : bool, default=True
+        Z-score the features with training statistics before solving (the result still acts on raw X).
+    max_iter : int, default=500
+        L-BFGS iterations per C value.
+    tol : float, default=1e-4
+        L-BFGS gradient tolerance.
+    patience : int or None, default=2
+        Stop the sweep after this many C values in a row score below the best one; None = sweep all.
+        The weakly regularised end is the slow one, and past the peak it only overfits more.
+    selection : HoldOut or None, default=None
+        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
+        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    device : str, default="auto"
+        Torch device of the solver; ``"auto"`` = CUDA when present.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    coef_ : ndarray of shape (n_classes, n_features)
+        Weights on raw X: one row per class (also with two classes).
+    intercept_ : ndarray of shape (n_classes,)
+        Intercepts on raw X; ``decision_function(X) = X @ coef_.T + intercept_``.
+    C_ : float
+        The C of the final fit.
+    val_scores_ : dict of str to float
+        Validation accuracy of each swept C (``repr(C)`` keys); empty without a sweep.
+    best_val_score_ : float or None
+        Validation accuracy at ``C_``; None without a sweep.
+    n_iter_ : int
+        L-BFGS iterations of the solve that produced ``coef_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import LogRegHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = LogRegHead(C=1.0).fit(X, y)
+    >>> head.coef_.shape, head.predict_proba(X[:2]).shape
+    ((3, 8), (2, 3))
+    >>> bool(head.score(X, y) > 0.9)
+    True
+    >>> bool(np.allclose(head.decision_function(X), X @ head.coef_.T + head.intercept_, atol=1e-4))
+    True
+    """
+
     name = "logreg"
 
     def __init__(
@@ -66,15 +141,15 @@ class LogRegHead(Head):
         selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
-        self.C = C  # fixed inverse regularisation; None = select from Cs on the validation set
-        self.Cs = Cs  # the sweep, as in the CLIP linear probe
-        self.refit = refit  # refit on train+val at the chosen C
-        self.standardize = standardize  # z-score features with training statistics first
-        self.max_iter = max_iter  # L-BFGS iterations per C value
-        self.tol = tol  # gradient tolerance
-        self.patience = patience  # stop the sweep after this many C values in a row below the best; None = all
-        self.selection = selection  # rule that holds validation rows out of train without eval_set
-        self.device = device  # auto = CUDA when present
+        self.C = C
+        self.Cs = Cs
+        self.refit = refit
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.patience = patience
+        self.selection = selection
+        self.device = device
 
     def _selects(self) -> bool:
         return self.C is None

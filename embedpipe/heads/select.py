@@ -53,7 +53,7 @@ class HoldOut:
     --------
     >>> from embedpipe.heads.select import HoldOut
     >>> HoldOut().mask(["a", "b", "c", "d", "e", "f"], [0, 0, 0, 1, 1, 1]).tolist()
-    [False, False, True, False, True, False]
+    [True, False, False, False, False, True]
     """
 
     fraction: float = VAL_CARVE.val
