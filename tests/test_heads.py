@@ -71,7 +71,7 @@ def test_every_head_is_checked() -> None:
     assert set(DESCRIPTIONS) == set(list_heads())
 
 
-def test_zeroshot_is_a_classifier_not_a_head() -> None:
+def test_zeroshot_is_a_classifier_not_a_head(capsys: pytest.CaptureFixture[str]) -> None:
     """Zero-shot fits nothing: it is built from class names, outside the head registry and its checks."""
     from embedpipe.heads import CLASSIFIERS, ZeroShotClassifier, classifier_class, create_classifier
 
@@ -85,6 +85,11 @@ def test_zeroshot_is_a_classifier_not_a_head() -> None:
     with pytest.raises(EmbedpipeError, match="has no parameter C"):
         create_classifier("zeroshot", C=1.0)
     assert classifier_class("logreg") is LogRegHead
+    from embedpipe.cli import main  # `embedpipe list heads` still lists it, with the heads
+
+    assert main(["list", "heads", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["heads"]
+    assert set(listed) == {*list_heads(), "zeroshot"} and listed["zeroshot"].startswith("open_clip zero-shot")
 
 
 # finetune without a backbone is a linear classifier trained by its epoch loop: fewer forced steps at a

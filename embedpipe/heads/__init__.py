@@ -23,8 +23,10 @@ from .neighbors import KNNHead, NCMHead
 from .registry import DESCRIPTIONS, HEADS, register_head
 from .zeroshot import ZeroShotClassifier
 
-# Classifiers that `embedpipe train --head NAME` builds and head files hold, but that are not heads.
+# Classifiers that `embedpipe train --head NAME` builds and head files hold, but that are not heads,
+# and their one-line descriptions (`embedpipe list heads` shows them with the heads').
 CLASSIFIERS: dict[str, type[ZeroShotClassifier]] = {ZeroShotClassifier.name: ZeroShotClassifier}
+CLASSIFIER_DESCRIPTIONS: dict[str, str] = {name: cls.description for name, cls in CLASSIFIERS.items()}
 
 
 def create_head(name: str, **params: Any) -> Head:
@@ -59,6 +61,7 @@ def list_heads(pattern: str = "*") -> list[str]:
 
 __all__ = [
     "CLASSIFIERS",
+    "CLASSIFIER_DESCRIPTIONS",
     "DESCRIPTIONS",
     "HEADS",
     "FinetuneHead",

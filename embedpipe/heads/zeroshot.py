@@ -87,6 +87,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     """
 
     name: ClassVar[str] = "zeroshot"  # how `embedpipe train --head` and head files name it
+    description: ClassVar[str] = "open_clip zero-shot: class names through prompts and the text encoder"
 
     def __init__(
         self,
