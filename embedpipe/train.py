@@ -166,7 +166,8 @@ def head_names(heads: list[str] | tuple[str, ...] | str) -> list[str]:
     A comma-joined string is refused: Python callers pass a list (the CLI splits ``--head a,b``)."""
     if isinstance(heads, str):
         if "," in heads:
-            raise EmbedpipeError(f"heads takes a list of head names, e.g. heads={[h.strip() for h in heads.split(',')]!r}, "
+            listed = [h.strip() for h in heads.split(",")]
+            raise EmbedpipeError(f"heads takes a list of head names, e.g. heads={listed!r}, "
                                  f"not the comma-joined string {heads!r}")
         return [heads]
     names = list(heads)
@@ -184,10 +185,10 @@ def train_heads(
     out: str | Path | None = None,
     save: bool = True,
 ) -> list[FitResult]:
-    """Fit each head on one load of the features per layer. ``heads`` is a list of names (or one name);
-    ``params`` maps head name -> hyperparameters. ``layer`` (one name or several joined by commas) defaults per head
-    (``default_layer``). Heads are saved to ``out`` (a file for one head, a folder for several) or next
-    to the cache."""
+    """Fit each head on one load of the features per layer. ``heads`` is a list of names (or one
+    name); ``params`` maps head name -> hyperparameters. ``layer`` (one name or several joined by
+    commas) defaults per head (``default_layer``). Heads are saved to ``out`` (a file for one head, a
+    folder for several) or next to the cache."""
     names = head_names(heads)
     cache = as_cache(cache)
     for name in names:

@@ -5,10 +5,10 @@ labels and calls the subclass's ``_fit`` on integer targets 0..k-1; ``predict_pr
 ``classes_``. ``eval_set=(X_val, y_val)`` is optional: heads that select (regularisation sweep, early
 stopping; ``_selects``) select on it, and without it on rows their ``selection`` rule holds out of
 train (``heads/select.py``: one function for every head); scikit-learn's own checks call ``fit(X, y)``
-alone. Subclasses describe their
-learned state as JSON plus named arrays (``_get_state``/``_set_state``) so that it saves without pickle,
-and declare that state's shape (``_state_spec``: the JSON values' types and each array's dtype and shape)
-so that a head file edited by hand is refused with one line when it is loaded (``heads/io.py``).
+alone. Subclasses describe their learned state as JSON plus named arrays (``_get_state``/``_set_state``)
+so that it saves without pickle, and declare that state's shape (``_state_spec``: the JSON values' types
+and each array's dtype and shape) so that a head file edited by hand is refused with one line when it
+is loaded (``heads/io.py``); ``_upgrade_state`` converts a state saved by an older head file format.
 """
 
 from __future__ import annotations
