@@ -28,7 +28,7 @@ from .core.locking import exclusive
 from .core.log import get_logger, level, show_progress
 from .core.provenance import cpu_isa, library_versions
 from .extract import run_extract
-from .heads import HEADS, list_heads
+from .heads import classifier_class, list_heads
 from .report import write_report
 from .train import fit_head, load_splits, sample_shots
 
@@ -86,7 +86,7 @@ class BenchConfig:
         clean["exclude"] = {k: as_tuple(v) for k, v in clean.get("exclude", {}).items()}
         config = replace(cls(), **clean)
         for head in config.heads:
-            HEADS.get(head)  # unknown head names fail before any work
+            classifier_class(head)  # unknown head names fail before any work
         return config
 
 
@@ -225,7 +225,7 @@ class Bench:
                 idx = sample_shots(ytr, shots, int(seed or 0))
                 data = {**data, "train": (Xtr[idx], ytr[idx])}
             result = fit_head(data, head, layer, self.config.head_params.get(head),
-                              HEADS.get(head).context_params(cache, layer))
+                              classifier_class(head).context_params(cache, layer))
             m = result.test_metrics
             return {**base, **run.env, "status": "ok", "error": "", "val_acc": _r(result.val_acc),
                     "test_acc": _r(result.test_acc), "test_top5": _r(m.get("top5")),

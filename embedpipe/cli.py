@@ -67,9 +67,10 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 def cmd_list(args: argparse.Namespace) -> None:
     from .backbones import DESCRIPTIONS as BB  # start-up: each verb imports only what it runs
     from .data import list_datasets
+    from .heads import CLASSIFIER_DESCRIPTIONS
     from .heads import DESCRIPTIONS as HD
 
-    table = {"backbones": BB, "heads": HD, "datasets": {n: "built-in" for n in list_datasets()}}[args.what]
+    table = {"backbones": BB, "heads": {**HD, **CLASSIFIER_DESCRIPTIONS}, "datasets": {n: "built-in" for n in list_datasets()}}[args.what]
     _emit(args, {args.what: table}, "\n".join(f"{k:14s} {v}" for k, v in sorted(table.items())))
 
 

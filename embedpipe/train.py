@@ -7,10 +7,12 @@ that the cache was made by the same backbone, layer and label set as the head.
 A layer may name several cached layers joined by commas (``"pooled,block4,block3"``): their features
 are concatenated in that order (``Cache.load``); the ``multilayer`` head trains on all cached layers
 when no layer is given. When the cache has no val rows (data laid out as train/ and test/ only), a
-seeded, stratified 15 % of train is held out for selection (``data.splits.carve_val``). It is computed
-at train time, not stored in the cache: it is a pure function of the cache's ids, labels and the rule,
-so it is the same on every run, and the head file and results record the rule, the number of rows and
-a digest of their ids (``val_split``), which is enough to recompute and check it.
+seeded, stratified 15 % of train is held out for selection by the heads' own selection rule
+(``heads.select.DEFAULT_SELECTION``, the ``HoldOut`` rule a head applies when it is fitted without an
+``eval_set``: one definition of the carve). It is computed at train time, not stored in the cache: it
+is a pure function of the cache's ids, labels and the rule, so it is the same on every run, and the
+head file and results record the rule, the number of rows and a digest of their ids (``val_split``),
+which is enough to recompute and check it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,18 @@ from typing import Any
 import numpy as np
 
 from .cache import Cache, open_cache
-from .core.errors import EmbedpipeError
-from .data.splits import VAL_CARVE, carve_val
-from .heads import HEADS, Head, create_head, load_head, save_head
+from .core.errors import EmbedpipeError, first_line
+from .heads import (
+    Head,
+    ZeroShotClassifier,
+    classifier_class,
+    create_classifier,
+    load_head,
+    save_head,
+)
+from .heads.select import DEFAULT_SELECTION
+
+Classifier = Head | ZeroShotClassifier  # what `train` fits and saves: a head, or the zero-shot classifier
 
 
 @dataclass
@@ -43,7 +54,7 @@ class FitResult:
     path: str | None = None
     val_split: dict[str, Any] = field(default_factory=dict)  # where the selection rows came from
     report: dict[str, Any] = field(default_factory=dict)  # head-specific findings (multilayer: per-layer shares)
-    model: Head | None = field(default=None, repr=False)
+    model: Classifier | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,7 +78,7 @@ def _carve_mask(cache: Cache) -> np.ndarray | None:
     """Train rows to hold out as val when the cache has none (None when it has val rows)."""
     if len(cache.rows("val")):
         return None
-    return carve_val(cache.load_ids("train"), cache.labels[cache.rows("train")], VAL_CARVE)
+    return DEFAULT_SELECTION.mask(cache.load_ids("train"), cache.labels[cache.rows("train")])
 
 
 def val_split_info(cache: Cache) -> dict[str, Any]:
@@ -76,9 +87,10 @@ def val_split_info(cache: Cache) -> dict[str, Any]:
     if mask is None:
         return {"source": "cache", "rows": len(cache.rows("val"))}
     ids = cache.load_ids("train")[mask]
-    return {"source": "carved from train", "rule": VAL_CARVE.to_dict(), "rows": int(mask.sum()),
+    rule = DEFAULT_SELECTION
+    return {"source": "carved from train", "rule": rule.split_rule.to_dict(), "rows": int(mask.sum()),
             "ids_sha256": hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest(),
-            "note": f"no val split in the cache: held out {VAL_CARVE.val:.0%} of train (seed {VAL_CARVE.seed}) "
+            "note": f"no val split in the cache: held out {rule.fraction:.0%} of train (seed {rule.seed}) "
                     "for selection"}
 
 
@@ -109,7 +121,7 @@ def head_info(cache: Cache, layer: str) -> dict[str, Any]:
     }
 
 
-def accuracy(head: Head, X: np.ndarray, y: np.ndarray) -> float | None:
+def accuracy(head: Classifier, X: np.ndarray, y: np.ndarray) -> float | None:
     return float(head.score(X, y)) if len(X) else None
 
 
@@ -117,16 +129,20 @@ def fit_head(
     data: dict[str, tuple[np.ndarray, np.ndarray]], name: str, layer: str, params: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
 ) -> FitResult:
-    head = create_head(name, **{**(context or {}), **(params or {})})
+    head = create_classifier(name, **{**(context or {}), **(params or {})})
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
     if Xtr.ndim > 2 and not getattr(head, "takes_maps", False):  # e.g. a bench row of logreg on block3:map
         raise EmbedpipeError(f"head {name} takes vectors, and {layer} is an unpooled map; use "
                              f"{layer.removesuffix(':map')} (the same block pooled) or the finetune head")
     t0 = time.perf_counter()
     try:
-        head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
+        if isinstance(head, ZeroShotClassifier):  # built from the class names: nothing to fit
+            head = ZeroShotClassifier.from_names(**head.get_params())
+            head.predict_proba(Xtr[:1])  # it takes these features (the backbone's pooled width)
+        else:
+            head.fit(Xtr, ytr, eval_set=(Xv, yv) if len(Xv) else None)
     except (ValueError, TypeError) as e:  # a bad hyperparameter value or a head that cannot use these features
-        raise EmbedpipeError(f"head {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise EmbedpipeError(f"head {name}: {first_line(e)}") from None
     fit_s = time.perf_counter() - t0
     # A head that refits on train+val reports the validation score it was selected with.
     val = getattr(head, "best_val_score_", None)
@@ -145,6 +161,21 @@ def default_head_path(cache: Cache, name: str, layer: str) -> Path:
     return cache.path / "heads" / f"{name}-{_file_layer(layer)}.npz"
 
 
+def head_names(heads: list[str] | tuple[str, ...] | str) -> list[str]:
+    """The head names ``heads`` lists: a list (or tuple) of names, or one name as a plain string.
+    A comma-joined string is refused: Python callers pass a list (the CLI splits ``--head a,b``)."""
+    if isinstance(heads, str):
+        if "," in heads:
+            listed = [h.strip() for h in heads.split(",")]
+            raise EmbedpipeError(f"heads takes a list of head names, e.g. heads={listed!r}, "
+                                 f"not the comma-joined string {heads!r}")
+        return [heads]
+    names = list(heads)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise EmbedpipeError(f"heads takes a non-empty list of head names; got {heads!r}")
+    return names
+
+
 def train_heads(
     cache: str | Path | Cache,
     heads: list[str] | str = "logreg",
@@ -154,14 +185,14 @@ def train_heads(
     out: str | Path | None = None,
     save: bool = True,
 ) -> list[FitResult]:
-    """Fit each head on one load of the features per layer. ``params`` maps head name ->
-    hyperparameters. ``layer`` (one name or several joined by commas) defaults per head
-    (``default_layer``). Heads are saved to ``out`` (a file for one head, a folder for several) or next
-    to the cache."""
+    """Fit each head on one load of the features per layer. ``heads`` is a list of names (or one
+    name); ``params`` maps head name -> hyperparameters. ``layer`` (one name or several joined by
+    commas) defaults per head (``default_layer``). Heads are saved to ``out`` (a file for one head, a
+    folder for several) or next to the cache."""
+    names = head_names(heads)
     cache = as_cache(cache)
-    names = heads.split(",") if isinstance(heads, str) else list(heads)
     for name in names:
-        create_head(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
+        create_classifier(name, **(params or {}).get(name, {}))  # fail fast on a bad name or parameter
     layers = {name: layer or default_layer(cache, name) for name in names}
     for spec in set(layers.values()):
         for one in spec.split(","):
@@ -173,7 +204,7 @@ def train_heads(
         spec = layers[name]
         if spec not in loaded:
             loaded[spec] = load_splits(cache, spec)
-        context = HEADS.get(name).context_params(cache, spec)
+        context = classifier_class(name).context_params(cache, spec)
         result = fit_head(loaded[spec], name, spec, (params or {}).get(name), context)
         result.val_split = val_split
         if save:
@@ -197,7 +228,7 @@ def train(
     return train_heads(cache, [head], layer=layer, params={head: params}, out=out)[0]
 
 
-def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
+def check_compatible(cache: Cache, info: dict[str, Any], head: Classifier) -> str:
     """The layer to evaluate; raises if the cache's features are not what the head was trained on."""
     layer = str(info.get("layer", "pooled"))
     names = layer.split(",")
@@ -213,7 +244,7 @@ def check_compatible(cache: Cache, info: dict[str, Any], head: Head) -> str:
     return layer
 
 
-def metrics(head: Head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def metrics(head: Classifier, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """top-1, top-5 accuracy and mean per-class recall (balanced accuracy)."""
     proba = head.predict_proba(X)
     order = np.argsort(-proba, axis=1, kind="stable")  # ties go to the first class, as predict's argmax
@@ -232,7 +263,7 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
     head, info = load_head(head_file)
     if cache is None:
         if "cache" not in info:
-            raise EmbedpipeError(f"{head_file} records no cache; pass --cache PATH")
+            raise EmbedpipeError(f"{head_file} records no cache; pass cache=PATH")
         cache = info["cache"]
     cache = as_cache(cache)
     layer = check_compatible(cache, info, head)
@@ -246,7 +277,7 @@ def sample_shots(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """Indices of ``shots`` training rows per class (all of a class's rows when it has fewer),
     drawn with ``seed``; sorted, so the same (y, shots, seed) always gives the same sample."""
     if shots < 1:
-        raise EmbedpipeError(f"--shots must be at least 1, got {shots}")
+        raise EmbedpipeError(f"shots must be at least 1, got {shots}")
     rng = np.random.default_rng(seed)
     picked = [rng.permutation(np.flatnonzero(y == c))[:shots] for c in np.unique(y)]
     return np.sort(np.concatenate(picked))
@@ -262,10 +293,11 @@ def few_shot(
     params: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """K-shot evaluation as in CLIP_benchmark / ELEVATER: per seed, sample ``shots`` training images per
-    class, fit every head (val still selects), score on test; report mean and std over seeds. The sampled
-    ids of every seed are returned so that a run can be reproduced or audited."""
+    class, fit every head of ``heads`` (a list of names, or one name; val still selects), score on test;
+    report mean and std over seeds. The sampled ids of every seed are returned so that a run can be
+    reproduced or audited."""
+    names = head_names(heads)
     cache = as_cache(cache)
-    names = heads.split(",") if isinstance(heads, str) else list(heads)
     data = load_splits(cache, layer)
     Xtr, ytr = data["train"]
     train_ids = cache.load_ids("train")
@@ -278,7 +310,8 @@ def few_shot(
         samples[str(seed)] = train_ids[idx].tolist()
         subset = {**data, "train": (Xtr[idx], ytr[idx])}
         for name in names:
-            r = fit_head(subset, name, layer, (params or {}).get(name), HEADS.get(name).context_params(cache, layer))
+            r = fit_head(subset, name, layer, (params or {}).get(name),
+                         classifier_class(name).context_params(cache, layer))
             runs.append({"head": name, "seed": seed, "val_acc": r.val_acc, "test_acc": r.test_acc,
                          "fit_s": r.fit_s, "n_train": r.n_train})
     summary = []

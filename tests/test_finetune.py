@@ -3,6 +3,7 @@ rebuilt and retrained, saved without pickle, and predict on raw images through f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,16 @@ def test_tail_reproduces_the_backbone(tiny_timm_weights: str) -> None:
         np.testing.assert_allclose(pooled.numpy(), out["pooled"], rtol=1e-4, atol=1e-4)
 
 
-def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    result = train(map_cache, "finetune", layer=LAYER, out=tmp_path / "ft.npz", epochs=6, unfreeze=2,
-                   augment="crop,flip,mixup", random_state=0)
+def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.INFO, logger="embedpipe.heads.finetune"):
+        result = train(map_cache, "finetune", layer=LAYER, out=tmp_path / "ft.npz", epochs=6, unfreeze=2,
+                       augment="crop,flip,mixup", random_state=0, verbose=True)
     head = result.model
     assert head.augmentations_ == ["crop", "flip", "mixup"]
-    assert "augmentations: crop, flip, mixup" in capsys.readouterr().err
+    logged = [r.getMessage() for r in caplog.records if r.name == "embedpipe.heads.finetune"]
+    assert "augmentations: crop, flip, mixup" in logged[0] and all(r.levelno == logging.INFO for r in caplog.records)
+    assert sum(line.startswith("  epoch ") for line in logged) == head.n_epochs_  # one line per epoch
+    assert "finetune:" not in capsys.readouterr().err  # logged, not printed
     assert [h["unfrozen"] for h in head.history_][:3] == [0, 1, 2]  # classifier alone, then one block at a time
     assert result.val_acc is not None and result.val_acc > 0.5  # 4 classes: chance is 0.25
     # Saved without pickle; the loaded head gives the same probabilities on the cached maps.
@@ -60,10 +65,16 @@ def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path
     assert all("top" in p and len(p["top"]) == 2 for p in preds)
 
 
-def test_unfreezing_changes_only_the_unfrozen_blocks(map_cache) -> None:  # type: ignore[no-untyped-def]
+def test_unfreezing_changes_only_the_unfrozen_blocks(map_cache, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
     ctx = create_head("finetune").context_params(map_cache, LAYER)
     X, y = map_cache.load("train", LAYER)
-    head = create_head("finetune", **ctx, epochs=3, min_steps=0, unfreeze=1, augment="").fit(X, y)
+    # head_epochs=0: the top block trains from the first epoch, so whichever epoch early stopping (on
+    # rows held out of train) keeps, it has trained that block
+    with caplog.at_level(logging.INFO, logger="embedpipe.heads.finetune"):  # INFO would be captured
+        head = create_head("finetune", **ctx, epochs=3, min_steps=0, unfreeze=1, head_epochs=0, augment="").fit(X, y)
+    assert [h["unfrozen"] for h in head.history_] == [1] * head.n_epochs_ and head.best_val_score_ is not None
+    assert not [r for r in caplog.records if r.name == "embedpipe.heads.finetune"]  # verbose=False: silent
+    assert capsys.readouterr().err == ""
     bb = create_backbone(ctx["backbone"], weights=ctx["weights"], precision=ctx["precision"], device="cpu")
     fresh = bb.tail(LAYER)
     changed = [not all(torch.equal(a, b) for a, b in zip(u.state_dict().values(), v.state_dict().values(), strict=True))
@@ -77,8 +88,9 @@ def test_fingerprint_and_layer_are_checked(map_cache) -> None:  # type: ignore[n
     X, y = map_cache.load("train", LAYER)
     with pytest.raises(ValueError, match="differs from the one the cache"):
         create_head("finetune", **{**ctx, "backbone_fingerprint": "0" * 64}, epochs=1).fit(X, y)
-    with pytest.raises(EmbedpipeError, match="needs a cached map layer"):
+    with pytest.raises(EmbedpipeError, match="needs a cached map layer") as err:
         train(map_cache, "finetune", layer="pooled")
+    assert "layer='block<k>:map'" in str(err.value) and "--" not in str(err.value)  # Python arguments, not flags
     with pytest.raises(ValueError, match="unknown augmentation"):
         create_head("finetune", **ctx, augment="cutout").fit(X, y)
 

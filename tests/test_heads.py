@@ -5,8 +5,12 @@ Everything uses real components on small synthetic data, so the file runs on CPU
 
 from __future__ import annotations
 
+import dataclasses
+import doctest
+import inspect
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from embedpipe.core.errors import EmbedpipeError
 from embedpipe.core.registry import Registry
+from embedpipe.data.splits import VAL_CARVE, carve_val
 from embedpipe.heads import (
     DESCRIPTIONS,
     HEADS,
+    ZeroShotClassifier,
     create_head,
     list_heads,
     load_head,
@@ -29,6 +35,7 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
+from embedpipe.heads.select import DEFAULT_SELECTION, HoldOut, selection_rows
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
 SMALL: dict[str, dict[str, Any]] = {
@@ -59,32 +66,30 @@ def blobs(
 
 
 def test_every_head_is_checked() -> None:
-    assert {"logreg", "mlp", "lgbm"} <= set(list_heads())
+    assert {"logreg", "mlp", "lgbm", "knn", "ncm", "multilayer", "finetune"} == set(list_heads())
     assert {"lgbm", "logreg"} <= set(list_heads("l*")) and "mlp" not in list_heads("l*")
     assert set(DESCRIPTIONS) == set(list_heads())
 
 
-# zeroshot's weights come from an open_clip text encoder, so it can fit only features of that encoder's
-# width; every check that fits arbitrary synthetic features is expected to fail for it (with the clear
-# ValueError asking for an open_clip backbone). Its fit is tested with a real tiny model in test_zeroshot.py.
-ZEROSHOT_NEEDS_TEXT_ENCODER = "fits arbitrary-width features; zeroshot needs an open_clip text encoder"
-ZEROSHOT_FITTING_CHECKS = (
-    "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
-    "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_n_features_in_after_fitting",
-    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_dtype_object",
-    "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
-    "check_f_contiguous_array_estimator", "check_classifier_data_not_an_array", "check_classifiers_classes",
-    "check_classifiers_train", "check_supervised_y_2d", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_fit2d_1feature", "check_dict_unchanged", "check_fit_idempotent",
-    "check_fit_check_is_fitted", "check_n_features_in", "check_fit2d_predict1d",
-)
-TRAINABLE = [name for name in list_heads() if name != "zeroshot"]
+def test_zeroshot_is_a_classifier_not_a_head(capsys: pytest.CaptureFixture[str]) -> None:
+    """Zero-shot fits nothing: it is built from class names, outside the head registry and its checks."""
+    from embedpipe.heads import CLASSIFIERS, ZeroShotClassifier, classifier_class, create_classifier
 
+    assert "zeroshot" not in list_heads() and "zeroshot" not in DESCRIPTIONS
+    with pytest.raises(EmbedpipeError, match="unknown head 'zeroshot'"):
+        create_head("zeroshot")
+    assert {"zeroshot": ZeroShotClassifier} == CLASSIFIERS and classifier_class("zeroshot") is ZeroShotClassifier
+    assert not hasattr(ZeroShotClassifier, "fit")
+    clf = create_classifier("zeroshot", class_names=("a", "b"))
+    assert isinstance(clf, ZeroShotClassifier) and clf.get_params()["class_names"] == ("a", "b")
+    with pytest.raises(EmbedpipeError, match="has no parameter C"):
+        create_classifier("zeroshot", C=1.0)
+    assert classifier_class("logreg") is LogRegHead
+    from embedpipe.cli import main  # `embedpipe list heads` still lists it, with the heads
 
-def expected_failures(estimator: Any) -> dict[str, str]:
-    if estimator.name == "zeroshot":
-        return dict.fromkeys(ZEROSHOT_FITTING_CHECKS, ZEROSHOT_NEEDS_TEXT_ENCODER)
-    return {}
+    assert main(["list", "heads", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["heads"]
+    assert set(listed) == {*list_heads(), "zeroshot"} and listed["zeroshot"].startswith("open_clip zero-shot")
 
 
 # finetune without a backbone is a linear classifier trained by its epoch loop: fewer forced steps at a
@@ -92,8 +97,7 @@ def expected_failures(estimator: Any) -> dict[str, str]:
 CHECK_PARAMS: dict[str, dict[str, Any]] = {"finetune": {"min_steps": 100, "lr": 0.03}}
 
 
-@parametrize_with_checks([create_head(name, **CHECK_PARAMS.get(name, {})) for name in list_heads()],
-                         expected_failed_checks=expected_failures)
+@parametrize_with_checks([create_head(name, **CHECK_PARAMS.get(name, {})) for name in list_heads()])
 def test_sklearn_estimator_checks(estimator: Any, check: Any) -> None:
     check(estimator)
 
@@ -109,9 +113,10 @@ def test_eval_set_is_validated_like_X() -> None:
 
 @pytest.mark.parametrize("epochs, batch_size", [(1, 256), (5, 16), (10, 256), (12, 256)])
 def test_mlp_fits_with_any_schedule_length(epochs: int, batch_size: int) -> None:
-    # 10 total steps once made OneCycleLR divide by zero (pct_start * total_steps == 1)
+    # 10 total steps once made OneCycleLR divide by zero (pct_start * total_steps == 1); patience =
+    # epochs: early stopping on the held-out rows must not cut the schedule short here
     X, y, _ = blobs(2, 10, 4, 0.5)
-    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size).fit(X, y)
+    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size, patience=epochs).fit(X, y)
     assert head.n_epochs_ == epochs
 
 
@@ -187,12 +192,157 @@ def test_logreg_sweep_stops_after_patience_values_below_the_best() -> None:
     assert Cs[int(np.argmax(scores[: stop + 1]))] == early.C_
 
 
-def test_logreg_fixed_C_or_no_eval_set_does_not_sweep() -> None:
+def test_logreg_fixed_C_does_not_sweep() -> None:
     X, y, _ = blobs(3, 20, 6, 0.5)
     fixed = create_head("logreg", C=0.3).fit(X, y, eval_set=(X, y))
     assert fixed.C_ == 0.3 and fixed.val_scores_ == {} and fixed.best_val_score_ is None
-    default = create_head("logreg").fit(X, y)
-    assert default.C_ == 1.0 and default.val_scores_ == {}
+
+
+def test_logreg_without_eval_set_sweeps_on_rows_held_out_of_train() -> None:
+    """C=None and no eval_set: the selection rule holds rows out, the sweep runs on them, and the
+    refit sees all of train: the same head as fitting with those rows passed as eval_set."""
+    X, y = make_classification(n_samples=200, n_features=10, n_informative=5, n_classes=3, random_state=2)
+    Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    held = HoldOut().mask([str(i) for i in range(len(y))], y)
+    assert 0 < held.sum() < len(y) // 4
+    own = create_head("logreg", Cs=Cs, patience=None).fit(X, y)
+    given = create_head("logreg", Cs=Cs, patience=None).fit(X[~held], y[~held], eval_set=(X[held], y[held]))
+    assert set(own.val_scores_) == {repr(c) for c in Cs} and own.best_val_score_ is not None
+    assert own.val_scores_ == given.val_scores_ and own.C_ == given.C_
+    np.testing.assert_array_equal(own.predict_proba(X), given.predict_proba(X))  # refit on all of train
+    # the rule is a hyperparameter: another one holds out other rows
+    other = HoldOut(fraction=0.3, seed=1)
+    held2 = other.mask([str(i) for i in range(len(y))], y)
+    assert not np.array_equal(held, held2)
+    own2 = create_head("logreg", Cs=Cs, patience=None, selection=other).fit(X, y)
+    given2 = create_head("logreg", Cs=Cs, patience=None).fit(X[~held2], y[~held2], eval_set=(X[held2], y[held2]))
+    assert own2.val_scores_ == given2.val_scores_
+    np.testing.assert_array_equal(own2.predict_proba(X), given2.predict_proba(X))
+
+
+# -- 3b. logreg's coef_ and intercept_ act on raw X, as scikit-learn's do ----------------------
+
+
+def shifted_blobs(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs whose features have very different means and scales (so standardising matters)."""
+    X, y, _ = blobs(n_classes, 30, 6, 0.8, seed=seed)
+    return (X * np.array([1, 10, 0.1, 5, 100, 2], np.float32) + np.arange(6, dtype=np.float32) * 7), y
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_logreg_decision_function_is_linear_in_raw_X() -> None:
+    X, y = shifted_blobs(3)
+    head = LogRegHead().fit(X, y)
+    scores = X.astype(np.float64) @ head.coef_.T.astype(np.float64) + head.intercept_
+    decision = head.decision_function(X)
+    assert decision.shape == (len(X), 3) and head.coef_.shape == (3, 6) and head.intercept_.shape == (3,)
+    np.testing.assert_allclose(decision, scores, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(head.predict_proba(X), softmax(scores), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(head.predict(X), head.classes_[np.argmax(decision, axis=1)])
+    assert head.score(X, y) > 0.9
+
+
+def test_logreg_raw_coef_is_the_standardised_fit_unfolded() -> None:
+    """Fitting on raw X (standardised inside) = fitting on standardised X, then coef/scale and
+    intercept - coef_std @ (mean/scale): the exact conversion, checked against the head's own solver."""
+    X, y = shifted_blobs(3)
+    mean, scale = X.mean(0, dtype=np.float64).astype(np.float32), X.std(0, dtype=np.float64).astype(np.float32)
+    raw = LogRegHead(C=0.5).fit(X, y)
+    std = LogRegHead(C=0.5, standardize=False).fit((X - mean) / scale, y)
+    np.testing.assert_allclose(raw.coef_, std.coef_ / scale, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(raw.intercept_, std.intercept_ - std.coef_ @ (mean / scale), rtol=1e-4, atol=1e-3)
+    assert not hasattr(raw, "mean_") and not hasattr(raw, "scale_")  # nothing else is needed to predict
+
+
+def test_logreg_binary_decision_function_follows_scikit_learn() -> None:
+    X, y = shifted_blobs(2)
+    labels = np.array(["no", "yes"])[y]
+    head = LogRegHead(C=1.0).fit(X, labels)
+    margin = head.decision_function(X)
+    scores = X @ head.coef_.T + head.intercept_  # still one row of coef_ per class
+    assert margin.shape == (len(X),) and head.coef_.shape == (2, 6)
+    np.testing.assert_allclose(margin, scores[:, 1] - scores[:, 0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(head.predict(X), np.where(margin > 0, "yes", "no"))
+
+
+# -- 3c. one selection hook: eval_set, else rows held out of train, else all of train -------------
+
+SELECTING = ["finetune", "lgbm", "logreg", "mlp", "multilayer"]
+FAST: dict[str, dict[str, Any]] = {**SMALL, "finetune": {"min_steps": 30, "epochs": 4, "lr": 0.03},
+                                   "multilayer": {"Cs": (0.1, 1.0), "keeps": (0.5, 1.0), "lasso_iters": 20}}
+
+
+def test_default_selection_is_the_train_carve_rule() -> None:
+    assert DEFAULT_SELECTION == HoldOut() == HoldOut(fraction=0.15, seed=0)
+    assert HoldOut().split_rule == VAL_CARVE  # the rule train.py applies to a cache without val rows
+    ids, labels = [f"img{i}" for i in range(40)], np.repeat([0, 1], 20)
+    np.testing.assert_array_equal(HoldOut().mask(ids, labels), carve_val(ids, labels, VAL_CARVE))
+    for bad in (0.0, 1.0, "0.2"):
+        with pytest.raises(ValueError, match="fraction"):
+            HoldOut(fraction=bad)  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        HoldOut().fraction = 0.2  # type: ignore[misc]
+
+
+def test_selection_rows_uses_eval_set_else_holds_out_seeded_stratified_rows() -> None:
+    X, y = np.arange(60, dtype=np.float32).reshape(30, 2), np.repeat([0, 1, 2], 10)
+    Xf, yf, Xv, yv = selection_rows(X, y, (X[:3], y[:3]), None, "test")
+    assert Xf is X and yf is y and np.array_equal(Xv, X[:3]) and np.array_equal(yv, y[:3])
+    Xf, yf, Xh, yh = selection_rows(X, y, None, None, "test")
+    assert Xh is not None and yh is not None
+    assert np.bincount(yh).tolist() == [2, 2, 2] and np.bincount(yf).tolist() == [8, 8, 8]
+    assert sorted(np.concatenate([Xf, Xh])[:, 0].tolist()) == X[:, 0].tolist()  # a partition of train
+    np.testing.assert_array_equal(selection_rows(X, y, None, None, "test")[2], Xh)  # seeded: the same rows
+    assert not np.array_equal(selection_rows(X, y, None, HoldOut(seed=5), "test")[2], Xh)
+
+
+def test_the_selecting_heads_are_the_ones_that_select() -> None:
+    assert [n for n in list_heads() if create_head(n)._selects()] == SELECTING
+    assert not create_head("logreg", C=1.0)._selects() and not create_head("lgbm", early_stopping_rounds=0)._selects()
+    assert not create_head("multilayer", keep=0.5, C=1.0)._selects()
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_without_eval_set_a_head_selects_on_the_rows_its_rule_holds_out(name: str) -> None:
+    """fit(X, y) is the same head as fit(train part, eval_set=held-out part) under the head's rule."""
+    X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
+    held = HoldOut().mask([str(i) for i in range(len(y))], y)
+    own = create_head(name, **FAST.get(name, {})).fit(X, y)
+    given = create_head(name, **FAST.get(name, {})).fit(X[~held], y[~held], eval_set=(X[held], y[held]))
+    np.testing.assert_allclose(own.predict_proba(X), given.predict_proba(X), rtol=1e-6, atol=1e-7)
+    if name != "lgbm":  # lgbm records no validation score
+        assert own.best_val_score_ is not None and own.best_val_score_ == given.best_val_score_
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_too_small_a_class_fits_on_all_of_train_with_one_warning(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    X, y, _ = blobs(3, 8, 4, 0.5)
+    X, y = X[:-7], y[:-7]  # the last class keeps one row: nothing can be held out of it
+    with caplog.at_level("WARNING"):
+        head = create_head(name, **FAST.get(name, {})).fit(X, y)
+    (record,) = [r for r in caplog.records if r.levelno >= 30]
+    message = record.getMessage()
+    assert "\n" not in message and type(head).__name__ in message and "smallest class has 1 row" in message
+    assert f"all {len(y)} training rows without selection" in message
+    assert getattr(head, "best_val_score_", None) is None
+    if name in ("logreg", "multilayer"):
+        assert head.C_ == 1.0  # nothing to sweep on: logreg's default C
+
+
+@pytest.mark.parametrize("name", ["knn", "ncm"])
+def test_heads_that_do_not_select_use_all_rows(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
+    with caplog.at_level("WARNING"):
+        head = create_head(name).fit(X, y)
+    assert not caplog.records
+    if name == "knn":
+        assert len(head.X_) == len(X)
+    else:
+        np.testing.assert_allclose(head.mean_, X.mean(0), rtol=1e-5, atol=1e-6)
 
 
 # -- 4. each head learns, including with far more classes than a backbone's source --------------
@@ -277,7 +427,7 @@ LEARNED_SCALARS = (
 @pytest.mark.parametrize(
     "labels", [np.array(["cat", "dog", "eel"]), np.array([3, 7])], ids=["str3", "int2"]
 )
-@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("name", list_heads())
 def test_save_load_round_trip(tmp_path: Path, name: str, labels: np.ndarray) -> None:
     X, y_idx, means = blobs(len(labels), 30, 8, 1.0, seed=0)
     Xv, yv_idx, _ = blobs(len(labels), 10, 8, 1.0, seed=1, means=means)
@@ -308,10 +458,111 @@ def test_save_load_round_trip(tmp_path: Path, name: str, labels: np.ndarray) -> 
     assert loaded.predict(Xq).dtype == labels.dtype
 
 
+def test_selection_rule_is_saved_as_json(tmp_path: Path, valid_entries: dict[str, np.ndarray]) -> None:
+    X, y, _ = blobs(3, 10, 4, 0.5)
+    path = save_head(tmp_path / "h.npz", create_head("logreg", selection=HoldOut(0.3, 2)).fit(X, y))
+    with np.load(path, allow_pickle=False) as z:
+        doc = _doc({k: z[k] for k in z.files})
+    assert doc["params"]["selection"] == {"rule": "holdout", "fraction": 0.3, "seed": 2}
+    assert load_head(path)[0].selection == HoldOut(0.3, 2)
+    base = _doc(valid_entries)
+    for bad in ({"rule": "kfold"}, {"rule": "holdout", "fraction": 2.0}, {"rule": "holdout", "evil": 1}, [0.3]):
+        with pytest.raises(EmbedpipeError, match="selection"):
+            load_head(_write(tmp_path / "bad.npz", valid_entries, {**base, "params": {**base["params"], "selection": bad}}))
+
+
 def test_save_without_info_loads_empty_info(tmp_path: Path) -> None:
     X, y, _ = blobs(3, 10, 4, 0.5)
     _, info = load_head(save_head(tmp_path / "h.npz", create_head("logreg").fit(X, y)))
     assert info == {}
+
+
+def _v1_file(path: Path, head: str, params: dict[str, Any], n_features: int, state: dict[str, Any],
+             arrays: dict[str, np.ndarray], classes: np.ndarray) -> Path:
+    """A head file as format 1 wrote it (version 1 in the JSON; arrays as given)."""
+    doc = {"format": "embedpipe-head", "version": 1, "head": head, "params": params,
+           "n_features_in": n_features, "state": state, "info": {}}
+    entries = {f"a/{k}": v for k, v in arrays.items()}
+    return _write(path, {**entries, "classes": classes}, doc)
+
+
+def _one_warning_line(caplog: pytest.LogCaptureFixture) -> str:
+    records = [r for r in caplog.records if r.levelno >= 30]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    message = records[0].getMessage()
+    assert "\n" not in message and "format 1" in message
+    return message
+
+
+def test_format_1_logreg_file_is_converted_exactly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    k, d = 3, 5
+    coef_std = rng.normal(size=(k, d)).astype(np.float32)  # format 1: coefficients on standardised X
+    intercept_std = rng.normal(size=k).astype(np.float32)
+    mean = rng.normal(size=d).astype(np.float32) * 10
+    scale = rng.uniform(0.1, 20, size=d).astype(np.float32)
+    params = {k_: list(v) if isinstance(v, tuple) else v for k_, v in LogRegHead().get_params().items()}
+    state = {"C_": 1.0, "val_scores_": {}, "best_val_score_": None, "n_iter_": 7}
+    path = _v1_file(tmp_path / "old.npz", "logreg", params, d, state,
+                    {"coef_": coef_std, "intercept_": intercept_std, "mean_": mean, "scale_": scale},
+                    np.array([2, 5, 9]))
+    with caplog.at_level("WARNING"):
+        head, _ = load_head(path)
+    assert str(path) in _one_warning_line(caplog)
+    X = (rng.normal(size=(50, d)) * scale + mean).astype(np.float32)
+    old = ((X - mean) / scale).astype(np.float64) @ coef_std.T + intercept_std  # the format-1 formula
+    np.testing.assert_allclose(head.coef_, coef_std / scale, rtol=1e-6)
+    np.testing.assert_allclose(head.intercept_, intercept_std - coef_std.astype(np.float64) @ (mean / scale),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.decision_function(X), old, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(head.predict_proba(X), softmax(old), atol=1e-5)
+    np.testing.assert_array_equal(head.predict(X), np.array([2, 5, 9])[np.argmax(old, axis=1)])
+    assert head.n_iter_ == 7
+    # saved again, it is format 2 and loads without a warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again, _ = load_head(save_head(tmp_path / "new.npz", head))
+    assert _doc(dict(np.load(tmp_path / "new.npz")))["version"] == 2 and not caplog.records
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
+def test_format_1_file_with_a_bad_standardiser_is_refused(tmp_path: Path) -> None:
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in LogRegHead().get_params().items()}
+    state = {"C_": 1.0, "val_scores_": {}, "best_val_score_": None, "n_iter_": 1}
+    arrays = {"coef_": np.ones((2, 3), np.float32), "intercept_": np.zeros(2, np.float32),
+              "mean_": np.zeros(3, np.float32), "scale_": np.array([1, 0, 1], np.float32)}
+    with pytest.raises(EmbedpipeError, match=r"cannot be converted.*scale_"):
+        load_head(_v1_file(tmp_path / "z.npz", "logreg", params, 3, state, arrays, np.array([0, 1])))
+    arrays["scale_"] = np.ones(4, np.float32)
+    with pytest.raises(EmbedpipeError, match="cannot be converted"):
+        load_head(_v1_file(tmp_path / "w.npz", "logreg", params, 3, state, arrays, np.array([0, 1])))
+
+
+def test_format_1_multilayer_file_converts_its_nested_logreg(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    X, y, means = blobs(3, 30, 8, 1.0, seed=0)
+    Xv, yv, _ = blobs(3, 10, 8, 1.0, seed=1, means=means)
+    head = create_head("multilayer", layer_dims=(5, 3), Cs=(0.1, 1.0), keeps=(0.5, 1.0)).fit(
+        X, y, eval_set=(Xv, yv))
+    path = save_head(tmp_path / "ml.npz", head)
+    entries = dict(np.load(path))
+    doc = _doc(entries)
+    # the same final classifier written as format 1 did: on standardised kept columns
+    s = len(head.selected_)
+    m = np.linspace(-3, 3, s).astype(np.float32)
+    sc = np.linspace(0.5, 4, s).astype(np.float32)
+    coef, intercept = head.clf_.coef_.astype(np.float64), head.clf_.intercept_.astype(np.float64)
+    entries["a/clf.coef_"] = (coef * sc).astype(np.float32)
+    entries["a/clf.intercept_"] = (intercept + coef @ m).astype(np.float32)
+    entries["a/clf.mean_"], entries["a/clf.scale_"] = m, sc
+    old = _write(tmp_path / "ml-v1.npz", entries, {**doc, "version": 1})
+    with caplog.at_level("WARNING"):
+        loaded, _ = load_head(old)
+    assert "multilayer" in _one_warning_line(caplog)
+    Xq = np.concatenate([X, Xv])
+    np.testing.assert_allclose(loaded.predict_proba(Xq), head.predict_proba(Xq), atol=1e-4)
+    np.testing.assert_array_equal(loaded.predict(Xq), head.predict(Xq))
+    np.testing.assert_allclose(loaded.decision_function(Xq), head.decision_function(Xq), rtol=1e-4, atol=1e-3)
 
 
 # -- 6. a crafted head file cannot run code -----------------------------------------------------
@@ -519,7 +770,7 @@ def test_unknown_head_parameter_is_named() -> None:
 def test_duplicate_registration_raises() -> None:
     before = dict(DESCRIPTIONS)
     with pytest.raises(ValueError, match="registered twice"):
-        register_head(LogRegHead, "an impostor")
+        register_head(description="an impostor")(LogRegHead)
     with pytest.raises(ValueError, match="registered twice"):
         HEADS.register("mlp")(LogRegHead)
     assert before == DESCRIPTIONS
@@ -537,3 +788,79 @@ def test_registry_pattern() -> None:
     )
     with pytest.raises(EmbedpipeError, match="unknown widget 'alpah'; did you mean alpha"):
         reg.get("alpah")
+
+
+def test_register_head_decorator_registers_under_the_class_name() -> None:
+    from embedpipe.heads.base import Head
+
+    @register_head(description="a test-only head")
+    class _TestOnlyHead(Head):
+        name = "test-only-head"
+
+    try:
+        assert HEADS.get("test-only-head") is _TestOnlyHead and _TestOnlyHead.name == "test-only-head"
+        assert DESCRIPTIONS["test-only-head"] == "a test-only head"
+        assert "test-only-head" in list_heads("test-*")
+    finally:  # leave the global registry as it was for the other tests
+        del HEADS._factories["test-only-head"], DESCRIPTIONS["test-only-head"]
+    with pytest.raises(ValueError, match="no name"):
+        register_head(description="nameless")(type("Nameless", (Head,), {}))
+
+
+# -- 9. documentation: numpydoc class docstrings whose examples run ------------------------------
+
+DOCUMENTED = [*(HEADS.get(name) for name in list_heads())]
+
+
+def _section(doc: str, title: str) -> list[str]:
+    """The names a numpydoc section lists (lines ``name : type`` at the section's indentation)."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = lines.index(title) + 2
+    assert set(lines[start - 1]) == {"-"}, title
+    names = []
+    for line in lines[start:]:
+        if line and set(line) == {"-"}:  # the next section's underline
+            break
+        if match := re.match(r"^(\w+) : ", line):
+            names.append(match.group(1))
+    return names
+
+
+@pytest.mark.parametrize("cls", [*DOCUMENTED, ZeroShotClassifier], ids=lambda c: c.__name__)
+def test_class_docstrings_document_every_parameter(cls: type) -> None:
+    doc = cls.__doc__ or ""
+    assert doc.splitlines()[0].strip().endswith(".")  # one summary line
+    assert _section(doc, "Parameters") == list(inspect.signature(cls).parameters)
+    assert "Examples" in doc and ">>> " in doc
+    for name in inspect.signature(cls).parameters:  # the meaning moved from inline comments
+        assert not re.search(rf"self\.{name} = {name}  #", inspect.getsource(cls)), name
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_class_docstrings_document_every_learned_attribute(name: str) -> None:
+    X, y, _ = blobs(3, 20, 8, 1.0)
+    head = create_head(name, **FAST.get(name, {}))
+    head.fit(X, y)
+    learned = sorted(k for k in vars(head) if k.endswith("_") and not k.startswith("_"))
+    documented = _section(type(head).__doc__ or "", "Attributes")
+    assert sorted(set(learned) - {"estimated_fit_s_"}) == sorted(set(documented) - {"estimated_fit_s_"})
+
+
+def test_docstring_examples_run() -> None:
+    """Every head's (and the selection rule's) docstring examples run and give what they show
+    (the zero-shot ones and finetune's cache example are skipped: they need a backbone download)."""
+    import embedpipe.heads.registry
+    import embedpipe.heads.select
+    import embedpipe.heads.zeroshot
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    objects = [*DOCUMENTED, embedpipe.heads.select.HoldOut, embedpipe.heads.zeroshot.ZeroShotClassifier,
+               embedpipe.heads.registry.register_head]
+    ran = {}
+    for obj in objects:
+        for test in finder.find(obj, obj.__name__, globs={}):
+            result = runner.run(test, out=lambda text: None)
+            assert result.failed == 0, f"{test.name}: {result.failed} failing examples"
+            ran[obj.__name__] = ran.get(obj.__name__, 0) + result.attempted
+    assert all(ran.get(cls.__name__, 0) >= 3 for cls in DOCUMENTED), ran  # a real example per head
+    assert ran["HoldOut"] >= 1

@@ -45,6 +45,11 @@ def test_multilayer_finds_the_informative_layer_and_round_trips(tmp_path: Path) 
     assert shares["b"] > 0.5 and shares["b"] > shares["a"] + shares["c"]  # the informative layer dominates
     assert set(head.keep_scores_) == {"0.25", "0.5", "1.0"} and head.keep_ in (0.25, 0.5, 1.0)
     assert sum(head.layer_kept_.values()) == len(head.selected_) == round(head.keep_ * 78)
+    # the final logreg is linear on the kept raw columns: decision_function is exactly that
+    decision = head.decision_function(Xte)
+    np.testing.assert_allclose(decision, Xte[:, head.selected_] @ head.clf_.coef_.T + head.clf_.intercept_,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(head.predict(Xte), np.argmax(decision, axis=1))
     path = save_head(tmp_path / "m.npz", head, {"layer": "a,b,c"})
     again, info = load_head(path)
     assert info["layer"] == "a,b,c" and again.layer_dims == (40, 8, 30)
@@ -123,6 +128,7 @@ def test_no_val_split_carves_one_out_of_train_and_says_so(tmp_path: Path, tiny_t
     head, info = load_head(result.path)
     assert head.val_scores_ and head.C_ in (0.01, 1.0, 100.0)  # the sweep ran: there was a val set
     assert info["val_split"] == result.val_split and info["val_split"]["rule"]["seed"] == 0
+    assert result.val_split["rule"] == {"seed": 0, "val": 0.15, "test": 0.0}  # heads.select.DEFAULT_SELECTION
     # the CLI says so in one line on stderr, and the same record is in the JSON
     proc = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(cache.path), "--head", "ncm",
                            "--json", "--out", str(tmp_path / "n.npz")], capture_output=True, text=True, check=True)

@@ -21,8 +21,10 @@ from conftest import make_image
 
 from embedpipe import EmbedpipeError, create_head, list_heads
 from embedpipe.cli import main
-from embedpipe.heads import HEADS, load_head, save_head
+from embedpipe.heads import ZeroShotClassifier, classifier_class, load_head, save_head
 
+# every registered head, and the zero-shot classifier, which saves in the same head file format
+KINDS = [*list_heads(), "zeroshot"]
 INFO = {"backbone": {"spec": "effnet-lite0"}, "layer": "pooled", "label_names": ["ant", "bee", "cat"]}
 SMALL: dict[str, dict[str, Any]] = {
     "logreg": {"Cs": (0.1, 1.0)},
@@ -35,8 +37,8 @@ def fitted(name: str) -> Any:
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(45, 8)) + np.repeat(np.eye(3, 8) * 4, 15, axis=0)).astype(np.float32)
     y = np.repeat(np.arange(3), 15)
-    if name == "zeroshot":  # its fit needs a text encoder; its state is just the class text weights
-        head = create_head("zeroshot", class_names=("ant", "bee", "cat"))
+    if name == "zeroshot":  # building it needs a text encoder; its state is just the class text weights
+        head = ZeroShotClassifier(class_names=("ant", "bee", "cat"))
         head.classes_, head.n_features_in_ = np.arange(3), 8
         head.text_weights_ = rng.normal(size=(3, 8)).astype(np.float32)
         return head
@@ -46,7 +48,7 @@ def fitted(name: str) -> Any:
 @pytest.fixture(scope="module")
 def head_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("heads")
-    return {name: save_head(root / f"{name}.npz", fitted(name), INFO) for name in list_heads()}
+    return {name: save_head(root / f"{name}.npz", fitted(name), INFO) for name in KINDS}
 
 
 def entries_of(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -80,14 +82,14 @@ def test_every_head_declares_its_state(head_files: dict[str, Path]) -> None:
 
 ARRAY_EDITS = ["shape", "transposed", "flattened", "string-dtype", "integer-dtype", "missing", "extra", "nan",
                "object"]
-HEADS_WITH_ARRAYS = [n for n in list_heads() if n != "lgbm"] + ["lgbm"]  # lgbm's arrays exist with PCA on
+HEADS_WITH_ARRAYS = [n for n in KINDS if n != "lgbm"] + ["lgbm"]  # lgbm's arrays exist with PCA on
 
 
 @pytest.mark.parametrize("edit", ARRAY_EDITS)
 @pytest.mark.parametrize("name", HEADS_WITH_ARRAYS)
 def test_hand_edited_array_is_refused(head_files: dict[str, Path], tmp_path: Path, name: str, edit: str) -> None:
     doc, entries = entries_of(head_files[name])
-    spec = HEADS.get(name)._state_spec(load_head(head_files[name])[0])
+    spec = classifier_class(name)._state_spec(load_head(head_files[name])[0])
     assert spec is not None
     key = next(k for k, s in spec[1].items() if s.kind == "f" and f"a/{k}" in entries)  # a float array
     a = entries[f"a/{key}"]
@@ -116,7 +118,7 @@ def test_hand_edited_array_is_refused(head_files: dict[str, Path], tmp_path: Pat
     refused(write(tmp_path / f"{name}-{edit}.npz", doc, entries), needle)
 
 
-@pytest.mark.parametrize("name", list_heads())
+@pytest.mark.parametrize("name", KINDS)
 def test_hand_edited_json_is_refused(head_files: dict[str, Path], tmp_path: Path, name: str) -> None:
     doc, entries = entries_of(head_files[name])
 

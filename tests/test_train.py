@@ -25,12 +25,23 @@ def test_sample_shots_is_stratified_and_seeded() -> None:
     a = sample_shots(y, 4, seed=0)
     assert np.bincount(y[a]).tolist() == [4, 4, 3, 4, 4]
     assert np.array_equal(a, sample_shots(y, 4, seed=0)) and not np.array_equal(a, sample_shots(y, 4, seed=1))
-    with pytest.raises(EmbedpipeError, match="at least 1"):
+    with pytest.raises(EmbedpipeError, match=r"^shots must be at least 1, got 0$"):  # the argument, not --shots
         sample_shots(y, 0, seed=0)
 
 
+def test_heads_take_a_list_of_names(cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for call in (lambda h: train_heads(cache, h, save=False), lambda h: few_shot(cache, h, shots=2, seeds=[0])):
+        with pytest.raises(EmbedpipeError, match=r"heads takes a list of head names, e.g. heads=\['ncm', 'knn'\]"):
+            call("ncm,knn")
+        with pytest.raises(EmbedpipeError, match="non-empty list"):
+            call([])
+    (one,) = train_heads(cache, "ncm", save=False)  # one name as a plain string is fine
+    assert one.head == "ncm"
+    assert [r["head"] for r in few_shot(cache, "ncm", shots=2, seeds=[0])["summary"]] == ["ncm"]
+
+
 def test_few_shot_reports_mean_and_std_over_seeds(cache) -> None:  # type: ignore[no-untyped-def]
-    res = few_shot(cache, "ncm,knn", shots=2, seeds=[0, 1, 2])
+    res = few_shot(cache, ["ncm", "knn"], shots=2, seeds=[0, 1, 2])
     assert [r["head"] for r in res["summary"]] == ["ncm", "knn"]
     for row in res["summary"]:
         assert row["shots"] == 2 and row["seeds"] == 3 and row["n_train"] == 8

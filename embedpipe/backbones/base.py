@@ -36,7 +36,7 @@ import torch
 
 from ..core.device import resolve_device, resolve_precision
 from ..core.errors import EmbedpipeError
-from ..core.layers import grid_of, is_map  # noqa: F401 (is_map: re-exported for the heads until they import core)
+from ..core.layers import grid_of
 from .preprocess import Preprocess, normalize
 
 # Weight ids that name hub weights (a tag) rather than digest a local file: the fingerprint adds

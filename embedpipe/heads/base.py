@@ -2,11 +2,13 @@
 
 ``__init__`` only stores keyword hyperparameters; ``fit(X, y, eval_set=None)`` validates, encodes the
 labels and calls the subclass's ``_fit`` on integer targets 0..k-1; ``predict_proba`` columns follow
-``classes_``. ``eval_set=(X_val, y_val)`` is optional: heads use it for model selection (regularisation
-sweep, early stopping); scikit-learn's own checks call ``fit(X, y)`` alone. Subclasses describe their
-learned state as JSON plus named arrays (``_get_state``/``_set_state``) so that it saves without pickle,
-and declare that state's shape (``_state_spec``: the JSON values' types and each array's dtype and shape)
-so that a head file edited by hand is refused with one line when it is loaded (``heads/io.py``).
+``classes_``. ``eval_set=(X_val, y_val)`` is optional: heads that select (regularisation sweep, early
+stopping; ``_selects``) select on it, and without it on rows their ``selection`` rule holds out of
+train (``heads/select.py``: one function for every head); scikit-learn's own checks call ``fit(X, y)``
+alone. Subclasses describe their learned state as JSON plus named arrays (``_get_state``/``_set_state``)
+so that it saves without pickle, and declare that state's shape (``_state_spec``: the JSON values' types
+and each array's dtype and shape) so that a head file edited by hand is refused with one line when it
+is loaded (``heads/io.py``); ``_upgrade_state`` converts a state saved by an older head file format.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
+
+from .select import selection_rows
 
 State = tuple[dict[str, Any], dict[str, np.ndarray]]
 
@@ -42,7 +46,16 @@ StateSpec = tuple[dict[str, str], dict[str, ArraySpec]]
 
 
 class Head(ClassifierMixin, BaseEstimator):
-    name: ClassVar[str] = ""
+    """Base class of every head: a scikit-learn classifier on embeddings, saved without pickle.
+
+    Subclasses implement ``_fit`` (on integer targets 0..k-1, with validation rows when they select),
+    ``_predict_proba`` and the state hooks (``_get_state``, ``_set_state``, ``_state_spec``), and
+    register with ``@register_head(description=...)`` under their ``name``. ``fit(X, y,
+    eval_set=None)`` validates the input, encodes the labels into ``classes_`` and, for a head that
+    selects (``_selects``), gets its validation rows from ``heads.select.selection_rows``.
+    """
+
+    name: ClassVar[str] = ""  # registry name (`embedpipe train --head NAME`, head files)
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
@@ -57,10 +70,21 @@ class Head(ClassifierMixin, BaseEstimator):
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    def _selects(self) -> bool:
+        """Whether this head, with these hyperparameters, selects on validation rows (then ``fit``
+        hands ``_fit`` an ``eval_set`` or rows held out of train by ``selection_rows``)."""
+        return False
+
     def _state_spec(self) -> StateSpec | None:
         """The state ``_set_state`` accepts, given the hyperparameters, ``classes_`` and
         ``n_features_in_`` already set. None = not declared (tests/test_security.py fails for it)."""
         return None
+
+    @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Convert, in place, a state saved in head file format ``version`` (older than today's) to
+        today's; True when something changed. Heads whose state did not change keep this default."""
+        return False
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
@@ -84,7 +108,12 @@ class Head(ClassifierMixin, BaseEstimator):
             X_val, y_val = X_val[known], np.searchsorted(self.classes_, yv[known])
             if not len(y_val):
                 X_val = y_val = None
-        self._fit(X, y_index.astype(np.int64), X_val, y_val)
+        y_index = y_index.astype(np.int64)
+        if self._selects():
+            X, y_index, X_val, y_val = selection_rows(
+                X, y_index, None if X_val is None or y_val is None else (X_val, y_val),
+                getattr(self, "selection", None), type(self).__name__)
+        self._fit(X, y_index, X_val, y_val)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

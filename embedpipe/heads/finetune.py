@@ -13,7 +13,7 @@ Training, as the transfer-learning guides describe it:
 - early stopping on the validation split (best epoch kept) once unfreezing is complete;
 - feature augmentation (a cache cannot re-augment images; Frozen Feature Augmentation, Baer et al.,
   CVPR 2024): per-sample random resized crops and horizontal flips of the maps, and mixup. The ones
-  used are in ``augmentations_`` and printed. Flips are off by default: they turn characters and
+  used are in ``augmentations_`` (and logged with ``verbose``). Flips are off by default: they turn characters and
   digits into other classes (b/d); add ``flip`` for photos.
 
 Without a backbone (``backbone=None``, e.g. scikit-learn's checks on arbitrary 2-D X) the tail is
@@ -24,8 +24,8 @@ empty: the head is a linear classifier on standardised features trained by the s
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import sys
 import time
 from typing import Any
 
@@ -34,10 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.base import is_map, resolve_device
+from ..backbones import create_backbone
+from ..core.device import resolve_device
+from ..core.errors import EmbedpipeError
+from ..core.layers import is_map
 from .base import ArraySpec, Head, State, StateSpec, standardizer
+from .registry import register_head
+from .select import HoldOut
 
 AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
+_logger = logging.getLogger(__name__)
 
 
 def _flat(X: Any) -> Any:
@@ -61,7 +67,125 @@ def random_resized_crop(x: torch.Tensor, scale: float, flip: bool, gen: torch.Ge
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@register_head(description="retrain the backbone's blocks after a cached block<k>:map, new classifier on top")
 class FinetuneHead(Head):
+    """Fine-tune the top of the backbone on cached maps: the blocks after a cached layer, plus a new classifier.
+
+    ``X`` holds a cached unpooled layer ``block<k>:map`` (rows flattened, or ``(n, *map_shape)``). The
+    head rebuilds the backbone's blocks after k with their pretrained weights (the cache's backbone,
+    checked by fingerprint), puts a new linear classifier on top and minimises the label-smoothed
+    cross-entropy of the whole tail with AdamW, discriminative learning rates (block ``n`` from the top
+    at ``lr * lr_decay**n``), linear warm-up then cosine decay, and gradual unfreezing (``head_epochs``
+    of the classifier alone, then one more block every ``unfreeze_every`` epochs). Feature
+    augmentation (random resized crops, flips, mixup of the maps) stands in for image augmentation. It
+    stops early on the validation rows (the ``eval_set``, or rows its ``selection`` rule holds out of
+    train) once unfreezing is complete, keeping the best epoch. Without a backbone (``backbone=None``)
+    the tail is empty: a linear classifier on standardised features trained by the same loop.
+
+    Parameters
+    ----------
+    backbone : str or None, default=None
+        Spec of the backbone the cache was made with; None = no tail (a linear classifier).
+    weights : str or None, default=None
+        Its local weights file, if any.
+    precision : str, default="auto"
+        As the cache was made (part of the fingerprint).
+    backbone_fingerprint : str or None, default=None
+        The cache's fingerprint; the rebuilt backbone must match it.
+    layer : str or None, default=None
+        The cached map, ``block<k>:map``; the blocks after k are retrained.
+    map_shape : tuple of int or None, default=None
+        Per-row shape of that map, e.g. ``(112, 14, 14)``.
+    unfreeze : int, default=-1
+        Pretrained blocks to unfreeze from the top; -1 = every block after k, 0 = none.
+    epochs : int, default=12
+        Maximum epochs in all.
+    min_steps : int, default=300
+        A tiny train set gets more epochs, so that training sees at least this many steps.
+    head_epochs : int, default=1
+        First epochs: the new classifier alone.
+    unfreeze_every : int, default=1
+        Then one more block every this many epochs.
+    lr : float, default=3e-3
+        AdamW peak learning rate of the classifier (warm-up, then cosine decay).
+    lr_decay : float, default=0.6
+        The n-th pretrained block from the top gets ``lr * lr_decay**n``.
+    weight_decay : float, default=0.05
+        AdamW decoupled weight decay.
+    batch_size : int, default=64
+        Rows per step.
+    augment : str, default="crop,mixup"
+        Comma list of ``crop``, ``flip``, ``mixup``; "" = none. Flips turn characters into other
+        classes (b/d): add ``flip`` for photos.
+    crop_scale : float, default=0.75
+        Random resized crops keep a side fraction in ``[crop_scale, 1]``.
+    mixup_alpha : float, default=0.2
+        Mixup's ``Beta(alpha, alpha)``.
+    label_smoothing : float, default=0.1
+        Cross-entropy label smoothing.
+    dropout : float, default=0.2
+        Dropout before the classifier.
+    patience : int, default=3
+        Epochs without a validation gain (after unfreezing is complete) before stopping.
+    random_state : int, default=0
+        Seeds the initialisation, shuffling and augmentation.
+    selection : HoldOut or None, default=None
+        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
+        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    device : str, default="auto"
+        Torch device for training; ``"auto"`` = CUDA when present (prediction runs on the CPU).
+    verbose : bool, default=False
+        Log the setup and one line per epoch (``logging``, level INFO).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of (flattened) features seen in ``fit``.
+    tail_ : torch.nn.Module or None
+        The retrained blocks after ``layer``; None without a backbone.
+    fc_ : torch.nn.Linear
+        The new classifier.
+    mean_ : ndarray of shape (n_features,) or (0,)
+        Training mean used to standardise the input without a tail (empty with one).
+    scale_ : ndarray of shape (n_features,) or (0,)
+        Training std used likewise (empty with a tail).
+    augmentations_ : list of str
+        The augmentations used (``crop`` and ``flip`` need a spatial map).
+    n_unfrozen_target_ : int
+        Pretrained blocks unfrozen once unfreezing is complete.
+    n_epochs_ : int
+        Epochs run.
+    history_ : list of dict
+        Per epoch: ``epoch``, ``unfrozen``, ``loss``, ``val_acc``, ``seconds``, ``cpu_s``.
+    best_val_score_ : float or None
+        Validation accuracy of the kept epoch; None without validation rows.
+    fit_seconds_ : float
+        Wall time of the fit.
+
+    Examples
+    --------
+    Without a backbone (the same training loop on any 2-D X):
+
+    >>> import numpy as np
+    >>> from embedpipe.heads import FinetuneHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = FinetuneHead(epochs=4, min_steps=40, lr=0.03).fit(X, y)
+    >>> head.tail_ is None, head.predict_proba(X[:2]).shape
+    (True, (2, 3))
+    >>> bool(head.score(X, y) > 0.8)
+    True
+
+    On a cache with a ``block3:map`` layer (``embedpipe train`` fills the backbone, fingerprint,
+    layer and map shape from the cache):
+
+    >>> from embedpipe import train
+    >>> result = train(cache, "finetune", layer="block3:map")  # doctest: +SKIP
+    """
+
     name = "finetune"
     takes_maps = True  # fit/predict_proba take (n, *map_shape) rows as they come from the cache
 
@@ -89,33 +213,38 @@ class FinetuneHead(Head):
         dropout: float = 0.2,
         patience: int = 3,
         random_state: int = 0,
+        selection: HoldOut | None = None,
         device: str = "auto",
         verbose: bool = False,
     ) -> None:
-        self.backbone = backbone  # spec of the backbone the cache was made with (None = no tail)
-        self.weights = weights  # its local weights file, if any
-        self.precision = precision  # as the cache was made (part of the fingerprint)
-        self.backbone_fingerprint = backbone_fingerprint  # the cache's; the rebuilt backbone must match
-        self.layer = layer  # the cached map, block<k>:map; the blocks after k are retrained
-        self.map_shape = map_shape  # per-row shape of that map, e.g. (112, 14, 14)
-        self.unfreeze = unfreeze  # pretrained blocks to unfreeze from the top; -1 = all after k, 0 = none
-        self.epochs = epochs  # maximum epochs in all
-        self.min_steps = min_steps  # a tiny train set gets more epochs, so that training sees at least this many steps
-        self.head_epochs = head_epochs  # first epochs: the new classifier alone
-        self.unfreeze_every = unfreeze_every  # then one more block every this many epochs
-        self.lr = lr  # AdamW peak learning rate of the classifier (cosine-decayed)
-        self.lr_decay = lr_decay  # the n-th pretrained block from the top gets lr * lr_decay**n
-        self.weight_decay = weight_decay  # AdamW decoupled weight decay
-        self.batch_size = batch_size  # rows per step
-        self.augment = augment  # comma list of crop, flip, mixup; "" = none
-        self.crop_scale = crop_scale  # random resized crops keep a side fraction in [crop_scale, 1]
-        self.mixup_alpha = mixup_alpha  # mixup's Beta(alpha, alpha)
-        self.label_smoothing = label_smoothing  # cross-entropy label smoothing
-        self.dropout = dropout  # dropout before the classifier
-        self.patience = patience  # epochs without validation gain (after unfreezing) before stopping
-        self.random_state = random_state  # seeds init, shuffling and augmentation
-        self.device = device  # auto = CUDA when present
-        self.verbose = verbose  # one line per epoch on stderr
+        self.backbone = backbone
+        self.weights = weights
+        self.precision = precision
+        self.backbone_fingerprint = backbone_fingerprint
+        self.layer = layer
+        self.map_shape = map_shape
+        self.unfreeze = unfreeze
+        self.epochs = epochs
+        self.min_steps = min_steps
+        self.head_epochs = head_epochs
+        self.unfreeze_every = unfreeze_every
+        self.lr = lr
+        self.lr_decay = lr_decay
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.augment = augment
+        self.crop_scale = crop_scale
+        self.mixup_alpha = mixup_alpha
+        self.label_smoothing = label_smoothing
+        self.dropout = dropout
+        self.patience = patience
+        self.random_state = random_state
+        self.selection = selection
+        self.device = device
+        self.verbose = verbose
+
+    def _selects(self) -> bool:
+        return True
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
@@ -129,12 +258,9 @@ class FinetuneHead(Head):
         """The pretrained blocks after ``layer`` (None without a backbone)."""
         if self.backbone is None:
             return None
-        from ..backbones import create_backbone
-        from ..core.errors import EmbedpipeError
-
         if not self.layer or not is_map(self.layer) or not self.map_shape:
             raise ValueError(f"finetune needs a cached map layer (block<k>:map), got {self.layer!r}; "
-                             "extract with --layers block<k>:map and train with --layer block<k>:map")
+                             "extract with layers=(..., 'block<k>:map') and train with layer='block<k>:map'")
         bb = create_backbone(self.backbone, weights=self.weights, precision=self.precision, device="cpu")
         if check and self.backbone_fingerprint and bb.fingerprint != self.backbone_fingerprint:
             raise ValueError(f"finetune: the backbone rebuilt from {self.backbone} differs from the one the cache "
@@ -241,10 +367,9 @@ class FinetuneHead(Head):
             acc = self._accuracy(Xv, yv) if Xv is not None and yv is not None else None
             self.history_.append({"epoch": epoch + 1, "unfrozen": n_open, "loss": total / len(Xt),
                                   "val_acc": acc, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
-            if self.verbose:
-                self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
-                          + (f", val {acc:.3f}" if acc is not None else "")
-                          + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
+            self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
+                      + (f", val {acc:.3f}" if acc is not None else "")
+                      + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
             if acc is None:
                 continue
             if acc > best_acc:
@@ -260,7 +385,9 @@ class FinetuneHead(Head):
         self._to_cpu()
 
     def _say(self, line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        """Progress, logged at INFO only with ``verbose`` (the caller's logging config shows it)."""
+        if self.verbose:
+            _logger.info(line)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"fc.{k}": v for k, v in self.fc_.state_dict().items()}

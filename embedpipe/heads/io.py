@@ -8,28 +8,43 @@ hyperparameters, so a crafted file cannot run code; it then checks the file agai
 declares (``Head._state_spec``: each JSON value's type, each array's dtype and shape, no NaN, nothing
 missing or extra) and predicts one row, so a file edited by hand is refused with one line naming the
 file and the problem instead of failing later deep inside numpy.
+
+Format versions: 2 (today) stores the logreg head's ``coef_``/``intercept_`` on raw features, as
+scikit-learn does (the multilayer head's nested final logreg too). A format-1 file kept them on
+standardised features with ``mean_``/``scale_``; it is converted exactly on load
+(``Head._upgrade_state``: ``coef / scale``, ``intercept - coef @ (mean / scale)``) with one warning line.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.errors import EmbedpipeError
+from ..core.atomic import atomic_write_bytes
+from ..core.errors import EmbedpipeError, first_line
 from .base import Head, StateSpec
+from .registry import HEADS
+from .select import HoldOut, rule_from_json
+from .zeroshot import ZeroShotClassifier
+
+Saveable = Head | ZeroShotClassifier  # what a head file holds: a fitted head, or a built zero-shot classifier
 
 FORMAT = "embedpipe-head"
-VERSION = 1
+VERSION = 2  # 2: logreg coef_/intercept_ act on raw X
+READS = (1, 2)  # format versions load_head reads (older ones are converted on load)
+_logger = logging.getLogger(__name__)
 _JSON_TYPES = (str, int, float, bool, type(None))
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, HoldOut):  # a selection rule: a small frozen dataclass, saved as its JSON
+        return value.to_json()
     if isinstance(value, tuple):
         return list(value)
     if isinstance(value, np.generic):
@@ -37,7 +52,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_head(path: str | Path, head: Head, info: dict[str, Any] | None = None) -> Path:
+def save_head(path: str | Path, head: Saveable, info: dict[str, Any] | None = None) -> Path:
     state, arrays = head._get_state()
     doc = {
         "format": FORMAT,
@@ -55,19 +70,17 @@ def save_head(path: str | Path, head: Head, info: dict[str, Any] | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **payload)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
-def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
+def load_head(path: str | Path) -> tuple[Saveable, dict[str, Any]]:
     """-> (fitted head, info). Raises one-line EmbedpipeError for anything that is not a valid head
     file: not an archive, object arrays (pickle), JSON or arrays whose names, types, dtypes or shapes
     differ from what the head declares (``Head._state_spec``), NaN, label names that do not cover the
     classes, or a head that cannot predict one row after loading."""
-    from . import HEADS
+    from . import CLASSIFIERS  # the package imports this module; by now it has imported every head
 
+    kinds = {**{name: HEADS.get(name) for name in HEADS.names()}, **CLASSIFIERS}
     path = Path(path)
     if not path.is_file():
         raise EmbedpipeError(f"head file not found: {path}")
@@ -82,12 +95,16 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
         raise EmbedpipeError(f"{path} is not a valid embedpipe head file ({type(e).__name__}: {_line(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise EmbedpipeError(f"{path} is not an embedpipe head file")
-    if doc.get("version") != VERSION:
-        raise EmbedpipeError(f"{path} is head format {doc.get('version')}; this embedpipe reads {VERSION}")
+    version = doc.get("version")
+    if type(version) is not int or version not in READS:
+        raise EmbedpipeError(f"{path} is head format {version!r}; this embedpipe reads {', '.join(map(str, READS))}")
     try:
-        head = _build(doc, entries, HEADS)
+        head, converted = _build(doc, entries, kinds, version)
     except _Refused as e:
         raise EmbedpipeError(f"{path} is a damaged or hand-edited head file: {e}; retrain it with `embedpipe train`") from None
+    if converted:
+        _logger.warning("%s: head format %d converted on load to format %d (the %s head's coefficients now act "
+                        "on raw features); save it again to store the new format", path, version, VERSION, head.name)
     return head, dict(doc["info"])
 
 
@@ -107,7 +124,9 @@ class _Refused(Exception):
     """A reason a head file is refused (turned into one EmbedpipeError line naming the file)."""
 
 
-def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> Head:
+def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str, Any],
+           version: int = VERSION) -> tuple[Saveable, bool]:
+    """-> (the head, whether its state was converted from an older format version)."""
     for key in ("params", "state", "info"):
         if not isinstance(doc.get(key), dict):
             raise _Refused(f"'{key}' is {type(doc.get(key)).__name__}, expected an object")
@@ -115,9 +134,9 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> H
     if type(n_features) is not int or n_features < 1:
         raise _Refused(f"n_features_in is {n_features!r}, expected a positive integer")
     name = doc.get("head")
-    if not isinstance(name, str) or name not in heads:
+    if not isinstance(name, str) or name not in kinds:
         raise _Refused(f"unknown head {name!r}")
-    head = heads.get(name)()
+    head = kinds[name]()
     params = _check_params(head, doc["params"])
     head.set_params(**params)
     classes = _check_classes(entries.pop("classes", None), doc["info"])
@@ -126,6 +145,12 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> H
     stray = sorted(k for k in entries if not k.startswith("a/"))
     if stray:
         raise _Refused(f"unexpected entries {stray}")
+    converted = False
+    if version != VERSION:
+        try:
+            converted = head._upgrade_state(version, state, arrays)
+        except (ValueError, TypeError, KeyError) as e:
+            raise _Refused(f"its format-{version} state cannot be converted ({type(e).__name__}: {_line(e)})") from None
     try:
         spec = head._state_spec()  # may rebuild a model from the parameters (finetune's backbone blocks)
     except (EmbedpipeError, ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
@@ -140,16 +165,22 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], heads: Any) -> H
     if proba.shape != (1, len(classes)) or not np.all(np.isfinite(proba)):
         raise _Refused(f"the {name} head predicts {proba.shape} probabilities (finite: {np.isfinite(proba).all()}) "
                        f"for {len(classes)} classes")
-    return head
+    return head, converted
 
 
-def _check_params(head: Head, params: dict[str, Any]) -> dict[str, Any]:
+def _check_params(head: Saveable, params: dict[str, Any]) -> dict[str, Any]:
     """Only declared hyperparameters, each of the JSON type of its default (None defaults take any)."""
     defaults = head.get_params()
     out = {}
     for key, value in params.items():
         if key not in defaults:
             raise _Refused(f"unknown parameters [{key!r}] for the {head.name} head")
+        if key == "selection" and value is not None:  # the one parameter that is an object: a rule
+            try:
+                out[key] = rule_from_json(value)
+            except ValueError as e:
+                raise _Refused(f"parameters: selection: {_line(e)}") from None
+            continue
         if not _plain(value):
             raise _Refused(f"non-plain parameters [{key!r}]")
         default = defaults[key]
@@ -254,7 +285,7 @@ def _short(a: np.ndarray) -> str:
 
 
 def _line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else ""
+    return first_line(e) if str(e).strip() else ""
 
 
 def _plain(value: Any) -> bool:

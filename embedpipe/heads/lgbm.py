@@ -15,11 +15,13 @@ import numpy as np
 
 from ..core.errors import EmbedpipeError
 from .base import ArraySpec, Head, State, StateSpec
+from .registry import register_head
+from .select import HoldOut
 
 
 def _lightgbm() -> Any:
     try:
-        import lightgbm
+        import lightgbm  # heavy (its own OpenMP runtime): loaded when an lgbm head fits
     except ImportError as e:  # pragma: no cover - lightgbm is a core dependency
         raise EmbedpipeError("the lgbm head needs LightGBM: pip install lightgbm") from e
     return lightgbm
@@ -32,7 +34,81 @@ def pca_fit(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), vt[:k].astype(np.float32)
 
 
+@register_head(description="LightGBM on PCA-reduced embeddings, early stopping on val")
 class LGBMHead(Head):
+    """LightGBM gradient-boosted trees on embeddings, projected onto their top principal components.
+
+    Minimises the multinomial (or binary) log loss with LightGBM's gradient boosting, after projecting
+    the rows onto the top ``pca_dims`` principal components of the training rows (trees on 1000+
+    dense dimensions are slow and gain little from every raw dimension), with few histogram bins. It
+    stops early: boosting stops after ``early_stopping_rounds`` rounds without a gain on the
+    validation rows (the ``eval_set``, or rows its ``selection`` rule holds out of train) and keeps
+    the best round. The model is kept in LightGBM's own text format.
+
+    Parameters
+    ----------
+    pca_dims : int, default=64
+        Project onto this many principal components first; 0 = raw features.
+    n_estimators : int, default=300
+        Maximum boosting rounds (one tree per class per round).
+    learning_rate : float, default=0.1
+        Shrinkage.
+    num_leaves : int, default=15
+        Leaves per tree.
+    max_bin : int, default=63
+        Histogram bins per feature (LightGBM's default is 255).
+    min_child_samples : int, default=10
+        Minimum rows per leaf.
+    colsample : float, default=0.8
+        Fraction of features per tree.
+    reg_lambda : float, default=1.0
+        L2 penalty on leaf values. With many classes each one-vs-rest tree sees few positives and tiny
+        hessians, and unregularised leaves grow large: on benchmarks/solvers.py's 100-class data, test
+        accuracy 0.504 with 1.0 vs 0.390 without; LightGBM's own defaults reach 0.106 (benchmarks/heads.py).
+    early_stopping_rounds : int, default=20
+        Rounds without a validation gain before stopping; 0 = no early stopping (and no selection).
+    n_jobs : int, default=0
+        Threads; 0 = all cores.
+    random_state : int, default=0
+        LightGBM's seed.
+    warn_after_s : float, default=60.0
+        Warn (with what would make it cheaper) when the fit time projected from the first rounds
+        exceeds this many seconds.
+    selection : HoldOut or None, default=None
+        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
+        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    pca_mean_ : ndarray of shape (n_features,) or None
+        Training mean of the projection; None without one.
+    components_ : ndarray of shape (n_components, n_features) or None
+        Principal directions the rows are projected onto; None without a projection.
+    booster_ : lightgbm.Booster
+        The trained model.
+    best_iteration_ : int
+        Boosting rounds used for prediction (the best validation round when stopping early).
+    estimated_fit_s_ : float
+        Fit time projected from the first rounds (set once three rounds have run).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import LGBMHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = LGBMHead(n_estimators=20, pca_dims=4, min_child_samples=5).fit(X, y)
+    >>> head.components_.shape, head.predict_proba(X[:2]).shape
+    ((4, 8), (2, 3))
+    >>> bool(head.score(X, y) > 0.8)
+    True
+    """
+
     name = "lgbm"
 
     def __init__(
@@ -49,22 +125,24 @@ class LGBMHead(Head):
         n_jobs: int = 0,
         random_state: int = 0,
         warn_after_s: float = 60.0,
+        selection: HoldOut | None = None,
     ) -> None:
-        self.pca_dims = pca_dims  # project onto this many principal components first; 0 = raw features
-        self.n_estimators = n_estimators  # maximum boosting rounds (one tree per class per round)
-        self.learning_rate = learning_rate  # shrinkage
-        self.num_leaves = num_leaves  # leaves per tree
-        self.max_bin = max_bin  # histogram bins per feature (LightGBM default 255)
-        self.min_child_samples = min_child_samples  # minimum rows per leaf
-        self.colsample = colsample  # fraction of features per tree
-        # L2 on leaf values. With many classes each one-vs-rest tree sees few positives and tiny hessians,
-        # and unregularised leaves grow large: on benchmarks/solvers.py's 100-class data, test accuracy
-        # 0.504 with 1.0 vs 0.390 without; LightGBM's own defaults reach 0.106 (benchmarks/heads.py).
+        self.pca_dims = pca_dims
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.max_bin = max_bin
+        self.min_child_samples = min_child_samples
+        self.colsample = colsample
         self.reg_lambda = reg_lambda
-        self.early_stopping_rounds = early_stopping_rounds  # rounds without validation gain before stopping
-        self.n_jobs = n_jobs  # threads; 0 = all cores
-        self.random_state = random_state  # seed
-        self.warn_after_s = warn_after_s  # warn when the projected fit time exceeds this
+        self.early_stopping_rounds = early_stopping_rounds
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.warn_after_s = warn_after_s
+        self.selection = selection
+
+    def _selects(self) -> bool:
+        return bool(self.early_stopping_rounds)
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         return X if self.components_ is None else (X - self.pca_mean_) @ self.components_.T

@@ -1,11 +1,16 @@
 """Multinomial L2 logistic regression solved in torch with full-batch L-BFGS.
 
 Objective (scikit-learn's, with ``C``): mean cross-entropy + ||W||^2 / (2 C n); the intercept is not
-penalised. With a validation set and ``C=None`` it sweeps ``Cs`` from strong to weak regularisation,
-warm-starting each fit from the previous solution (the CLIP paper's probe protocol), keeps the C with
-the best validation accuracy, then refits on train+val at that C. The sweep stops early once
-``patience`` C values in a row score below the best one on validation: the weakly regularised end
-of the path is the slow one (most L-BFGS iterations), and past the peak it only overfits more.
+penalised. With ``C=None`` it sweeps ``Cs`` from strong to weak regularisation on validation rows (the
+``eval_set``, or rows held out of train by the selection rule, ``heads/select.py``), warm-starting
+each fit from the previous solution (the CLIP paper's probe protocol), keeps the C with the best
+validation accuracy, then refits on train+val at that C. The sweep stops early once ``patience`` C
+values in a row score below the best one on validation: the weakly regularised end of the path is
+the slow one (most L-BFGS iterations), and past the peak it only overfits more.
+
+It solves on standardised features and then folds the standardisation into the result, so ``coef_``
+and ``intercept_`` act on raw X, as scikit-learn's do (``unstandardize``), and prediction is
+``softmax(X @ coef_.T + intercept_)``.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..backbones.base import resolve_device
+from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
+from .registry import register_head
+from .select import HoldOut
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
@@ -47,7 +55,78 @@ def lbfgs_logreg(
     return W.detach(), b.detach(), int(iters)
 
 
+@register_head(description="multinomial L2 logistic regression, torch L-BFGS, C swept on val")
 class LogRegHead(Head):
+    """Multinomial L2 logistic regression on embeddings, solved in torch with full-batch L-BFGS.
+
+    Minimises scikit-learn's objective, mean cross-entropy + ``||W||^2 / (2 C n)`` over the
+    multinomial weights ``W`` (the intercept is not penalised), on features standardised with the
+    training statistics (``standardize=True``). With ``C=None`` it selects C: it sweeps ``Cs`` from
+    strong to weak regularisation on the validation rows (the ``eval_set``, or rows its ``selection``
+    rule holds out of train), warm-starting each fit from the previous one (the CLIP linear-probe
+    protocol), keeps the C with the best validation accuracy and, with ``refit=True``, refits on
+    train + validation at that C. The fitted ``coef_`` and ``intercept_`` act on raw X, as
+    scikit-learn's do: the standardisation is folded into them.
+
+    Parameters
+    ----------
+    C : float or None, default=None
+        Inverse L2 regularisation strength. None = select it from ``Cs`` on validation rows (C=1.0
+        when no validation rows can be had: see ``selection``).
+    Cs : tuple of float, default=DEFAULT_CS
+        The values swept when ``C`` is None: 9 values from 1e-4 to 1e4, as in the CLIP linear probe.
+    refit : bool, default=True
+        After the sweep, refit on train + validation rows at the chosen C.
+    standardize : bool, default=True
+        Z-score the features with training statistics before solving (the result still acts on raw X).
+    max_iter : int, default=500
+        L-BFGS iterations per C value.
+    tol : float, default=1e-4
+        L-BFGS gradient tolerance.
+    patience : int or None, default=2
+        Stop the sweep after this many C values in a row score below the best one; None = sweep all.
+        The weakly regularised end is the slow one, and past the peak it only overfits more.
+    selection : HoldOut or None, default=None
+        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
+        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    device : str, default="auto"
+        Torch device of the solver; ``"auto"`` = CUDA when present.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    coef_ : ndarray of shape (n_classes, n_features)
+        Weights on raw X: one row per class (also with two classes).
+    intercept_ : ndarray of shape (n_classes,)
+        Intercepts on raw X; ``decision_function(X) = X @ coef_.T + intercept_``.
+    C_ : float
+        The C of the final fit.
+    val_scores_ : dict of str to float
+        Validation accuracy of each swept C (``repr(C)`` keys); empty without a sweep.
+    best_val_score_ : float or None
+        Validation accuracy at ``C_``; None without a sweep.
+    n_iter_ : int
+        L-BFGS iterations of the solve that produced ``coef_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import LogRegHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = LogRegHead(C=1.0).fit(X, y)
+    >>> head.coef_.shape, head.predict_proba(X[:2]).shape
+    ((3, 8), (2, 3))
+    >>> bool(head.score(X, y) > 0.9)
+    True
+    >>> bool(np.allclose(head.decision_function(X), X @ head.coef_.T + head.intercept_, atol=1e-4))
+    True
+    """
+
     name = "logreg"
 
     def __init__(
@@ -59,31 +138,36 @@ class LogRegHead(Head):
         max_iter: int = 500,
         tol: float = 1e-4,
         patience: int | None = 2,
+        selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
-        self.C = C  # fixed inverse regularisation; None = select from Cs on the validation set
-        self.Cs = Cs  # the sweep, as in the CLIP linear probe
-        self.refit = refit  # refit on train+val at the chosen C
-        self.standardize = standardize  # z-score features with training statistics first
-        self.max_iter = max_iter  # L-BFGS iterations per C value
-        self.tol = tol  # gradient tolerance
-        self.patience = patience  # stop the sweep after this many C values in a row below the best; None = all
-        self.device = device  # auto = CUDA when present
+        self.C = C
+        self.Cs = Cs
+        self.refit = refit
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.patience = patience
+        self.selection = selection
+        self.device = device
+
+    def _selects(self) -> bool:
+        return self.C is None
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         dev = resolve_device(self.device)
         sweep = self.C is None and X_val is not None
         X_all = np.concatenate([X, X_val]) if sweep and self.refit and X_val is not None else X
-        self.mean_, self.scale_ = standardizer(X_all) if self.standardize else (
+        mean, scale = standardizer(X_all) if self.standardize else (
             np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
-        Xt, yt = as_tensor((X - self.mean_) / self.scale_, dev), torch.from_numpy(y).to(dev)
+        Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
         k = len(self.classes_)
         W = torch.zeros(X.shape[1], k, device=dev)
         b = torch.zeros(k, device=dev)
         self.val_scores_: dict[str, float] = {}
         if sweep:
             assert X_val is not None and y_val is not None
-            Xv = as_tensor((X_val - self.mean_) / self.scale_, dev)
+            Xv = as_tensor((X_val - mean) / scale, dev)
             yv = torch.from_numpy(y_val).to(dev)
             best = (-1.0, 0.0, W, b, 0)
             worse = 0  # C values in a row that scored below the best
@@ -105,26 +189,70 @@ class LogRegHead(Head):
             self.C_ = float(self.C if self.C is not None else 1.0)
             self.best_val_score_ = None
             W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
-        # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention)
-        # scikit-learn layout: coef_ (k, d) on standardised features, intercept_ (k,)
-        self.coef_ = W.T.cpu().numpy()
-        self.intercept_ = b.cpu().numpy()
+        # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention).
+        # scikit-learn layout, acting on raw X: coef_ (k, d), intercept_ (k,)
+        self.coef_, self.intercept_ = unstandardize(W.T.cpu().numpy(), b.cpu().numpy(), mean, scale)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Class scores ``X @ coef_.T + intercept_`` on raw X, shape (n_samples, n_classes); with two
+        classes, scikit-learn's binary convention: the score of ``classes_[1]`` minus that of
+        ``classes_[0]``, shape (n_samples,), positive where ``classes_[1]`` is predicted."""
+        check_is_fitted(self, "coef_")
+        return binary_margin(self._scores(validate_data(self, X, reset=False, dtype=np.float32)))
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef_.T + self.intercept_
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax_np(((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_)
+        return softmax_np(self._scores(X))
 
     def _get_state(self) -> State:
         return ({"C_": self.C_, "val_scores_": self.val_scores_, "best_val_score_": self.best_val_score_,
                  "n_iter_": self.n_iter_},
-                {"coef_": self.coef_, "intercept_": self.intercept_, "mean_": self.mean_, "scale_": self.scale_})
+                {"coef_": self.coef_, "intercept_": self.intercept_})
 
     def _state_spec(self) -> StateSpec:
         return ({"C_": "number", "val_scores_": "dict[str,number]", "best_val_score_": "number?", "n_iter_": "int"},
-                {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",)), "mean_": ArraySpec(("d",)),
-                 "scale_": ArraySpec(("d",), positive=True)})
+                {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",))})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.C_, self.val_scores_ = float(state["C_"]), dict(state["val_scores_"])
         self.best_val_score_, self.n_iter_ = state.get("best_val_score_"), int(state.get("n_iter_", 0))
         self.coef_, self.intercept_ = arrays["coef_"], arrays["intercept_"]
-        self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
+
+    @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Format 1 kept ``coef_``/``intercept_`` on standardised features with ``mean_``/``scale_``;
+        fold the standardisation in (exactly: ``unstandardize``)."""
+        return upgrade_v1_arrays(arrays) if version < 2 else False
+
+
+def unstandardize(coef_std: np.ndarray, intercept_std: np.ndarray, mean: np.ndarray,
+                  scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same linear scores on raw X from coefficients fitted on ``(X - mean) / scale``:
+    ``coef[k, j] = coef_std[k, j] / scale[j]`` and ``intercept[k] = intercept_std[k] -
+    sum_j coef_std[k, j] * mean[j] / scale[j]`` (computed in float64, stored as float32)."""
+    coef_std, mean, scale = (np.asarray(a, np.float64) for a in (coef_std, mean, scale))
+    if coef_std.ndim != 2 or mean.shape != (coef_std.shape[1],) or scale.shape != mean.shape:
+        raise ValueError(f"coef_ {coef_std.shape}, mean_ {mean.shape} and scale_ {scale.shape} do not fit together")
+    if not np.all(scale > 0):
+        raise ValueError("scale_ holds values <= 0")
+    coef = coef_std / scale
+    intercept = np.asarray(intercept_std, np.float64) - coef_std @ (mean / scale)
+    return coef.astype(np.float32), intercept.astype(np.float32)
+
+
+def upgrade_v1_arrays(arrays: dict[str, np.ndarray], prefix: str = "") -> bool:
+    """Convert a format-1 logreg state in ``arrays`` (keys under ``prefix``) in place; False when it
+    holds no ``mean_``/``scale_`` to fold in."""
+    coef, intercept, mean, scale = (prefix + k for k in ("coef_", "intercept_", "mean_", "scale_"))
+    if not all(k in arrays for k in (coef, intercept, mean, scale)):
+        return False
+    arrays[coef], arrays[intercept] = unstandardize(arrays[coef], arrays[intercept], arrays[mean], arrays[scale])
+    del arrays[mean], arrays[scale]
+    return True
+
+
+def binary_margin(scores: np.ndarray) -> np.ndarray:
+    """scikit-learn's decision_function shape: (n,) for two classes (score 1 - score 0), else as is."""
+    return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores

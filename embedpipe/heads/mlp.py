@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones.base import resolve_device
+from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
+from .registry import register_head
+from .select import HoldOut
 from .torch_utils import as_tensor
 
 
@@ -26,7 +28,75 @@ def build_mlp(d_in: int, hidden: int, n_layers: int, n_out: int, dropout: float)
     return nn.Sequential(*layers)
 
 
+@register_head(description="1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
 class MLPHead(Head):
+    """A small MLP on embeddings in torch: one or two hidden layers, AdamW, cosine schedule.
+
+    Minimises the label-smoothed cross-entropy of a GELU MLP on standardised features with AdamW
+    (decoupled weight decay) under a one-cycle cosine learning-rate schedule, shuffled mini-batches of
+    rows already on the device. It stops early: after each epoch it scores the validation rows (the
+    ``eval_set``, or rows its ``selection`` rule holds out of train) and keeps the best epoch's weights,
+    stopping after ``patience`` epochs without a gain.
+
+    Parameters
+    ----------
+    hidden : int, default=512
+        Width of each hidden layer.
+    n_layers : int, default=1
+        Hidden layers: 0 (a linear model), 1 or 2.
+    dropout : float, default=0.2
+        Dropout after each hidden layer.
+    lr : float, default=1e-3
+        AdamW peak learning rate (cosine-decayed to 0).
+    weight_decay : float, default=0.05
+        AdamW decoupled weight decay.
+    epochs : int, default=40
+        Maximum epochs.
+    batch_size : int, default=256
+        Rows per step.
+    label_smoothing : float, default=0.1
+        Cross-entropy label smoothing.
+    patience : int, default=8
+        Epochs without a validation gain before stopping.
+    random_state : int, default=0
+        Seeds the initialisation and the shuffling.
+    selection : HoldOut or None, default=None
+        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
+        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    device : str, default="auto"
+        Torch device for training; ``"auto"`` = CUDA when present (prediction runs on the CPU).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    mean_ : ndarray of shape (n_features,)
+        Training mean used to standardise the input.
+    scale_ : ndarray of shape (n_features,)
+        Training standard deviation (1 where a feature is constant).
+    net_ : torch.nn.Sequential
+        The trained network (on the CPU, in eval mode).
+    n_epochs_ : int
+        Epochs run.
+    best_val_score_ : float or None
+        Validation accuracy of the kept epoch; None without validation rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import MLPHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = MLPHead(hidden=16, epochs=20, lr=0.01, batch_size=16).fit(X, y)
+    >>> head.predict_proba(X[:2]).shape
+    (2, 3)
+    >>> bool(head.score(X, y) > 0.8)
+    True
+    """
+
     name = "mlp"
 
     def __init__(
@@ -41,19 +111,24 @@ class MLPHead(Head):
         label_smoothing: float = 0.1,
         patience: int = 8,
         random_state: int = 0,
+        selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
-        self.hidden = hidden  # width of each hidden layer
-        self.n_layers = n_layers  # hidden layers: 0 (linear), 1 or 2
-        self.dropout = dropout  # dropout after each hidden layer
-        self.lr = lr  # AdamW peak learning rate (cosine-decayed to 0)
-        self.weight_decay = weight_decay  # AdamW decoupled weight decay
-        self.epochs = epochs  # maximum epochs
-        self.batch_size = batch_size  # rows per step
-        self.label_smoothing = label_smoothing  # cross-entropy label smoothing
-        self.patience = patience  # epochs without validation gain before stopping
-        self.random_state = random_state  # seeds init and shuffling
-        self.device = device  # auto = CUDA when present
+        self.hidden = hidden
+        self.n_layers = n_layers
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.label_smoothing = label_smoothing
+        self.patience = patience
+        self.random_state = random_state
+        self.selection = selection
+        self.device = device
+
+    def _selects(self) -> bool:
+        return True
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         dev = resolve_device(self.device)

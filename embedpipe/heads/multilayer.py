@@ -18,7 +18,8 @@ This head does the same on a plain 2-D ``X`` whose columns are the layers side b
    kept features *as plain standardised features* (its own C sweep over ``Cs``, refit on train+val).
    The 1/sqrt(width) layer scaling serves the selection only: one C for every layer on scaled
    features over-regularised the wide layers (on glyphs the scaled final fit lost to plain logreg on
-   the same columns by far). Without a validation set: ``keep`` or 1.0, C=1.
+   the same columns by far). Validation rows are the ``eval_set``, or rows held out of train by the
+   selection rule (``heads/select.py``); when none can be had: ``keep`` or 1.0, C=1.
 
 ``layer_contributions_`` is each layer's share of the selected features' group-lasso weight norm, and
 ``layer_kept_`` the number of its features kept: how much each layer contributes. ``embedpipe train``
@@ -31,10 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..backbones.base import resolve_device
+from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
-from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg
+from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, upgrade_v1_arrays
+from .registry import register_head
+from .select import HoldOut
 from .torch_utils import as_tensor
 
 DEFAULT_KEEPS = (0.25, 0.5, 1.0)  # fractions of features tried on val (Head2Toe tries a grid too)
@@ -88,7 +92,99 @@ def group_lasso_logreg(
     return W, lam, grad
 
 
+@register_head(description="Head2Toe: several layers, per-layer normalised, group-lasso selection, logreg")
 class MultiLayerHead(Head):
+    """A linear head over several cached layers at once, with group-sparse feature selection (Head2Toe).
+
+    ``X`` holds the layers' pooled features side by side (``layer_dims`` gives their widths in column
+    order). Every feature is standardised and each layer group scaled by ``1/sqrt(width)``; a
+    multinomial logistic regression with an l2,1 (group-lasso) penalty, ``lambda = alpha *
+    lambda_max``, solved by FISTA, ranks the features by the norm of their weights. For each fraction
+    in ``keeps`` (or the fixed ``keep``) the top-ranked features are scored on the validation rows (the
+    ``eval_set``, or rows its ``selection`` rule holds out of train) by a quick fixed-C probe; the
+    best fraction is kept, and the ``logreg`` head is fitted on the kept raw columns (its own C sweep
+    over ``Cs`` on the same validation rows, refit on train + validation). Without validation rows:
+    ``keep`` or 1.0, C=1. The final classifier is linear in X, so ``decision_function`` is exact.
+
+    Parameters
+    ----------
+    layer_dims : tuple of int or None, default=None
+        Widths of the layer groups in column order; None = one group. ``embedpipe train`` fills it.
+    layer_names : tuple of str or None, default=None
+        Their names, for the contribution report (default ``layer0``, ``layer1``, ...).
+    alpha : float, default=0.02
+        Group-lasso strength as a fraction of ``lambda_max`` (the penalty that zeroes every weight).
+    lasso_iters : int, default=60
+        FISTA iterations of the screening fit.
+    keep : float or None, default=None
+        Fixed fraction of features to keep; None = choose from ``keeps`` on validation rows.
+    keeps : tuple of float, default=(0.25, 0.5, 1.0)
+        Fractions tried on validation rows.
+    probe_C : float, default=30.0
+        Inverse L2 strength of the quick fit that scores each fraction.
+    probe_iter : int, default=100
+        Its L-BFGS iterations (a ranking of fractions, not a final model).
+    C : float or None, default=None
+        The final classifier's C; None = the logreg head's sweep over ``Cs`` on validation rows.
+    Cs : tuple of float, default=DEFAULT_ML_CS
+        The final sweep (logreg's 9 values from 1e-4 to 1e4).
+    max_iter : int, default=500
+        L-BFGS iterations per fit.
+    tol : float, default=1e-4
+        L-BFGS gradient tolerance.
+    selection : HoldOut or None, default=None
+        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
+        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    device : str, default="auto"
+        Torch device; ``"auto"`` = CUDA when present.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit`` (all layers).
+    mean_ : ndarray of shape (n_features,)
+        Training mean of the selection's standardisation.
+    scale_ : ndarray of shape (n_features,)
+        Training std divided by the layer scaling ``1/sqrt(width)`` (the selection's input scale).
+    lambda_ : float
+        The group-lasso penalty used, ``alpha * lambda_max``.
+    group_norms_ : ndarray of shape (n_features,)
+        Each feature's group-lasso weight norm (the ranking).
+    keep_scores_ : dict of str to float
+        Validation accuracy of the probe at each fraction tried; empty with a fixed ``keep``.
+    keep_ : float
+        The fraction of features kept.
+    selected_ : ndarray of shape (n_selected,)
+        Indices of the kept columns, sorted.
+    clf_ : LogRegHead
+        The final classifier on ``X[:, selected_]``.
+    C_ : float
+        Its C.
+    n_iter_ : int
+        L-BFGS iterations of its final fit.
+    best_val_score_ : float or None
+        Its validation accuracy at ``C_``; None without a sweep.
+    layer_kept_ : dict of str to int
+        Features kept per layer.
+    layer_contributions_ : dict of str to float
+        Each layer's share of the kept features' group-lasso weight norm.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import MultiLayerHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = np.hstack([rng.normal(size=(60, 6)), rng.normal(size=(60, 4)) + 3 * np.eye(3, 4)[y]])
+    >>> head = MultiLayerHead(layer_dims=(6, 4), layer_names=("noise", "signal"), Cs=(0.1, 1.0)).fit(X, y)
+    >>> bool(head.layer_contributions_["signal"] > head.layer_contributions_["noise"])
+    True
+    >>> bool(head.score(X, y) > 0.9)
+    True
+    """
+
     name = "multilayer"
 
     def __init__(
@@ -105,21 +201,26 @@ class MultiLayerHead(Head):
         Cs: tuple[float, ...] = DEFAULT_ML_CS,
         max_iter: int = 500,
         tol: float = 1e-4,
+        selection: HoldOut | None = None,
         device: str = "auto",
     ) -> None:
-        self.layer_dims = layer_dims  # widths of the layer groups in column order; None = one group
-        self.layer_names = layer_names  # their names, for the contribution report (default layer0, ...)
-        self.alpha = alpha  # group-lasso strength as a fraction of lambda_max (the penalty that zeroes all)
-        self.lasso_iters = lasso_iters  # FISTA iterations of the screening fit
-        self.keep = keep  # fixed fraction of features to keep; None = choose from keeps on val
-        self.keeps = keeps  # fractions tried on val
-        self.probe_C = probe_C  # inverse L2 strength of the quick fit that scores each fraction
-        self.probe_iter = probe_iter  # its L-BFGS iterations (a ranking of fractions, not a final model)
-        self.C = C  # final classifier's C; None = the logreg head's sweep over Cs on val
-        self.Cs = Cs  # the final sweep
-        self.max_iter = max_iter  # L-BFGS iterations per fit
-        self.tol = tol  # L-BFGS gradient tolerance
-        self.device = device  # auto = CUDA when present
+        self.layer_dims = layer_dims
+        self.layer_names = layer_names
+        self.alpha = alpha
+        self.lasso_iters = lasso_iters
+        self.keep = keep
+        self.keeps = keeps
+        self.probe_C = probe_C
+        self.probe_iter = probe_iter
+        self.C = C
+        self.Cs = Cs
+        self.max_iter = max_iter
+        self.tol = tol
+        self.selection = selection
+        self.device = device
+
+    def _selects(self) -> bool:
+        return self.keep is None or self.C is None
 
     def _names(self) -> list[str]:
         dims = tuple(self.layer_dims) if self.layer_dims else (self.n_features_in_,)
@@ -162,7 +263,7 @@ class MultiLayerHead(Head):
         self.selected_ = np.sort(order[: max(1, round(self.keep_ * d))]).astype(np.int64)
         C = self.C if self.C is not None or have_val else NO_VAL_C
         self.clf_ = LogRegHead(C=C, Cs=self.Cs, standardize=True, max_iter=self.max_iter, tol=self.tol,
-                               device=self.device)
+                               selection=self.selection, device=self.device)
         sel = self.selected_
         eval_set = (X_val[:, sel], y_val) if have_val else None
         self.clf_.fit(X[:, sel], y, eval_set=eval_set)
@@ -183,8 +284,15 @@ class MultiLayerHead(Head):
                                      for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        sel = self.selected_
-        return self.clf_.predict_proba(X[:, sel])
+        return self.clf_.predict_proba(X[:, self.selected_])
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The final logreg's class scores on the kept columns of raw X: exactly
+        ``X[:, selected_] @ clf_.coef_.T + clf_.intercept_`` (linear in X; the other columns weigh 0).
+        Shape (n_samples, n_classes), or (n_samples,) with two classes (scikit-learn's convention)."""
+        check_is_fitted(self, "clf_")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        return self.clf_.decision_function(X[:, self.selected_])
 
     def _get_state(self) -> State:
         clf_state, clf_arrays = self.clf_._get_state()
@@ -203,8 +311,7 @@ class MultiLayerHead(Head):
                  "layer_contributions_": "dict[str,number]", "clf": "dict"},
                 {"mean_": ArraySpec(("d",)), "scale_": ArraySpec(("d",), positive=True),
                  "selected_": ArraySpec(("s",), kind="iu", below="d"), "group_norms_": ArraySpec(("d",)),
-                 "clf.coef_": ArraySpec(("k", "s")), "clf.intercept_": ArraySpec(("k",)),
-                 "clf.mean_": ArraySpec(("s",)), "clf.scale_": ArraySpec(("s",), positive=True)})
+                 "clf.coef_": ArraySpec(("k", "s")), "clf.intercept_": ArraySpec(("k",))})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if state["final_fit"] != FINAL_FIT:
@@ -218,12 +325,17 @@ class MultiLayerHead(Head):
         if self.selected_.ndim != 1 or (len(self.selected_) and self.selected_.max() >= self.n_features_in_):
             raise ValueError("selected_ does not index the head's features")
         clf = LogRegHead(C=self.C, Cs=self.Cs, standardize=True, max_iter=self.max_iter, tol=self.tol,
-                         device=self.device)
+                         selection=self.selection, device=self.device)
         clf.classes_ = np.arange(len(self.classes_))
         clf.n_features_in_ = len(self.selected_)
         clf._set_state(state["clf"], {k[4:]: v for k, v in arrays.items() if k.startswith("clf.")})
         self.clf_ = clf
         self.n_iter_ = clf.n_iter_
+
+    @classmethod
+    def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Format 1: the nested final logreg's coefficients were on standardised features (see logreg)."""
+        return upgrade_v1_arrays(arrays, prefix="clf.") if version < 2 else False
 
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backbones.base import resolve_device
+from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec
+from .registry import register_head
 from .torch_utils import as_tensor
 
 _PREDICT_ROWS = 65536  # rows scored per block on the device (bounds its memory)
@@ -24,15 +25,58 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
+@register_head(description="cosine k-nearest neighbours, temperature-weighted votes (DINO)")
 class KNNHead(Head):
+    """Cosine k-nearest neighbours with temperature-weighted votes (DINO's k-NN evaluation).
+
+    Nothing is optimised: ``fit`` stores the L2-normalised training rows. A query's ``n_neighbors``
+    most cosine-similar training rows vote for their classes with weight ``exp(similarity /
+    temperature)``; the normalised votes are ``predict_proba``.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=20
+        Neighbours that vote (DINO uses 20).
+    temperature : float, default=0.07
+        Vote weight ``exp(cos / T)``; DINO uses 0.07.
+    batch_size : int, default=1024
+        Queries per similarity block (bounds memory).
+    device : str, default="auto"
+        Torch device of the similarity search; ``"auto"`` = CUDA when present.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    X_ : ndarray of shape (n_samples, n_features)
+        The L2-normalised training rows.
+    y_ : ndarray of shape (n_samples,)
+        Their class indices into ``classes_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import KNNHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = KNNHead(n_neighbors=5).fit(X, y)
+    >>> head.X_.shape, head.predict_proba(X[:2]).shape
+    ((60, 8), (2, 3))
+    >>> bool(head.score(X, y) > 0.9)
+    True
+    """
+
     name = "knn"
 
     def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024,
                  device: str = "auto") -> None:
-        self.n_neighbors = n_neighbors  # neighbours that vote (DINO uses 20)
-        self.temperature = temperature  # vote weight exp(cos / T); DINO uses 0.07
-        self.batch_size = batch_size  # queries per similarity block
-        self.device = device  # auto = CUDA when present
+        self.n_neighbors = n_neighbors
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.device = device
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         self.X_ = l2_normalize(X).astype(np.float32)
@@ -61,13 +105,56 @@ class KNNHead(Head):
         self.X_, self.y_ = arrays["X_"].astype(np.float32), arrays["y_"].astype(np.int64)
 
 
+@register_head(description="nearest class mean (cosine, centred), the few-shot baseline")
 class NCMHead(Head):
+    """Nearest class mean on cosine similarity, the few-shot baseline (SimpleShot's CL2N).
+
+    Nothing is optimised: with ``center=True`` the rows are centred on the training mean, every row
+    is L2-normalised, and each class's centroid is the normalised mean of its rows. A query is
+    centred and normalised the same way; ``predict_proba`` is the softmax of its cosine similarity to
+    each centroid divided by ``temperature``. (It is linear only in the normalised space, so it has no
+    ``decision_function`` on raw X.)
+
+    Parameters
+    ----------
+    center : bool, default=True
+        Subtract the training mean before normalising (CL2N); usually helps.
+    temperature : float, default=0.05
+        Softmax temperature over the cosine similarities (changes the probabilities, not the ranking).
+    device : str, default="auto"
+        Torch device; ``"auto"`` = CUDA when present.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    mean_ : ndarray of shape (n_features,)
+        Training mean subtracted before normalising (zeros with ``center=False``).
+    centroids_ : ndarray of shape (n_classes, n_features)
+        Unit-norm class centroids.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embedpipe.heads import NCMHead
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 20)
+    >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
+    >>> head = NCMHead().fit(X, y)
+    >>> head.centroids_.shape
+    (3, 8)
+    >>> bool(head.score(X, y) > 0.9)
+    True
+    """
+
     name = "ncm"
 
     def __init__(self, center: bool = True, temperature: float = 0.05, device: str = "auto") -> None:
-        self.center = center  # subtract the training mean before normalising (CL2N)
-        self.temperature = temperature  # softmax temperature over cosine similarities (probabilities only)
-        self.device = device  # auto = CUDA when present
+        self.center = center
+        self.temperature = temperature
+        self.device = device
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         # One pass on the device: centre, normalise, and sum each class's rows with a single index_add_
