@@ -27,6 +27,7 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,26 @@ def random_resized_crop(x: torch.Tensor, scale: float, flip: bool, gen: torch.Ge
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, side, ty
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Steps of a fit: at least ``min_steps`` in all (more epochs on small data), a linear warm-up over
+    half an epoch, then cosine decay to 0; every parameter group keeps its ratio to ``lr``."""
+
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup: int
+
+    @classmethod
+    def of(cls, n: int, batch_size: int, epochs: int, min_steps: int) -> _Schedule:
+        per_epoch = max(1, -(-n // batch_size))
+        epochs = max(epochs, -(-min_steps // per_epoch)) if epochs > 0 else 0
+        return cls(per_epoch, epochs, max(1, epochs * per_epoch), max(1, per_epoch // 2))
+
+    def factor(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
 
 
 @register_head(description="retrain the backbone's blocks after a cached block<k>:map, new classifier on top")
@@ -283,91 +304,33 @@ class FinetuneHead(Head):
 
     # -- training --------------------------------------------------------------------------------
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        """Set up the blocks and the classifier, then train epoch by epoch, unfreezing blocks from the
+        top and keeping the weights of the best val epoch (early stopping once every block is open)."""
         t_start = time.perf_counter()
         dev = resolve_device(self.device)
         torch.manual_seed(self.random_state)
         gen = torch.Generator().manual_seed(self.random_state)
-        wanted = [a.strip() for a in self.augment.split(",") if a.strip()]
-        unknown = sorted(set(wanted) - set(AUGMENTATIONS))
-        if unknown:
-            raise ValueError(f"finetune: unknown augmentation {unknown}; use a comma list of {', '.join(AUGMENTATIONS)}")
-        self.tail_ = self._build_tail(check=True)
-        if self.tail_ is not None and int(np.prod(self.map_shape)) != X.shape[1]:
-            raise ValueError(f"finetune: X has {X.shape[1]} features but map_shape {self.map_shape} "
-                             f"holds {int(np.prod(self.map_shape))}")
-        self.mean_, self.scale_ = standardizer(X) if self.tail_ is None else (np.zeros(0, np.float32),) * 2
-        spatial = self.tail_ is not None and len(self.map_shape) == 3
-        self.augmentations_ = [a for a in AUGMENTATIONS if a in wanted and (a == "mixup" or spatial)]
-        n_units = len(self.tail_.units) if self.tail_ is not None else 0
-        self.n_unfrozen_target_ = n_units if self.unfreeze < 0 else min(self.unfreeze, n_units)
-
+        self._setup(X)
         Xt, yt = self._as_input(X, dev), torch.from_numpy(y).to(dev)
-        if self.tail_ is not None:
-            self.tail_.to(dev)
-            with torch.inference_mode():
-                width = self._features(Xt[:1]).shape[1]
-        else:
-            width = X.shape[1]
-        self.fc_ = nn.Linear(width, len(self.classes_)).to(dev)
-        # One parameter group per pretrained unit (top first), each with its discriminative rate.
-        groups = [{"params": list(self.fc_.parameters()), "lr": self.lr, "base_lr": self.lr}]
-        for depth, unit in enumerate(reversed(self.tail_.units if self.tail_ is not None else []), start=1):
-            rate = self.lr * self.lr_decay**depth
-            groups.append({"params": list(unit.parameters()), "lr": rate, "base_lr": rate})
-        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        steps_per_epoch = max(1, -(-len(Xt) // self.batch_size))
-        epochs = max(self.epochs, -(-self.min_steps // steps_per_epoch)) if self.epochs > 0 else 0
-        total_steps = max(1, epochs * steps_per_epoch)
-        warmup = max(1, steps_per_epoch // 2)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        opt = self._optimizer(Xt, dev)
+        sched = _Schedule.of(len(Xt), self.batch_size, self.epochs, self.min_steps)
         Xv = yv = None
         if X_val is not None and y_val is not None:
             Xv, yv = self._as_input(X_val, dev), torch.from_numpy(y_val).to(dev)
-
+        n_units = len(self.tail_.units) if self.tail_ is not None else 0
         self._say(f"finetune: {n_units} pretrained blocks after {self.layer or 'the input'}, unfreezing "
                   f"{self.n_unfrozen_target_} from the top; augmentations: {', '.join(self.augmentations_) or 'none'}")
         best_acc, best_state, stale, step = -1.0, None, 0, 0
         self.n_epochs_, self.history_ = 0, []
-        for epoch in range(epochs):
-            n_open = 0 if epoch < self.head_epochs else min(
-                self.n_unfrozen_target_, 1 + (epoch - self.head_epochs) // max(1, self.unfreeze_every))
-            first = n_units - n_open  # units[first:] train; units[:first] run without gradients
-            if self.tail_ is not None:
-                for i, unit in enumerate(self.tail_.units):
-                    unit.requires_grad_(i >= first)
-            order = torch.randperm(len(Xt), generator=gen).to(dev)
-            t0, cpu0, total = time.perf_counter(), time.process_time(), 0.0
-            for i in range(steps_per_epoch):
-                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                xb, yb = Xt[idx], F.one_hot(yt[idx], len(self.classes_)).float()
-                if "crop" in self.augmentations_ or "flip" in self.augmentations_:
-                    scale = self.crop_scale if "crop" in self.augmentations_ else 1.0
-                    xb = random_resized_crop(xb, scale, "flip" in self.augmentations_, gen)
-                if "mixup" in self.augmentations_ and self.mixup_alpha > 0:
-                    lam = float(np.random.default_rng(self.random_state * 100003 + step).beta(
-                        self.mixup_alpha, self.mixup_alpha))
-                    perm = torch.randperm(len(xb), generator=gen).to(dev)
-                    xb, yb = lam * xb + (1 - lam) * xb[perm], lam * yb + (1 - lam) * yb[perm]
-                with torch.no_grad():
-                    h = self._features(xb, 0, first, pool=first == n_units) if self.tail_ is not None else xb
-                if first < n_units:
-                    h = self._features(h, first, None)
-                logits = self.fc_(F.dropout(h, self.dropout, training=True))
-                loss = loss_fn(logits, yb)
-                # Linear warm-up, then cosine decay to 0 over all steps; each group keeps its ratio.
-                factor = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                for g in opt.param_groups:
-                    g["lr"] = g["base_lr"] * factor
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                total += float(loss.detach()) * len(idx)
+        for epoch in range(sched.epochs):
+            n_open = self._open_blocks(epoch)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            loss, step = self._train_epoch(Xt, yt, opt, sched, n_open, step, gen)
             self.n_epochs_ += 1
             acc = self._accuracy(Xv, yv) if Xv is not None and yv is not None else None
-            self.history_.append({"epoch": epoch + 1, "unfrozen": n_open, "loss": total / len(Xt),
-                                  "val_acc": acc, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
-            self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {total / len(Xt):.3f}"
+            self.history_.append({"epoch": epoch + 1, "unfrozen": n_open, "loss": loss, "val_acc": acc,
+                                  "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
+            self._say(f"  epoch {epoch + 1}: {n_open} blocks unfrozen, loss {loss:.3f}"
                       + (f", val {acc:.3f}" if acc is not None else "")
                       + f", {time.perf_counter() - t0:.1f}s ({time.process_time() - cpu0:.1f} CPU s)")
             if acc is None:
@@ -383,6 +346,89 @@ class FinetuneHead(Head):
         self.best_val_score_ = best_acc if Xv is not None else None
         self.fit_seconds_ = time.perf_counter() - t_start
         self._to_cpu()
+
+    def _setup(self, X: np.ndarray) -> None:
+        """Check the parameters against X; rebuild the pretrained blocks; decide the augmentations
+        and how many blocks will open."""
+        wanted = [a.strip() for a in self.augment.split(",") if a.strip()]
+        unknown = sorted(set(wanted) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"finetune: unknown augmentation {unknown}; use a comma list of {', '.join(AUGMENTATIONS)}")
+        self.tail_ = self._build_tail(check=True)
+        if self.tail_ is not None and int(np.prod(self.map_shape)) != X.shape[1]:
+            raise ValueError(f"finetune: X has {X.shape[1]} features but map_shape {self.map_shape} "
+                             f"holds {int(np.prod(self.map_shape))}")
+        self.mean_, self.scale_ = standardizer(X) if self.tail_ is None else (np.zeros(0, np.float32),) * 2
+        spatial = self.tail_ is not None and len(self.map_shape) == 3
+        self.augmentations_ = [a for a in AUGMENTATIONS if a in wanted and (a == "mixup" or spatial)]
+        n_units = len(self.tail_.units) if self.tail_ is not None else 0
+        self.n_unfrozen_target_ = n_units if self.unfreeze < 0 else min(self.unfreeze, n_units)
+
+    def _optimizer(self, Xt: torch.Tensor, dev: torch.device) -> torch.optim.Optimizer:
+        """The new classifier on top, and AdamW with one parameter group per pretrained unit (top
+        first), each at its discriminative rate ``lr * lr_decay**depth``."""
+        if self.tail_ is not None:
+            self.tail_.to(dev)
+            with torch.inference_mode():
+                width = self._features(Xt[:1]).shape[1]
+        else:
+            width = Xt.shape[1]
+        self.fc_ = nn.Linear(width, len(self.classes_)).to(dev)
+        groups = [{"params": list(self.fc_.parameters()), "lr": self.lr, "base_lr": self.lr}]
+        for depth, unit in enumerate(reversed(self.tail_.units if self.tail_ is not None else []), start=1):
+            rate = self.lr * self.lr_decay**depth
+            groups.append({"params": list(unit.parameters()), "lr": rate, "base_lr": rate})
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _open_blocks(self, epoch: int) -> int:
+        """Blocks trained in ``epoch`` (counted from the top): none during the head epochs, then one
+        more every ``unfreeze_every`` epochs up to the target; the rest run without gradients."""
+        n_open = 0 if epoch < self.head_epochs else min(
+            self.n_unfrozen_target_, 1 + (epoch - self.head_epochs) // max(1, self.unfreeze_every))
+        if self.tail_ is not None:
+            first = len(self.tail_.units) - n_open
+            for i, unit in enumerate(self.tail_.units):
+                unit.requires_grad_(i >= first)
+        return n_open
+
+    def _train_epoch(self, Xt: torch.Tensor, yt: torch.Tensor, opt: torch.optim.Optimizer, sched: _Schedule,
+                     n_open: int, step: int, gen: torch.Generator) -> tuple[float, int]:
+        """One pass over the shuffled training rows; returns (mean loss, the step count after it)."""
+        n_units = len(self.tail_.units) if self.tail_ is not None else 0
+        first = n_units - n_open  # units[first:] train; units[:first] run without gradients
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        order = torch.randperm(len(Xt), generator=gen).to(Xt.device)
+        total = 0.0
+        for i in range(sched.steps_per_epoch):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            xb, yb = self._augment(Xt[idx], F.one_hot(yt[idx], len(self.classes_)).float(), step, gen)
+            with torch.no_grad():
+                h = self._features(xb, 0, first, pool=first == n_units) if self.tail_ is not None else xb
+            if first < n_units:
+                h = self._features(h, first, None)
+            loss = loss_fn(self.fc_(F.dropout(h, self.dropout, training=True)), yb)
+            factor = sched.factor(step)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            total += float(loss.detach()) * len(idx)
+        return total / len(Xt), step
+
+    def _augment(self, xb: torch.Tensor, yb: torch.Tensor, step: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random resized crop and flip of the maps, then mixup of inputs and one-hot targets."""
+        if "crop" in self.augmentations_ or "flip" in self.augmentations_:
+            scale = self.crop_scale if "crop" in self.augmentations_ else 1.0
+            xb = random_resized_crop(xb, scale, "flip" in self.augmentations_, gen)
+        if "mixup" in self.augmentations_ and self.mixup_alpha > 0:
+            lam = float(np.random.default_rng(self.random_state * 100003 + step).beta(
+                self.mixup_alpha, self.mixup_alpha))
+            perm = torch.randperm(len(xb), generator=gen).to(xb.device)
+            xb, yb = lam * xb + (1 - lam) * xb[perm], lam * yb + (1 - lam) * yb[perm]
+        return xb, yb
 
     def _say(self, line: str) -> None:
         """Progress, logged at INFO only with ``verbose`` (the caller's logging config shows it)."""
