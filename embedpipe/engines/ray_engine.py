@@ -19,17 +19,18 @@ saying what it waited for. The run itself: when no shard finishes for ``SHARD_TI
 (600; the environment variable ``EMBEDPIPE_RAY_TIMEOUT_S`` overrides it, e.g. for a cluster that
 autoscales slowly), counted from the start and from each finished shard, the run stops with e.g.
 "no shard finished in 600 s: waiting for 2 workers x 1 CPU on a cluster with 0 of 2 CPUs free ...";
-finished shards are kept and the same command resumes. Ray Data's execution is shut down then (its
-own no-progress guard, set ``BACKSTOP_S`` later, is the fallback). Joining a cluster is bounded by
-``CONNECT_TIMEOUT_S`` (TCP) and ``INIT_TIMEOUT_S`` (``ray.init``), the GPU probe by
-``GPU_PROBE_TIMEOUT_S``.
+Ray Data's execution is shut down (its own no-progress guard, set ``BACKSTOP_S`` later, is the
+fallback), finished shards are kept and the same command resumes. Starting or joining Ray is bounded
+by ``INIT_TIMEOUT_S`` (``ray.init``; plus the connection attempt under way when it runs out) and,
+for an address, ``CONNECT_TIMEOUT_S`` (TCP); the GPU probe by ``GPU_PROBE_TIMEOUT_S``.
 
-A local instance (no address) is started by ``start_local_ray``, the one place that says how: it
-listens on 127.0.0.1 only (node IP 127.0.0.1; gcs_server, raylet, object manager and workers bind
-their ports to it, the dashboard is off), since anyone who can reach a Ray port can run code on it;
-and its workers run at the driver's priority (Ray's default niceness 15 would hand the machine to
-any other process, where the local engine competes as an equal). Joining a cluster by address
-changes nothing on that cluster.
+A local instance (no address) is started by ``start_local_ray``, the one place that says how (the
+tests and benchmarks use it too): it listens on 127.0.0.1 only (node IP 127.0.0.1: gcs_server,
+raylet, object manager, workers and agents bind loopback; no dashboard), since whoever reaches a Ray
+port can submit work to it; and its workers run at the driver's priority (Ray's default niceness 15
+let any busy process on the machine starve them: minutes per actor start-up under two busy loops,
+where the local engine competes as an equal). A loopback ``--ray-address`` stays loopback
+(``connect_ray``); joining a real cluster changes nothing on it.
 
 Ray is an optional extra: this module imports it only inside functions.
 """
@@ -70,7 +71,7 @@ SHARD_TIMEOUT_S = 600.0  # no shard finished for this long: stop, saying what th
 TIMEOUT_ENV = "EMBEDPIPE_RAY_TIMEOUT_S"  # overrides SHARD_TIMEOUT_S (seconds, > 0)
 BACKSTOP_S = 60.0  # Ray Data's own no-progress guard fires this long after ours (if ours could not stop it)
 CLOSE_WAIT_S = 10.0  # after a timeout, how long the run waits for Ray Data's execution to stop
-LOOPBACK = "127.0.0.1"  # a local instance listens here only: Ray ports run whatever they are sent
+LOOPBACK = "127.0.0.1"  # a local instance listens here only: Ray ports take work from whoever reaches them
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # a --ray-address on one of these stays on loopback
 SHARD_ACTOR = "ShardActor"  # in the class name Ray Data gives our actors: MapWorker(MapBatches(ShardActor))
 
