@@ -50,7 +50,7 @@ def child(variant: str, args: argparse.Namespace, cache_dir: str) -> dict[str, o
 
             cluster = Cluster(initialize_head=True, head_node_args={**local_node_args(), "num_cpus": 0})
             for _ in range(args.nodes):
-                cluster.add_node(num_cpus=max(1, cores // args.nodes), **local_node_args())
+                cluster.add_node(num_cpus=max(1, cores // args.nodes), **local_node_args(head=False))
             connect_ray(cluster.address)
     ray_start_s = time.perf_counter() - t0
     cache, stats = run_extract(source, args.backbone, cache_dir=cache_dir, progress=False, engine=engine,

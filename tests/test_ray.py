@@ -303,7 +303,7 @@ def test_killed_driver_resumes_with_the_same_command(ray_cluster: str, digits_da
 
 
 MULTI_NODE = """
-import json, sys
+import json, os, sys
 import ray
 from ray.cluster_utils import Cluster
 from embedpipe.engines.ray_engine import local_node_args
@@ -311,8 +311,10 @@ from embedpipe.extract import run_extract
 
 cluster = Cluster(initialize_head=True, head_node_args={**local_node_args(), "num_cpus": 0})
 for i in range(3):
-    cluster.add_node(num_cpus=1, resources={f"node{i}": 1}, **local_node_args())
-data, weights, cache_dir = sys.argv[1:4]
+    cluster.add_node(num_cpus=1, resources={f"node{i}": 1}, **local_node_args(head=False))
+data, weights, cache_dir, tests = sys.argv[1:5]
+sys.path.insert(0, tests)
+from test_ray import exposed_listeners
 try:
     cache, stats = run_extract(data, "timm:test_efficientnet", weights=weights, cache_dir=cache_dir,
                                engine="ray", ray_address=cluster.address, progress=False, precision="fp32",
@@ -320,7 +322,8 @@ try:
     names = {n["NodeID"]: next(k for k in n["Resources"] if k.startswith("node") and ":" not in k)
              for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")}
     print(json.dumps({"path": str(cache.path), "workers": stats.workers,
-                      "shards": {e["shard"]: names[e["node"]] for e in stats.shard_log}}))
+                      "shards": {e["shard"]: names[e["node"]] for e in stats.shard_log},
+                      "exposed": exposed_listeners(os.getpid())}))
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -331,15 +334,17 @@ finally:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_multi_node_cluster(digits_data: Path, digits_local: Path, tiny_timm_weights: str, tmp_path: Path) -> None:
-    """Three 1-CPU nodes (and a 0-CPU head): one 1-CPU actor per node, every shard computed once on a
-    worker node, the cache equal to the local one. How the shards spread over the nodes is Ray's
-    choice: not asserted."""
+    """Three 1-CPU nodes (and a 0-CPU head), all on 127.0.0.1 only: one 1-CPU actor per node, every
+    shard computed once on a worker node, the cache equal to the local one. How the shards spread over
+    the nodes is Ray's choice: not asserted."""
     proc = subprocess.run([sys.executable, "-c", MULTI_NODE, str(digits_data), tiny_timm_weights,
-                           str(tmp_path / "cache")], capture_output=True, text=True, timeout=2 * DEADLINE_S)
+                           str(tmp_path / "cache"), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=2 * DEADLINE_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["workers"] == 3 and sorted(map(int, out["shards"])) == list(range(7))
     assert set(out["shards"].values()) <= {"node0", "node1", "node2"}  # worker nodes only (the head has 0 CPUs)
+    assert out["exposed"] == [], out["exposed"]  # no Ray process of the simulated cluster beyond loopback
     assert_same_cache(digits_local, Path(out["path"]), exact=False)  # 1-CPU workers: 1 torch thread
 
 
@@ -420,6 +425,17 @@ def _is_loopback(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
+def listeners(root: int) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket held by ``root`` or its descendants."""
+    sockets = _listening_sockets()
+    return sorted({(p, *sockets[i]) for p in _process_tree(root) for i in _socket_inodes(p) if i in sockets})
+
+
+def exposed_listeners(root: int) -> list[tuple[int, str, int]]:
+    """``listeners(root)`` that are not on loopback (what the network could reach)."""
+    return [entry for entry in listeners(root) if not _is_loopback(entry[1])]
+
+
 @needs_ray
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_local_instance_listens_on_loopback_only(ray_cluster: str) -> None:
@@ -431,14 +447,13 @@ def test_local_instance_listens_on_loopback_only(ray_cluster: str) -> None:
         return os.getpid()
 
     workers = set(ray.get([pid.remote() for _ in range(2)], timeout=RAY_TIMEOUT_S))
-    tree = _process_tree(os.getpid())
-    assert workers <= tree, "the Ray workers are not descendants of this process"
-    sockets = _listening_sockets()
-    listening = {(p, *sockets[i]) for p in tree for i in _socket_inodes(p) if i in sockets}
+    assert workers <= _process_tree(os.getpid()), "the Ray workers are not descendants of this process"
+    listening = listeners(os.getpid())
     gcs_port = int(ray_cluster.rpartition(":")[2])
     assert any(port == gcs_port for _, _, port in listening), f"the GCS port was not found: {listening}"
+    assert {p for p, _, _ in listening} & workers, f"no worker's port was found: {listening}"
     assert ray_cluster.startswith("127.0.0.1:")
-    exposed = sorted((p, a, port) for p, a, port in listening if not _is_loopback(a))
+    exposed = exposed_listeners(os.getpid())
     assert not exposed, f"Ray processes listening beyond loopback (pid, address, port): {exposed}"
 
 

@@ -86,11 +86,15 @@ def import_ray() -> Any:
     return ray
 
 
-def local_node_args() -> dict[str, Any]:
+def local_node_args(head: bool = True) -> dict[str, Any]:
     """Arguments of a Ray node started on this machine (``ray.cluster_utils.Cluster``'s
-    ``head_node_args`` / ``add_node``): node IP 127.0.0.1, so that gcs_server, raylet, object
-    manager and workers listen on loopback only; no dashboard; workers at the driver's priority."""
-    return {"node_ip_address": LOOPBACK, "include_dashboard": False, "_system_config": {"worker_niceness": 0}}
+    ``head_node_args``, or ``add_node(**local_node_args(head=False))``): node IP 127.0.0.1, so that
+    gcs_server, raylet, object manager and workers listen on loopback only; no dashboard; workers at
+    the driver's priority (a system config: set on the head, the other nodes get it from there)."""
+    args: dict[str, Any] = {"node_ip_address": LOOPBACK, "include_dashboard": False}
+    if head:
+        args["_system_config"] = {"worker_niceness": 0}
+    return args
 
 
 def start_local_ray(num_cpus: int | None, **kwargs: Any) -> None:
