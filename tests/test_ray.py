@@ -470,6 +470,18 @@ def test_shard_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
             shard_timeout_s()
 
 
+def test_a_call_that_does_not_return_is_interrupted() -> None:
+    """What bounds ray.init: the call is interrupted after its time, with one line, and cleaned up."""
+    from embedpipe.engines.ray_engine import _within
+
+    cleaned: list[bool] = []
+    t0 = time.monotonic()
+    with pytest.raises(EmbedpipeError, match=r"^cannot start it: ray.init did not return in 0.3 s$"):
+        _within(0.3, "start it", lambda: time.sleep(30), cleanup=lambda: cleaned.append(True))
+    assert cleaned == [True] and time.monotonic() - t0 < 10
+    assert _within(5, "return", lambda: 42) == 42
+
+
 def test_bounded_rows_stop_waiting() -> None:
     """The wait for each row is bounded (Ray Data's iterator itself has no timeout); rows, the end and
     errors pass through."""

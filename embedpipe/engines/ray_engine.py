@@ -43,6 +43,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -110,7 +111,7 @@ def start_local_ray(num_cpus: int | None, **kwargs: Any) -> None:
             address="local",  # never join a stray instance
             num_cpus=num_cpus, include_dashboard=node["include_dashboard"],
             _node_ip_address=node["node_ip_address"], _system_config=node["_system_config"],
-            **{"logging_level": logging.WARNING, **kwargs}))
+            **{"logging_level": logging.WARNING, **kwargs}), cleanup=ray.shutdown)
     ip = ray.util.get_node_ip_address()
     if ip != LOOPBACK:
         ray.shutdown()
@@ -126,7 +127,8 @@ def connect_ray(address: str, **kwargs: Any) -> None:
     host = address.rpartition(":")[0].strip("[]") if ":" in address else address
     with _loopback_kept() if host in LOOPBACK_HOSTS else contextlib.nullcontext():
         _within(INIT_TIMEOUT_S, f"join the Ray cluster at {address}",
-                lambda: ray.init(address=address, **{"logging_level": logging.WARNING, **kwargs}))
+                lambda: ray.init(address=address, **{"logging_level": logging.WARNING, **kwargs}),
+                cleanup=ray.shutdown)
 
 
 @contextlib.contextmanager
@@ -151,12 +153,14 @@ def _loopback_kept() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def _within(seconds: float, what: str, call: Callable[[], Any]) -> Any:
-    """``call()``, interrupted after ``seconds`` with one line saying what did not finish.
+def _within(seconds: float, what: str, call: Callable[[], Any], cleanup: Callable[[], Any] | None = None) -> Any:
+    """``call()``, interrupted after ``seconds`` with one line saying what did not finish (after
+    ``cleanup()``, e.g. ``ray.shutdown`` of whatever Ray had half set up).
 
-    Only the main thread can be interrupted (``_thread.interrupt_main``: a KeyboardInterrupt at the
-    next Python instruction, e.g. between Ray's connection retries); elsewhere Ray's own retry limits
-    apply. Whatever Ray had half set up is shut down."""
+    Only the main thread can be interrupted: SIGINT sent to it (when Python's own handler is installed)
+    ends a blocking sleep or wait at once and raises KeyboardInterrupt at the next Python instruction
+    (e.g. between Ray's connection retries); elsewhere, or under another SIGINT handler, Ray's own
+    retry limits apply."""
     if threading.current_thread() is not threading.main_thread():
         return call()
     lock, state = threading.Lock(), {"done": False, "fired": False}
@@ -166,7 +170,10 @@ def _within(seconds: float, what: str, call: Callable[[], Any]) -> Any:
         with lock:
             if not state["done"]:
                 state["fired"] = True
-                _thread.interrupt_main()
+                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                else:  # another handler: leave it to decide (interrupt_main calls it, or does nothing)
+                    _thread.interrupt_main()
 
     threading.Thread(target=watch, name="embedpipe-ray-init-watch", daemon=True).start()
     try:
@@ -181,10 +188,9 @@ def _within(seconds: float, what: str, call: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         if not state["fired"]:
             raise
-        import ray
-
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        if cleanup is not None:
+            with contextlib.suppress(Exception):
+                cleanup()
         raise EmbedpipeError(f"cannot {what}: ray.init did not return in {seconds:g} s") from None
 
 
@@ -294,7 +300,14 @@ class RayEngine:
 
             return resolve_precision("auto", torch.device("cuda"))
 
-        return str(self.ray.get(probe.remote(), timeout=GPU_PROBE_TIMEOUT_S))
+        ref = probe.remote()
+        try:
+            return str(self.ray.get(ref, timeout=GPU_PROBE_TIMEOUT_S))
+        except self.ray.exceptions.GetTimeoutError:
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref, force=True)
+            raise EmbedpipeError(f"no GPU worker ran the precision probe in {GPU_PROBE_TIMEOUT_S} s (GPUs busy "
+                                 "with other work?); pass --precision explicitly to skip it") from None
 
     def size_pool(self, shards: int) -> Pool:
         """One actor per GPU (with that GPU's share of its node's CPUs); without GPUs, small CPU
