@@ -536,6 +536,7 @@ def test_a_run_that_cannot_start_stops_with_one_line(ray_cluster: str, digits_da
         assert "\n" not in line
         assert line.startswith("no shard finished in 5 s: waiting for 2 workers x 1 CPU on a cluster with "
                                "0 of 2 CPUs free"), line
+        assert "(held by other actors or tasks?); 0 of 2 workers of this run started;" in line, line
         assert "0 of 7 shards of this run finished and are kept: re-run the same command to resume" in line
         assert not list((tmp_path / "ray").glob("*/*/shards/*.h5"))
         deadline = time.monotonic() + DEADLINE_S  # the stopped run's pending actors go away

@@ -361,9 +361,11 @@ class RayEngine:
                 where += " (held by shard actors of other jobs: " + ", ".join(
                     f"{n} of job {j}{' whose driver is gone' if j in dead else ''}"
                     for j, n in sorted(others.items())) + ")"
-            elif free < (pool.gpus if pool.gpus else pool.cpus):
+            elif not mine and free < (pool.gpus if pool.gpus else pool.cpus):
                 where += " (held by other actors or tasks?)"
             where += f"; {mine} of {pool.actors} workers of this run started"
+            if mine:
+                where += " (a shard slower than the limit, or workers starved of CPU?)"
         except Exception:
             pass
         return (f"no shard finished in {waited_s:g} s: waiting for {need}{where}; {done} of {total} shards "
