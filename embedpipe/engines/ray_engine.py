@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import ipaddress
 import logging
 import os
 import queue
@@ -73,7 +74,6 @@ TIMEOUT_ENV = "EMBEDPIPE_RAY_TIMEOUT_S"  # overrides SHARD_TIMEOUT_S (seconds, >
 BACKSTOP_S = 60.0  # Ray Data's own no-progress guard fires this long after ours (if ours could not stop it)
 CLOSE_WAIT_S = 10.0  # after a timeout, how long the run waits for Ray Data's execution to stop
 LOOPBACK = "127.0.0.1"  # a local instance listens here only: Ray ports take work from whoever reaches them
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # a --ray-address on one of these stays on loopback
 SHARD_ACTOR = "ShardActor"  # in the class name Ray Data gives our actors: MapWorker(MapBatches(ShardActor))
 
 
@@ -113,7 +113,7 @@ def start_local_ray(num_cpus: int | None, **kwargs: Any) -> None:
             _node_ip_address=node["node_ip_address"], _system_config=node["_system_config"],
             **{"logging_level": logging.WARNING, **kwargs}), cleanup=ray.shutdown)
     ip = ray.util.get_node_ip_address()
-    if ip != LOOPBACK:
+    if not _is_loopback(ip):  # 127.0.0.1, or ::1 where Ray resolves "localhost" to IPv6
         ray.shutdown()
         raise EmbedpipeError(f"the local Ray instance came up on {ip}, not {LOOPBACK}: refusing to run a Ray "
                              "instance the network can reach; start one yourself and pass --ray-address")
@@ -125,7 +125,7 @@ def connect_ray(address: str, **kwargs: Any) -> None:
     ray = import_ray()
     _check_reachable(address)
     host = address.rpartition(":")[0].strip("[]") if ":" in address else address
-    with _loopback_kept() if host in LOOPBACK_HOSTS else contextlib.nullcontext():
+    with _loopback_kept() if _is_loopback(host) else contextlib.nullcontext():
         _within(INIT_TIMEOUT_S, f"join the Ray cluster at {address}",
                 lambda: ray.init(address=address, **{"logging_level": logging.WARNING, **kwargs}),
                 cleanup=ray.shutdown)
@@ -192,6 +192,13 @@ def _within(seconds: float, what: str, call: Callable[[], Any], cleanup: Callabl
             with contextlib.suppress(Exception):
                 cleanup()
         raise EmbedpipeError(f"cannot {what}: ray.init did not return in {seconds:g} s") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def shard_timeout_s() -> float:
