@@ -6,7 +6,7 @@ same backbone, same shards. Writes benchmarks/results/scale.csv and scale.md.
 
 Variants, each in its own subprocess with a fresh cache directory:
   local   run_extract(engine="local"), the default engine
-  ray     a local Ray instance (ray.init(num_cpus=<cores>)), one actor pool sized from it
+  ray     a local Ray instance (the engine's start_local_ray(<cores>)), one actor pool sized from it
   ray-Nn  ray.cluster_utils.Cluster: N worker nodes on this machine sharing its cores (head: 0 CPUs)
 Ray start-up (ray.init, or starting the simulated cluster) is timed apart from the extraction:
 ``seconds`` is run_extract's wall time (planning, actor start, embedding, writing), ``ray_start_s``
@@ -38,19 +38,20 @@ def child(variant: str, args: argparse.Namespace, cache_dir: str) -> dict[str, o
     t0 = time.perf_counter()
     engine, cluster = "local", None
     if variant != "local":
-        import ray
+        # the engine's own start-up: 127.0.0.1 only, workers at the driver's priority
+        from embedpipe.engines.ray_engine import connect_ray, local_node_args, start_local_ray
 
         engine = "ray"
         cores = os.cpu_count() or 1
         if variant == "ray":
-            ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level="WARNING")
+            start_local_ray(cores)
         else:
             from ray.cluster_utils import Cluster
 
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+            cluster = Cluster(initialize_head=True, head_node_args={**local_node_args(), "num_cpus": 0})
             for _ in range(args.nodes):
-                cluster.add_node(num_cpus=max(1, cores // args.nodes))
-            ray.init(address=cluster.address, logging_level="WARNING")
+                cluster.add_node(num_cpus=max(1, cores // args.nodes), **local_node_args(head=False))
+            connect_ray(cluster.address)
     ray_start_s = time.perf_counter() - t0
     cache, stats = run_extract(source, args.backbone, cache_dir=cache_dir, progress=False, engine=engine,
                                shard_size=args.shard_size, batch_size=args.batch_size)

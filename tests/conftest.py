@@ -29,6 +29,15 @@ if _XDIST_WORKERS > 1:  # in case a plugin imported torch before this file: tell
 
 TINY_TIMM = "timm:test_efficientnet"
 TINY_CLIP = "open_clip:embedpipe-tiny-vit"
+# Every test has a timeout (pytest-timeout: 300 s by default, pyproject.toml); those marked slow get
+# this unless they set their own with @pytest.mark.timeout(N).
+SLOW_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
