@@ -39,7 +39,7 @@ def child(variant: str, args: argparse.Namespace, cache_dir: str) -> dict[str, o
     engine, cluster = "local", None
     if variant != "local":
         # the engine's own start-up: 127.0.0.1 only, workers at the driver's priority
-        from embedpipe.engines.ray_engine import connect_ray, local_node_args, start_local_ray
+        from embedpipe.engines.ray_cluster import connect_ray, local_node_args, start_local_ray
 
         engine = "ray"
         cores = os.cpu_count() or 1

@@ -37,7 +37,7 @@ from .core.provenance import library_versions
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.sources import Record
 from .engines import Engine, ExecutorOptions, ExtractJob, ExtractStats, LocalEngine, check_engine
-from .engines.ray_engine import RayEngine
+from .engines.ray import RayEngine
 from .extraction.decode import DecodeOptions
 from .extraction.defaults import default_batch_size
 from .extraction.embed import BatchDecoder, gpu_decoder

@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 from conftest import TINY_TIMM, make_image_folder
 
-from embedpipe.engines.ray_engine import TIMEOUT_ENV, BoundedRows, StalledError, shard_timeout_s
-from embedpipe.errors import EmbedpipeError
+from embedpipe.core.errors import EmbedpipeError
+from embedpipe.engines.ray import TIMEOUT_ENV, BoundedRows, StalledError, shard_timeout_s
 from embedpipe.extract import run_extract
 
 try:
@@ -69,7 +69,7 @@ def ray_timeout() -> Iterator[None]:
 def ray_cluster() -> Iterator[str]:
     """A local Ray instance shared by this module's tests, started as the engine starts one
     (127.0.0.1 only); yields its address."""
-    from embedpipe.engines.ray_engine import start_local_ray
+    from embedpipe.engines.ray_cluster import start_local_ray
 
     assert ray is not None
     started = not ray.is_initialized()
@@ -214,7 +214,7 @@ def test_actor_sizing(ray_cluster: str) -> None:
     """CPU-only nodes get 1-CPU actors by default (2 on this 2-CPU instance); --ray-cpus-per-worker
     overrides it, and an impossible size is one clear error."""
     from embedpipe.core.errors import EmbedpipeError
-    from embedpipe.engines.ray_engine import Pool, RayEngine
+    from embedpipe.engines.ray import Pool, RayEngine
 
     options = {"device": "cpu"}
     assert RayEngine(None, options).size_pool(5) == Pool(2, 1, 0)
@@ -306,7 +306,7 @@ MULTI_NODE = """
 import json, os, sys
 import ray
 from ray.cluster_utils import Cluster
-from embedpipe.engines.ray_engine import local_node_args
+from embedpipe.engines.ray_cluster import local_node_args
 from embedpipe.extract import run_extract
 
 cluster = Cluster(initialize_head=True, head_node_args={**local_node_args(), "num_cpus": 0})
@@ -458,7 +458,7 @@ def test_local_instance_listens_on_loopback_only(ray_cluster: str) -> None:
 
 
 def test_shard_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedpipe.engines.ray_engine import SHARD_TIMEOUT_S
+    from embedpipe.engines.ray import SHARD_TIMEOUT_S
 
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)
     assert shard_timeout_s() == SHARD_TIMEOUT_S
@@ -472,7 +472,7 @@ def test_shard_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
 def test_a_call_that_does_not_return_is_interrupted() -> None:
     """What bounds ray.init: the call is interrupted after its time, with one line, and cleaned up."""
-    from embedpipe.engines.ray_engine import _within
+    from embedpipe.engines.ray_cluster import _within
 
     cleaned: list[bool] = []
     t0 = time.monotonic()

@@ -13,9 +13,8 @@ class EmbedpipeError(Exception):
 
 
 def first_line(e: BaseException, limit: int | None = None) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
-    text = str(e)
-    line = text.splitlines()[0] if text.strip() else type(e).__name__
+    """The first non-blank line of an exception's message, or its type's name when it has none."""
+    line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
     return line[:limit] if limit is not None else line
 
 

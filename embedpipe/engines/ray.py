@@ -20,186 +20,45 @@ saying what it waited for. The run itself: when no shard finishes for ``SHARD_TI
 autoscales slowly), counted from the start and from each finished shard, the run stops with e.g.
 "no shard finished in 600 s: waiting for 2 workers x 1 CPU on a cluster with 0 of 2 CPUs free ...";
 Ray Data's execution is shut down (its own no-progress guard, set ``BACKSTOP_S`` later, is the
-fallback), finished shards are kept and the same command resumes. Starting or joining Ray is bounded
-by ``INIT_TIMEOUT_S`` (``ray.init``; plus the connection attempt under way when it runs out) and,
-for an address, ``CONNECT_TIMEOUT_S`` (TCP); the GPU probe by ``GPU_PROBE_TIMEOUT_S``.
-
-A local instance (no address) is started by ``start_local_ray``, the one place that says how (the
-tests and benchmarks use it too): it listens on 127.0.0.1 only (node IP 127.0.0.1: gcs_server,
-raylet, object manager, workers and agents bind loopback; no dashboard), since whoever reaches a Ray
-port can submit work to it; and its workers run at the driver's priority (Ray's default niceness 15
-let any busy process on the machine starve them: minutes per actor start-up under two busy loops,
-where the local engine competes as an equal). A loopback ``--ray-address`` stays loopback
-(``connect_ray``); joining a real cluster changes nothing on it.
+fallback), finished shards are kept and the same command resumes. The GPU probe is bounded by
+``GPU_PROBE_TIMEOUT_S``; starting or joining Ray (on loopback only, for a local instance) is
+``engines/ray_cluster.py``'s job.
 
 Ray is an optional extra: this module imports it only inside functions.
 """
 
 from __future__ import annotations
 
-import _thread
 import contextlib
-import ipaddress
-import logging
 import os
 import queue
 import re
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from ..cache import shard_name
-from ..core.errors import EmbedpipeError
+from ..core.errors import EmbedpipeError, first_line
+from ..core.log import get_logger, level
 from .base import ExtractJob, ExtractStats
-from .shard_runner import ShardContext, ShardRunner, file_mtime
+from .ray_cluster import _quiet_ray, connect_ray, import_ray, start_local_ray
+from .shard_runner import ShardContext, ShardRunner
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
-RAY_MISSING = 'the Ray engine needs Ray: pip install "embedpipe[ray]"'
 ALIVE_POLL_S = 2.0  # how often the progress bar asks the cluster how many workers are alive
-CONNECT_TIMEOUT_S = 5.0  # a --ray-address host:port must accept a TCP connection within this
-INIT_TIMEOUT_S = 120.0  # ray.init (start a local instance, or join a cluster) must return within this
 GPU_PROBE_TIMEOUT_S = 300  # waiting for a GPU to resolve precision "auto" on the cluster
 CPU_ACTORS_PER_NODE = 8  # CPU-only nodes: 1-CPU actors up to this many CPUs, then larger actors
 SHARD_TIMEOUT_S = 600.0  # no shard finished for this long: stop, saying what the run waits for
 TIMEOUT_ENV = "EMBEDPIPE_RAY_TIMEOUT_S"  # overrides SHARD_TIMEOUT_S (seconds, > 0)
 BACKSTOP_S = 60.0  # Ray Data's own no-progress guard fires this long after ours (if ours could not stop it)
 CLOSE_WAIT_S = 10.0  # after a timeout, how long the run waits for Ray Data's execution to stop
-LOOPBACK = "127.0.0.1"  # a local instance listens here only: Ray ports take work from whoever reaches them
 SHARD_ACTOR = "ShardActor"  # in the class name Ray Data gives our actors: MapWorker(MapBatches(ShardActor))
-
-
-def import_ray() -> Any:
-    """``ray`` with Ray Data, or one line saying how to install it."""
-    try:
-        import ray
-        import ray.data  # the engine needs Ray Data, not only Ray core
-    except ImportError:
-        raise EmbedpipeError(RAY_MISSING) from None
-    return ray
-
-
-def local_node_args(head: bool = True) -> dict[str, Any]:
-    """Arguments of a Ray node started on this machine (``ray.cluster_utils.Cluster``'s
-    ``head_node_args``, or ``add_node(**local_node_args(head=False))``): node IP 127.0.0.1, so that
-    gcs_server, raylet, object manager and workers listen on loopback only; no dashboard; workers at
-    the driver's priority (a system config: set on the head, the other nodes get it from there)."""
-    args: dict[str, Any] = {"node_ip_address": LOOPBACK, "include_dashboard": False}
-    if head:
-        args["_system_config"] = {"worker_niceness": 0}
-    return args
-
-
-def start_local_ray(num_cpus: int | None, **kwargs: Any) -> None:
-    """``ray.init`` of a new local instance that listens on 127.0.0.1 only (``local_node_args``).
-
-    The one place that starts Ray on this machine: the engine without an address, the tests and the
-    benchmarks call it. The node's address is checked afterwards: an instance the network could reach
-    is shut down, never used. Bounded by ``INIT_TIMEOUT_S``."""
-    ray = import_ray()
-    node = local_node_args()
-    with _loopback_kept():
-        _within(INIT_TIMEOUT_S, "start a local Ray instance", lambda: ray.init(
-            address="local",  # never join a stray instance
-            num_cpus=num_cpus, include_dashboard=node["include_dashboard"],
-            _node_ip_address=node["node_ip_address"], _system_config=node["_system_config"],
-            **{"logging_level": logging.WARNING, **kwargs}), cleanup=ray.shutdown)
-    ip = ray.util.get_node_ip_address()
-    if not _is_loopback(ip):  # 127.0.0.1, or ::1 where Ray resolves "localhost" to IPv6
-        ray.shutdown()
-        raise EmbedpipeError(f"the local Ray instance came up on {ip}, not {LOOPBACK}: refusing to run a Ray "
-                             "instance the network can reach; start one yourself and pass --ray-address")
-
-
-def connect_ray(address: str, **kwargs: Any) -> None:
-    """``ray.init(address)``: join a running cluster, in at most CONNECT_TIMEOUT_S (TCP) +
-    INIT_TIMEOUT_S. A loopback address (a local instance, a simulated cluster) stays loopback."""
-    ray = import_ray()
-    _check_reachable(address)
-    host = address.rpartition(":")[0].strip("[]") if ":" in address else address
-    with _loopback_kept() if _is_loopback(host) else contextlib.nullcontext():
-        _within(INIT_TIMEOUT_S, f"join the Ray cluster at {address}",
-                lambda: ray.init(address=address, **{"logging_level": logging.WARNING, **kwargs}),
-                cleanup=ray.shutdown)
-
-
-@contextlib.contextmanager
-def _loopback_kept() -> Iterator[None]:
-    """While Ray starts or joins: keep 127.0.0.1 as the node's and the GCS's address. ``ray.init``
-    replaces a loopback address by the host's outward one (so that other machines could join) unless
-    Ray believes multi-node clusters are off (ray._private.ray_constants.ENABLE_RAY_CLUSTER, read at
-    call time); then a loopback-only GCS would be looked for on the outward address and never found."""
-    try:
-        from ray._private import ray_constants  # private: another Ray layout just skips this
-    except ImportError:
-        yield
-        return
-    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-    if saved is None:
-        yield
-        return
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-def _within(seconds: float, what: str, call: Callable[[], Any], cleanup: Callable[[], Any] | None = None) -> Any:
-    """``call()``, interrupted after ``seconds`` with one line saying what did not finish (after
-    ``cleanup()``, e.g. ``ray.shutdown`` of whatever Ray had half set up).
-
-    Only the main thread can be interrupted: SIGINT sent to it (when Python's own handler is installed)
-    ends a blocking sleep or wait at once and raises KeyboardInterrupt at the next Python instruction
-    (e.g. between Ray's connection retries); elsewhere, or under another SIGINT handler, Ray's own
-    retry limits apply."""
-    if threading.current_thread() is not threading.main_thread():
-        return call()
-    lock, state = threading.Lock(), {"done": False, "fired": False}
-
-    def watch() -> None:
-        time.sleep(seconds)
-        with lock:
-            if not state["done"]:
-                state["fired"] = True
-                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                else:  # another handler: leave it to decide (interrupt_main calls it, or does nothing)
-                    _thread.interrupt_main()
-
-    threading.Thread(target=watch, name="embedpipe-ray-init-watch", daemon=True).start()
-    try:
-        try:
-            result = call()
-        finally:
-            with lock:
-                state["done"] = True
-        if state["fired"]:  # it fired as the call returned: its interrupt is due now
-            time.sleep(1.0)
-        return result
-    except KeyboardInterrupt:
-        if not state["fired"]:
-            raise
-        if cleanup is not None:
-            with contextlib.suppress(Exception):
-                cleanup()
-        raise EmbedpipeError(f"cannot {what}: ray.init did not return in {seconds:g} s") from None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def shard_timeout_s() -> float:
@@ -239,10 +98,10 @@ class ShardActor:
     """One Ray Data map worker: a loaded backbone, then shard after shard."""
 
     def __init__(self, ctx: ShardContext, cpus: int) -> None:
-        import ray
+        import ray  # the optional extra, on the worker
         import torch
 
-        if ctx.backbone.device == "cpu":
+        if ctx.device == "cpu":
             torch.set_num_threads(max(1, cpus))  # Ray sets OMP_NUM_THREADS too; torch may have read it late
         self.runner = ShardRunner(ctx, max(1, cpus))
         self.node = ray.get_runtime_context().get_node_id()
@@ -265,7 +124,7 @@ class RayEngine:
 
     def __init__(self, address: str | None, bb_options: dict[str, Any], cpus_per_worker: int | None = None) -> None:
         if cpus_per_worker is not None and cpus_per_worker < 1:
-            raise EmbedpipeError(f"--ray-cpus-per-worker must be at least 1, got {cpus_per_worker}")
+            raise EmbedpipeError(f"ray_cpus_per_worker must be at least 1, got {cpus_per_worker}")
         self.cpus_per_worker = cpus_per_worker
         self.ray = import_ray()
         _quiet_ray()
@@ -278,12 +137,11 @@ class RayEngine:
                     start_local_ray(os.cpu_count())
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise EmbedpipeError(f"cannot {where}: {first}") from None
+                raise EmbedpipeError(f"cannot {where}: {first_line(e)}") from None
         device = str(bb_options.get("device", "auto"))
         self.use_gpu = device != "cpu" and self._cluster_gpus() > 0
         if device.startswith("cuda") and not self.use_gpu:
-            raise EmbedpipeError(f"device {device!r} requested but the Ray cluster has no GPUs; use --device cpu")
+            raise EmbedpipeError(f"device {device!r} requested but the Ray cluster has no GPUs; use device='cpu'")
         self.worker_device = "cuda" if self.use_gpu else "cpu"
         options = dict(bb_options)
         if self.use_gpu and options.get("precision", "auto") == "auto":
@@ -302,9 +160,9 @@ class RayEngine:
     def _gpu_precision(self) -> str:
         @self.ray.remote(num_gpus=1)
         def probe() -> str:
-            import torch
+            import torch  # on a GPU worker of the cluster
 
-            from embedpipe.backbones.base import resolve_precision
+            from embedpipe.core.device import resolve_precision
 
             return resolve_precision("auto", torch.device("cuda"))
 
@@ -315,7 +173,7 @@ class RayEngine:
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
             raise EmbedpipeError(f"no GPU worker ran the precision probe in {GPU_PROBE_TIMEOUT_S} s (GPUs busy "
-                                 "with other work?); pass --precision explicitly to skip it") from None
+                                 "with other work?); set precision='bf16' (or fp16, fp32) to skip it") from None
 
     def size_pool(self, shards: int) -> Pool:
         """One actor per GPU (with that GPU's share of its node's CPUs); without GPUs, small CPU
@@ -337,7 +195,7 @@ class RayEngine:
             raise EmbedpipeError("the Ray cluster has no CPUs to run on; start nodes with `ray start`")
         per = self.cpus_per_worker or max(1, -(-min(cpu_counts) // CPU_ACTORS_PER_NODE))
         if per > max(cpu_counts):
-            raise EmbedpipeError(f"--ray-cpus-per-worker {per} is more than any node has ({max(cpu_counts)} CPUs)")
+            raise EmbedpipeError(f"ray_cpus_per_worker={per} is more than any node has ({max(cpu_counts)} CPUs)")
         return Pool(max(1, min(sum(c // per for c in cpu_counts), shards)), per, 0)
 
     def alive_workers(self) -> int | None:
@@ -381,29 +239,39 @@ class RayEngine:
                 f"{TIMEOUT_ENV}=SECONDS)")
 
     # -- the run -------------------------------------------------------------------------------
-    def fill_shards(
-        self, source: Any, records: list[Any], bb: Any, layers: list[str], config: Any, path: Path,
-        key: str, plans: list[Any], opts: Any, decoder: Any, progress: bool,
-    ) -> RayExtractStats:
-        stats = RayExtractStats(str(path), len(records), 0, 0, 0, 0.0, 0.0, 0)
-        if not plans:
+    name = "ray"
+
+    def fill(self, job: ExtractJob) -> RayExtractStats:
+        """Compute the job's shards on the actor pool, one shard per task; every wait is bounded."""
+        stats = RayExtractStats(str(job.path), len(job.records))
+        if not job.plans:
             return stats
-        pending = [p.index for p in plans]
-        ctx = ShardContext(
-            source=source, records=records, backbone=replace(bb.config, device=self.worker_device),
-            fingerprint=bb.fingerprint, layers=layers, dtype=config.dtype, jpeg_draft=opts.draft,
-            gpu_decode=decoder is not None, num_workers=config.num_workers, path=path, key=key,
-            plans={p.index: p for p in plans},
-            planned_files={p.index: file_mtime(path / shard_name(p.index)) for p in plans})
-        stats.reused = sum(len(p.copy) for p in plans)
-        n_compute = sum(ctx.to_compute(s) for s in pending)
+        pending = [p.index for p in job.plans]
+        stats.reused = sum(len(p.copy) for p in job.plans)
         pool = self.size_pool(len(pending))
         stats.workers = pool.actors
+        shards = self._dataset(ShardContext.of(job, self.worker_device), pending, pool)
+        timeout = shard_timeout_s()
+        if hasattr(shards.context, "execution_no_progress_timeout_s"):  # Ray Data's own guard: a backstop
+            shards.context.execution_no_progress_timeout_s = timeout + BACKSTOP_S
+        t0 = time.perf_counter()
+        self._consume(BoundedRows(shards, timeout), job, stats, pool, timeout)
+        elapsed = time.perf_counter() - t0
+        stats.images_per_s = job.to_compute / elapsed if elapsed > 0 and job.to_compute else 0.0
+        stats.nodes = len({e["node"] for e in stats.shard_log})
+        pids = len({(e["node"], e["pid"]) for e in stats.shard_log})
+        _logger.log(level(job.progress),
+                    f"ray: {len(pending)} shards on {pool.actors} workers x {pool.cpus} CPU{'s' * (pool.cpus != 1)}"
+                    f"{f' + {pool.gpus} GPU' if pool.gpus else ''} across {stats.nodes} node(s)"
+                    f"{f'; {pids - pool.actors} worker restarts' if pids > pool.actors else ''}")
+        return stats
+
+    def _dataset(self, ctx: ShardContext, pending: list[int], pool: Pool) -> Any:
+        """Ray Data's actor-pool pattern over the pending shards: one row, one block, one file each."""
         ray = self.ray
-        data_context = ray.data.DataContext.get_current()
-        data_context.enable_progress_bars = False  # ours is the one bar
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the one bar
         data = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
-        shards = data.map_batches(
+        return data.map_batches(
             ShardActor,
             batch_size=1,  # one row = one shard = one file
             compute=ray.data.ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=1),
@@ -411,15 +279,16 @@ class RayEngine:
             num_cpus=pool.cpus,
             num_gpus=pool.gpus,
         )
-        timeout = shard_timeout_s()
-        if hasattr(shards.context, "execution_no_progress_timeout_s"):  # Ray Data's own guard: a backstop
-            shards.context.execution_no_progress_timeout_s = timeout + BACKSTOP_S
-        t0 = time.perf_counter()
+
+    def _consume(self, rows: BoundedRows, job: ExtractJob, stats: RayExtractStats, pool: Pool,
+                 timeout: float) -> None:
+        """Read one row per finished shard into ``stats`` under the progress bar; a stall, an error or
+        Ctrl-C shuts the execution down and ends in one line (finished shards are kept)."""
+        total = len(job.plans)
         alive, polled = self.alive_workers(), time.monotonic()
-        with tqdm(total=n_compute, unit="img", desc=f"extract {source.name} on ray", disable=not progress,
-                  dynamic_ncols=True, file=sys.stderr) as bar:
-            bar.set_postfix(shards=f"0/{len(pending)}", workers=alive)
-            rows = BoundedRows(shards, timeout)
+        with tqdm(total=job.to_compute, unit="img", desc=f"extract {job.source.name} on ray",
+                  disable=not job.progress, dynamic_ncols=True, file=sys.stderr) as bar:
+            bar.set_postfix(shards=f"0/{total}", workers=alive)
             try:
                 for row in rows:
                     entry = {k: _plain(row[k]) for k in ("shard", "node", "pid", "computed", "failed", "seconds")}
@@ -429,37 +298,19 @@ class RayEngine:
                     if time.monotonic() - polled > ALIVE_POLL_S:
                         alive, polled = self.alive_workers(), time.monotonic()
                     bar.update(entry["computed"])
-                    bar.set_postfix(shards=f"{len(stats.shard_log)}/{len(pending)}", workers=alive,
+                    bar.set_postfix(shards=f"{len(stats.shard_log)}/{total}", workers=alive,
                                     **({"skipped": stats.failed} if stats.failed else {}))
             except StalledError as e:
                 rows.close()
-                raise EmbedpipeError(self.describe_wait(pool, e.waited_s, len(stats.shard_log), len(pending))) from None
+                raise EmbedpipeError(self.describe_wait(pool, e.waited_s, len(stats.shard_log), total)) from None
             except Exception as e:
                 rows.close()
                 if type(e).__name__ == "ExecutionTimeoutError":  # Ray Data's guard came first
-                    raise EmbedpipeError(self.describe_wait(pool, timeout, len(stats.shard_log), len(pending))) from None
+                    raise EmbedpipeError(self.describe_wait(pool, timeout, len(stats.shard_log), total)) from None
                 raise _as_error(e) from None
             except BaseException:  # KeyboardInterrupt: stop the execution too, then let it through
                 rows.close()
                 raise
-        elapsed = time.perf_counter() - t0
-        stats.images_per_s = n_compute / elapsed if elapsed > 0 and n_compute else 0.0
-        stats.nodes = len({e["node"] for e in stats.shard_log})
-        if progress:
-            pids = len({(e["node"], e["pid"]) for e in stats.shard_log})
-            print(f"ray: {len(pending)} shards on {pool.actors} workers x {pool.cpus} CPU{'s' * (pool.cpus != 1)}"
-                  f"{f' + {pool.gpus} GPU' if pool.gpus else ''} across {stats.nodes} node(s)"
-                  f"{f'; {pids - pool.actors} worker restarts' if pids > pool.actors else ''}", file=sys.stderr)
-        return stats
-
-    name = "ray"
-
-    def fill(self, job: ExtractJob) -> RayExtractStats:
-        """The Engine interface (engines/base.py) over ``fill_shards``."""
-        ex = job.executor
-        options = SimpleNamespace(dtype=job.dtype, num_workers=ex.num_workers)
-        return self.fill_shards(job.source, list(job.records), ex.backbone, list(ex.layers), options, job.path,
-                                job.key, list(job.plans), ex.decode, ex.decoder, job.progress)
 
 
 class StalledError(Exception):
@@ -521,7 +372,7 @@ class BoundedRows:
 
 def _shard_actors() -> list[dict[str, Any]]:
     """The cluster's shard actors (every job's): ActorID, State, JobID, Pid. Private API: may raise."""
-    from ray._private import state
+    from ray._private import state  # private API, the optional extra: callers tolerate its failure
 
     return [{"ActorID": str(a.get("ActorID")), "State": str(a.get("State")), "JobID": str(a.get("JobID")),
              "Pid": a.get("Pid")}
@@ -530,7 +381,7 @@ def _shard_actors() -> list[dict[str, Any]]:
 
 def _dead_jobs() -> set[str]:
     """Ids of the jobs whose driver has exited. Private API: may raise."""
-    from ray._private import state
+    from ray._private import state  # private API, the optional extra: callers tolerate its failure
 
     return {str(j.get("JobID")) for j in state.jobs() if j.get("IsDead")}
 
@@ -545,27 +396,7 @@ def _as_error(e: BaseException) -> EmbedpipeError:
     ours = re.search(r"EmbedpipeError: (.+)", text)
     if ours:
         return EmbedpipeError(ours.group(1).strip())
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-    return EmbedpipeError(f"the Ray run failed ({type(e).__name__}: {first[:300]}); finished shards are "
+    return EmbedpipeError(f"the Ray run failed ({type(e).__name__}: {first_line(e).strip()[:300]}); finished shards are "
                           "kept, re-run the same command to resume")
 
 
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes of Ray's own retries, when a host:port address does not answer."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return  # "auto", ray://... : left to Ray
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        raise EmbedpipeError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
-                             "`ray start --head` there, or leave out --ray-address for a local instance") from None
-
-
-def _quiet_ray() -> None:
-    """Ray Data's own progress bars and INFO lines off: the driver shows one bar and one summary."""
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
