@@ -1,4 +1,5 @@
-"""source -> loader -> backbone -> cache writer.
+"""The public extraction verb: resolve the data and the backbone, make the cache's identity and plan,
+then hand an ``ExtractJob`` to an engine (``engines/``: local or Ray), which runs the stages.
 
 ``extract(data, backbone)`` embeds a dataset once into ``cache/<dataset>/<backbone>-<key>/`` and
 returns the Cache. An identical second call reuses it without loading images; an interrupted call

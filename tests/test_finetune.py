@@ -43,7 +43,10 @@ def test_tail_reproduces_the_backbone(tiny_timm_weights: str) -> None:
         np.testing.assert_allclose(pooled.numpy(), out["pooled"], rtol=1e-4, atol=1e-4)
 
 
-def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path, capsys, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # no stderr handler (an earlier progress=True call in this process may have added embedpipe's):
+    # whatever reaches stderr now was printed, not logged
+    monkeypatch.setattr(logging.getLogger("embedpipe"), "handlers", [])
     with caplog.at_level(logging.INFO, logger="embedpipe.heads.finetune"):
         result = train(map_cache, "finetune", layer=LAYER, out=tmp_path / "ft.npz", epochs=6, unfreeze=2,
                        augment="crop,flip,mixup", random_state=0, verbose=True)
