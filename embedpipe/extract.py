@@ -139,6 +139,19 @@ def run_extract(
     source = resolve_source(data, signature=config.signature)
     records, label_names = prepare_records(source, config.split)
     runner, bb_options = _engine(engine, ray_address, ray_cpus_per_worker, bb_options)
+    try:
+        return _run(runner, source, records, label_names, backbone, bb_options, config, cache_dir,
+                    decoder, progress, t0)
+    finally:
+        runner.close()
+
+
+def _run(runner: Engine, source: Source, records: list[Record], label_names: list[str],
+         backbone: str | Backbone, bb_options: dict[str, Any], config: ExtractConfig,
+         cache_dir: str | Path, decoder: BatchDecoder | None, progress: bool,
+         t0: float) -> tuple[Cache, ExtractStats]:
+    """Build the backbone, fix the cache's identity, write its metadata when new, plan, and let the
+    engine fill the shards (under the cache's writer lock)."""
     bb = _backbone(backbone, bb_options)
     layers = bb.check_layers(config.layers)
     opts = DecodeOptions(bb.pixel_preprocess, bb.transform, config.jpeg_draft)

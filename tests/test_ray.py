@@ -306,7 +306,7 @@ MULTI_NODE = """
 import json, os, sys
 import ray
 from ray.cluster_utils import Cluster
-from embedpipe.engines.ray_cluster import local_node_args
+from embedpipe.engines.ray_cluster import connect_ray, local_node_args
 from embedpipe.extract import run_extract
 
 cluster = Cluster(initialize_head=True, head_node_args={**local_node_args(), "num_cpus": 0})
@@ -315,6 +315,7 @@ for i in range(3):
 data, weights, cache_dir, tests = sys.argv[1:5]
 sys.path.insert(0, tests)
 from test_ray import exposed_listeners
+connect_ray(cluster.address)  # this script's own connection: the engine leaves it open (ray.nodes() below)
 try:
     cache, stats = run_extract(data, "timm:test_efficientnet", weights=weights, cache_dir=cache_dir,
                                engine="ray", ray_address=cluster.address, progress=False, precision="fp32",

@@ -76,6 +76,9 @@ class Engine(Protocol):
 
     def fill(self, job: ExtractJob) -> ExtractStats: ...
 
+    def close(self) -> None:
+        """Release what the engine holds (a Ray connection it opened); called once the run ends."""
+
 
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:

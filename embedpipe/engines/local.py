@@ -97,6 +97,9 @@ class LocalEngine:
 
     name = "local"
 
+    def close(self) -> None:
+        """Nothing to release: the decoding processes end with each run."""
+
     def fill(self, job: ExtractJob) -> ExtractStats:
         stats = ExtractStats(str(job.path), len(job.records))
         if not job.plans:

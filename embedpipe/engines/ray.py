@@ -129,7 +129,8 @@ class RayEngine:
         self.ray = import_ray()
         _quiet_ray()
         address = address or os.environ.get("RAY_ADDRESS") or None
-        if not self.ray.is_initialized():  # an existing connection in this process is reused
+        self.owns_connection = not self.ray.is_initialized()  # an existing connection is reused, and kept
+        if self.owns_connection:
             try:
                 if address:
                     connect_ray(address)
@@ -240,6 +241,12 @@ class RayEngine:
 
     # -- the run -------------------------------------------------------------------------------
     name = "ray"
+
+    def close(self) -> None:
+        """Leave the cluster (and stop a local instance) when this engine joined or started it: the
+        run's actors and Ray Data's threads end here, not in the interpreter's exit handlers."""
+        if self.owns_connection and self.ray.is_initialized():
+            self.ray.shutdown()
 
     def fill(self, job: ExtractJob) -> RayExtractStats:
         """Compute the job's shards on the actor pool, one shard per task; every wait is bounded."""
