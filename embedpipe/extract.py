@@ -163,7 +163,6 @@ def _run(runner: Engine, source: Source, records: list[Record], label_names: lis
         config = replace(config, batch_size=default_batch_size(bb.device))
     key = cache_key(fkey, manifest_digest(records))
     path = cache_path(cache_dir, source.name, bb.spec, key)
-    _logger.log(level(progress), size_estimate_line(bb, layers, config.dtype, len(records)))
 
     with exclusive(path / ".lock", str(path)):
         existing = read_meta(path) if (path / "meta.h5").is_file() else None
@@ -176,6 +175,8 @@ def _run(runner: Engine, source: Source, records: list[Record], label_names: lis
                 source, bb, layers, config, key, fkey, len(records), n_shards, decode_path))
         assert config.batch_size is not None
         plans = plan_shards(records, path, key, fkey, size, config.batch_size)
+        if plans:  # a re-run with nothing to compute says only that the cache is up to date
+            _logger.log(level(progress), size_estimate_line(bb, layers, config.dtype, len(records)))
         job = ExtractJob(tuple(plans), source, tuple(records),
                          ExecutorOptions(bb, tuple(layers), opts, decoder, config.num_workers),
                          path, key, config.dtype, progress)

@@ -41,6 +41,10 @@ def test_map_cache_round_trip_and_info(image_folder: Path, tiny_timm_weights: st
     shape = cache.shapes["block1:map"]
     per_row = 2 * cache.dims["pooled"] + 2 * int(np.prod(shape))
     assert f"cache size estimate: 24 rows x {per_row:,} B/row" in err
+    again, _ = run_extract(str(image_folder), TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "c",
+                           num_workers=0, precision="fp32", shard_size=10, layers=("pooled", "block1:map"))
+    err = capsys.readouterr().err
+    assert again.path == cache.path and "size estimate" not in err and "cache up to date" in err
     X, y = cache.load("train", "block1:map")
     assert X.shape == (len(y), *shape) and X.dtype == np.float32
     blocks = list(cache.iter_blocks(None, "block1:map"))
