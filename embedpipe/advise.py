@@ -58,7 +58,7 @@ CASES = {
 @dataclass
 class LayerScore:
     layer: str
-    depth: int  # 0 = earliest block; pooled is the deepest
+    depth: int | None  # k of block<k> (0 = earliest); None for pooled, which comes after every block
     dim: int
     knn_val: float | None
     logreg_val: float | None
@@ -99,7 +99,7 @@ def decide(ev: Evidence) -> dict[str, Any]:
     earlier = [(n, a) for n, a in scores if n != "pooled"]
     gap = None
     if pooled is not None and earlier:
-        gap = max(a for _, a in earlier) - pooled
+        gap = round(max(a for _, a in earlier) - pooled, 4)  # the accuracies have 4 decimals
         different = gap >= GAP_DIFFERENT
         why = f"best earlier layer {'beats' if gap > 0 else 'trails'} pooled by {abs(gap):.3f} (threshold {GAP_DIFFERENT})"
     elif ev.entropy is not None:
@@ -142,7 +142,17 @@ def _entropy(cache: Any) -> float | None:
     P = np.exp(Z)
     P /= P.sum(axis=1, keepdims=True)
     H = -(P * np.log(np.clip(P, 1e-12, None))).sum(axis=1)
-    return float(H.mean() / np.log(Z.shape[1]))
+    return _acc(H.mean() / np.log(Z.shape[1]))  # a share of the maximum entropy: 4 decimals, as accuracies
+
+
+def _acc(value: float) -> float:
+    """An accuracy as measured: 4 decimals (float32 means such as 0.529411792755127 are 0.5294)."""
+    return round(float(value), 4)
+
+
+def _depth(layer: str) -> int | None:
+    """A layer's block index for the report; None for ``pooled`` (after every block)."""
+    return None if layer == "pooled" else depth(layer)
 
 
 def measure(cache: Any) -> Evidence:
@@ -160,11 +170,11 @@ def measure(cache: Any) -> Evidence:
         n_train, n_classes = len(ytr), len(np.unique(ytr))
         knn = lr = None
         if len(Xv):
-            knn = float(create_head("knn", n_neighbors=KNN_K).fit(Xtr, ytr).score(Xv, yv))
+            knn = _acc(create_head("knn", n_neighbors=KNN_K).fit(Xtr, ytr).score(Xv, yv))
             probe = create_head("logreg", Cs=QUICK_CS, refit=False, max_iter=QUICK_MAX_ITER)
             probe.fit(Xtr, ytr, eval_set=(Xv, yv))
-            lr = float(probe.best_val_score_) if probe.best_val_score_ is not None else None
-        sweep.append(LayerScore(layer, depth(layer), cache.dims[layer], knn, lr))
+            lr = _acc(probe.best_val_score_) if probe.best_val_score_ is not None else None
+        sweep.append(LayerScore(layer, _depth(layer), cache.dims[layer], knn, lr))
     return Evidence(str(cache.meta.get("dataset")), str(cache.backbone.get("spec")), n_train, n_classes,
                     n_train / max(1, n_classes), sweep, _entropy(cache))
 
@@ -180,7 +190,7 @@ def evidence_from_rows(rows: list[dict[str, Any]], dataset: str, backbone: str) 
         if r["head"] in ("logreg", "knn") and r.get("val_acc") not in (None, "") and "," not in str(r["layer"]):
             by_layer.setdefault(str(r["layer"]), {})[r["head"]] = float(r["val_acc"])
     n_train, n_classes = int(mine[0]["n_train"]), int(mine[0]["classes"])
-    sweep = [LayerScore(n, depth(n), 0, by_layer[n].get("knn"), by_layer[n].get("logreg"))
+    sweep = [LayerScore(n, _depth(n), 0, by_layer[n].get("knn"), by_layer[n].get("logreg"))
              for n in sweep_layers(list(by_layer))]
     return Evidence(dataset, backbone, n_train, n_classes, n_train / max(1, n_classes), sweep)
 

@@ -37,8 +37,12 @@ _logger = get_logger(__name__)
 COLUMNS = [
     "dataset", "backbone", "layer", "head", "shots", "seed", "settings", "status", "error",
     "val_acc", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "n_train", "classes",
-    "extract_img_s", "date", "machine", "device", "versions",
+    "chosen", "extract_img_s", "date", "machine", "device", "versions",
 ]
+# Columns that hold JSON text in the CSV (an object per cell) and numbers; ``json_rows`` decodes both.
+JSON_COLUMNS = ("chosen", "versions")
+INT_COLUMNS = ("shots", "seed", "n_train", "classes")
+FLOAT_COLUMNS = ("val_acc", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "extract_img_s")
 # A cell is finished only for the same settings: a digest of the backbone's weights file, the head's
 # hyperparameters and the extract options, so changing any of them re-runs the cell.
 CELL_KEY = ("dataset", "backbone", "layer", "head", "shots", "seed", "settings")
@@ -57,7 +61,7 @@ class BenchConfig:
     weights: dict[str, str] = field(default_factory=dict)  # backbone spec -> local weights file
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dataset -> heads not to run there
     extract: dict[str, Any] = field(default_factory=dict)  # extract options (batch_size, precision, ...)
-    cache_dir: str = "cache"
+    cache_dir: str | None = None  # cache root; None = $EMBEDPIPE_CACHE, else ~/.cache/embedpipe (core.paths)
     results_dir: str = "benchmarks/results"
     engine: str = "local"  # extraction engine: local, or ray (same caches, computed on a Ray cluster)
     ray_address: str | None = None  # Ray cluster to join; None = start a local Ray instance
@@ -231,9 +235,35 @@ class Bench:
                     "test_acc": _r(result.test_acc), "test_top5": _r(m.get("top5")),
                     "test_mean_per_class_recall": _r(m.get("mean_per_class_recall")),
                     "fit_s": round(result.fit_s, 3), "n_train": result.n_train, "classes": result.n_classes,
+                    "chosen": json.dumps(result.chosen, sort_keys=True) if result.chosen else "",
                     "extract_img_s": run.extract_img_s}
         except Exception as e:
             return self._failed(base, e, run.env)
+
+
+def json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CSV rows (all text) as typed values for ``--json``: numbers as numbers, empty cells as None,
+    the JSON columns (``chosen``: the hyperparameters each head chose on val; ``versions``) as objects."""
+    out = []
+    for row in rows:
+        typed: dict[str, Any] = {}
+        for key, value in row.items():
+            if value in ("", None):
+                typed[key] = None
+            elif key in JSON_COLUMNS and isinstance(value, str):
+                try:
+                    typed[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    typed[key] = value
+            elif key in INT_COLUMNS or key in FLOAT_COLUMNS:
+                try:
+                    typed[key] = int(value) if key in INT_COLUMNS else float(value)
+                except (TypeError, ValueError):
+                    typed[key] = value
+            else:
+                typed[key] = value
+        out.append(typed)
+    return out
 
 
 def _r(value: float | None) -> float | None:

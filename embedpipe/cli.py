@@ -11,6 +11,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .core.errors import EmbedpipeError
@@ -54,8 +55,10 @@ def parse_params(pairs: Sequence[str], heads: Sequence[str]) -> dict[str, dict[s
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    if args.json:
-        print(json.dumps(obj, default=str))  # ASCII: non-UTF-8 names come out as \u escapes
+    if args.json:  # plain JSON values, floats rounded to what they mean (table.json_ready)
+        from .table import json_ready  # start-up: each verb imports only what it runs
+
+        print(json.dumps(json_ready(obj)))  # ASCII: non-UTF-8 names come out as \u escapes
         return
     try:
         print(text)
@@ -71,7 +74,41 @@ def cmd_list(args: argparse.Namespace) -> None:
     from .heads import DESCRIPTIONS as HD
 
     table = {"backbones": BB, "heads": {**HD, **CLASSIFIER_DESCRIPTIONS}, "datasets": {n: "built-in" for n in list_datasets()}}[args.what]
+    if args.verbose and args.what == "heads":
+        heads = {name: {"description": table[name], "parameters": head_parameters(name)} for name in sorted(table)}
+        text = "\n\n".join(_head_text(name, h) for name, h in heads.items())
+        _emit(args, {"heads": heads}, f"{text}\n\nSet one with: embedpipe train --head NAME --param KEY=VALUE")
+        return
     _emit(args, {args.what: table}, "\n".join(f"{k:14s} {v}" for k, v in sorted(table.items())))
+
+
+def head_parameters(name: str) -> list[dict[str, Any]]:
+    """A head's hyperparameters from its class docstring's numpydoc "Parameters" section: name, type,
+    default (the value the class uses) and the first sentence of the description."""
+    from .core.docstrings import numpydoc_parameters  # start-up: imported by list -v alone
+    from .heads import classifier_class  # start-up: the head classes (and torch) only for list -v
+
+    cls = classifier_class(name)
+    defaults = cls().get_params()
+    return [{"name": p.name, "type": p.type, "default": defaults.get(p.name, p.default),
+             "description": p.description.replace("``", "")} for p in numpydoc_parameters(cls.__doc__)]
+
+
+def _head_text(name: str, head: dict[str, Any]) -> str:
+    params = head["parameters"]
+    rows = [(p["name"], _short(p["default"]), p["description"]) for p in params]
+    w0 = max((len(r[0]) for r in rows), default=0)
+    w1 = max((len(r[1]) for r in rows), default=0)
+    lines = [f"{name}: {head['description']}"]
+    lines += [f"  {n:{w0}s}  {d:{w1}s}  {text}" for n, d, text in rows]
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    """A default for one line: long tuples show their ends (Cs: 0.0001 ... 10000.0, 9 values)."""
+    if isinstance(value, tuple | list) and len(value) > 4:
+        return f"({value[0]!r}, ..., {value[-1]!r}; {len(value)} values)"
+    return repr(value)
 
 
 def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,15 +140,23 @@ def cmd_extract(args: argparse.Namespace) -> None:
     cache, stats = run_extract(args.data, args.backbone, cache_dir=args.cache_dir, progress=not args.quiet,
                                engine=args.engine, ray_address=args.ray_address,
                                ray_cpus_per_worker=args.ray_cpus_per_worker, **_extract_options(args))
-    _emit(args, {**cache.summary(), "stats": vars(stats)}, str(cache.path))
+    _emit(args, {**cache.summary(), "stats": vars(stats)}, str(cache.path))  # the path is absolute
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    if args.head_file:
+        if args.cache or args.verify:
+            raise EmbedpipeError("info takes --cache (with --verify) or --head-file, not both")
+        _head_file_info(args)
+        return
+    if not args.cache:
+        raise EmbedpipeError("info needs --cache DIR (a cache folder printed by extract) or --head-file FILE")
     from .cache import (  # start-up: each verb imports only what it runs
         open_cache,
         verify_cache,
         verify_message,
     )
+    from .table import format_table
 
     if args.verify and (problems := verify_cache(args.cache)):
         raise EmbedpipeError(verify_message(args.cache, problems))
@@ -121,10 +166,69 @@ def cmd_info(args: argparse.Namespace) -> None:
         brief["verified"] = f"all {cache.n_shards} shards read in full; " + (
             "every checksum matches" if cache.checksummed
             else "written without checksums by an older embedpipe, so flipped bytes cannot be detected")
-    summary = {**brief, "failed_ids": cache.failed, "meta": cache.meta}
-    lines = [f"{k}: {v}" for k, v in brief.items()] + [f"source: {cache.meta.get('source', '?')}"]
-    lines += [f"  skipped {i}: {reason}" for i, reason in cache.failed]
+    summary = {**brief, "failed_ids": [list(f) for f in cache.failed], "meta": cache.meta}
+    about = {"cache": brief["path"], "dataset": f"{brief['dataset']} ({brief['classes']} classes)",
+             "backbone": brief["backbone"], "source": cache.meta.get("source", "?"), "key": brief["key"],
+             "disk": _bytes(brief["disk_bytes"]), "dtype": cache.meta.get("dtype"),
+             "split rule": _split_rule(cache.meta.get("split_rule")), "created": cache.meta.get("created_at"),
+             "failed": brief["failed"]}
+    if "verified" in brief:
+        about["verified"] = brief["verified"]
+    width = max(map(len, about))
+    lines = [f"{k:{width}s}  {v}" for k, v in about.items()]
+    rows = brief["rows"]
+    lines += ["", format_table([{"split": k, "rows": v} for k, v in rows.items()] + [{"split": "all", "rows": sum(rows.values())}]),
+              "", format_table([{"layer": n, "shape": " x ".join(map(str, shape)), "dim": cache.dims[n]}
+                                for n, shape in brief["layers"].items()])]
+    if cache.failed:
+        lines += ["", format_table([{"skipped": i, "reason": reason} for i, reason in cache.failed])]
     _emit(args, summary, "\n".join(lines))
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _split_rule(rule: Any) -> str:
+    if not isinstance(rule, dict):
+        return str(rule)
+    if rule.get("provided_by_source"):
+        return "given by the data (train/val/test folders or a split column)"
+    return (f"seeded per class: {rule.get('val', 0):.0%} val, {rule.get('test', 0):.0%} test, the rest train "
+            f"(seed {rule.get('seed')})")
+
+
+def _head_file_info(args: argparse.Namespace) -> None:
+    from .heads.io import read_head_file  # start-up: each verb imports only what it runs
+    from .table import format_table
+
+    doc, arrays = read_head_file(args.head_file)
+    info = doc.get("info", {})
+    path = str(Path(args.head_file).expanduser().resolve())
+    obj = {"path": path, **doc, "arrays": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in arrays.items()}}
+    about = {"head file": path, "format": f"{doc.get('format')} {doc.get('version')}", "head": doc.get("head"),
+             "cache": info.get("cache", "-"), "backbone": (info.get("backbone") or {}).get("spec", "-"),
+             "layer": info.get("layer", "-"), "classes": len(info.get("label_names") or []) or "-",
+             "features": doc.get("n_features_in")}
+    val = info.get("val_split") or {}
+    if val:
+        about["val rows"] = (val.get("note") or "the cache's val split") + f" ({val.get('rows')} rows)"
+    width = max(map(len, about))
+    lines = [f"{k:{width}s}  {v}" for k, v in about.items()]
+    params = doc.get("params", {})
+    lines += ["", format_table([{"parameter": k, "value": _short(v)} for k, v in params.items()])]
+    learned = {k: v for k, v in doc.get("state", {}).items() if isinstance(v, int | float | str | type(None))
+               and not (isinstance(v, str) and len(v) > 60)}  # scalars; long texts (a LightGBM model) in --json
+    if learned:
+        lines += ["", format_table([{"learned": k, "value": f"{v:g}" if isinstance(v, float) else v}
+                                    for k, v in learned.items()])]
+    lines += ["", format_table([{"array": k, "dtype": d, "shape": " x ".join(map(str, s)) or "()"}
+                                for k, (d, s) in arrays.items()])]
+    _emit(args, obj, "\n".join(lines))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -147,14 +251,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     note = results[0].val_split.get("note") if results else None
     if note:
         print(f"embedpipe: {note}", file=sys.stderr)
-    table = format_table(rows, ["head", "layer", "val_acc", "test_acc", "fit_s", "n_train", "n_classes", "path"])
+    shown = [{**row, "chosen": _chosen_text(row["chosen"])} for row in rows]
+    table = format_table(shown, ["head", "layer", "val_acc", "test_acc", "chosen", "fit_s", "n_train", "n_classes", "path"])
     for r in results:
+        if r.selection:
+            rows_used = f" ({r.selection['val_rows']} rows)" if r.selection.get("val_rows") else ""
+            table += f"\n{r.head}: {r.selection['how']}; val: {r.selection['val']}{rows_used}"
         if "layer_contributions_" in r.report:
             kept = r.report.get("layer_kept_", {})
             table += f"\n{r.head}: layer contributions (share of weight norm, features kept; kept {r.report['keep_']:.0%}):"
             table += "".join(f"\n  {name:10s} {share:6.1%}  {kept.get(name, 0)} features"
                              for name, share in r.report["layer_contributions_"].items())
     _emit(args, {"results": rows}, table)
+
+
+def _chosen_text(chosen: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -172,6 +284,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .train import evaluate  # start-up: each verb imports only what it runs
 
     m = evaluate(args.head_file, args.cache, args.split)
+    if m.get("note"):
+        print(f"embedpipe: {m['note']}", file=sys.stderr)
     text = (f"{m['head']} on {m['split']} ({m['n']} images): top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
             f"mean per-class recall {m['mean_per_class_recall']:.4f}")
     _emit(args, m, text)
@@ -192,8 +306,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import BenchConfig, run_bench  # start-up: each verb imports only what it runs
-    from .report import render_markdown
+    from .bench import BenchConfig, json_rows, run_bench  # start-up: bench's heavy parts
+    from .report import render_markdown  # start-up: each verb imports only what it runs
 
     flags: dict[str, Any] = {
         "name": args.name,
@@ -222,125 +336,192 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise EmbedpipeError("--weights needs exactly one --backbone; use a config file's [weights] table")
         config = BenchConfig.build(**{**config.__dict__, "weights": {config.backbones[0]: args.weights}})
     rows = run_bench(config, progress=not args.quiet)
-    _emit(args, {"results": rows, "csv": f"{config.results_dir}/{config.name}.csv"}, render_markdown(config, rows))
+    csv_path = (Path(config.results_dir) / f"{config.name}.csv").resolve()
+    _emit(args, {"results": json_rows(rows), "csv": str(csv_path)}, render_markdown(config, rows))
+
+
+DATA_HELP = ("what to embed: an image folder (one subfolder per class, optionally under train/, val/ and "
+             "test/), a CSV manifest (columns path,label[,split]), a built-in set (digits, glyphs: "
+             "`embedpipe list datasets`) or torchvision:CIFAR10 / torchvision:CIFAR100 (downloaded by "
+             "torchvision on first use into $EMBEDPIPE_DATA, else <cache root>/torchvision)")
+CACHE_HELP = "a cache folder, as printed by `embedpipe extract` (required)"
 
 
 def _add_extract_flags(p: argparse.ArgumentParser) -> None:
     from .backbones import DEFAULT_BACKBONE  # start-up: --help needs no torch
+    from .core.paths import CACHE_RULE
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help="backbone spec: effnet-lite0, timm:<name>, open_clip:<arch>[/<tag>] (default %(default)s)")
-    p.add_argument("--weights", help="local weights file for the backbone (timm or open_clip checkpoint)")
-    p.add_argument("--layers", default="pooled", help="comma-separated layers to store (default pooled)")
-    p.add_argument("--cache-dir", default="cache", help="cache root (default ./cache)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+                   help="backbone spec: effnet-lite0, timm:<name>, open_clip:<arch>[/<tag>]; "
+                        "`embedpipe list backbones` (default: %(default)s)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="local weights file for the backbone (a timm or open_clip checkpoint) (default: the "
+                        "spec's own weights)")
+    p.add_argument("--layers", default="pooled",
+                   help="comma-separated layers to store from one forward pass: pooled, block<k>, "
+                        "block<k>:grid<G>, block<k>:map, logits (default: %(default)s)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help=f"cache root; every working folder shares it (default: {CACHE_RULE})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s: CUDA when present)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision of the forward pass (default auto)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored feature dtype")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 256 on GPU, 64 on CPU)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: per device, see README)")
-    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard, the unit of resume (default 1024)")
+                   help="autocast precision of the forward pass (default: %(default)s: bf16 on GPUs that support "
+                        "it, else fp16; bf16 on CPUs with native bf16, else fp32)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help="stored feature dtype (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 256 on GPU, 64 on CPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes; 0 = decode in this process (default: on GPU one per core, at "
+                        "most 16; on CPU 1 when there are 2 or more cores)")
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="rows per shard file, the unit of resume (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None,
                    help="model input side in px for timm convnets (default: the model's own, e.g. 224)")
     p.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false",
-                   help="decode large JPEGs at full size (default: reduced DCT scale, never below model size)")
+                   help="decode large JPEGs at full size (default: off: reduced DCT scale, never below model size)")
     p.add_argument("--no-gpu-decode", dest="gpu_decode", action="store_false",
-                   help="on CUDA, decode every image on the CPU (default: JPEGs on the GPU with nvJPEG)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split rule")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="val share per class when data has no split")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="test share per class when data has no split")
+                   help="on CUDA, decode every image on the CPU (default: off: JPEGs on the GPU with nvJPEG)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the split rule used when the data brings no train/val/test split "
+                        "(default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of each class put in val when the data brings no split; val selects the "
+                        "heads' hyperparameters (default: %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="share of each class put in test when the data brings no split; test gives the "
+                        "reported score (default: %(default)s)")
     p.add_argument("--signature", default="stat", choices=["stat", "content"],
                    help="what identifies a file in the key: stat (size+mtime, free) or content (sha256 of its "
-                        "bytes: catches edits that keep size and mtime; reads every file) (default stat)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+                        "bytes: catches edits that keep size and mtime; reads every file) (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar, size estimate or summary line on stderr; the cache path is still "
+                        "printed (default: off)")
     _add_engine_flags(p, "local")
 
 
 def _add_engine_flags(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--engine", default=default, choices=["local", "ray"],
-                   help="where shards are computed: this process, or a Ray cluster (default local)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray instance)")
+                   help="where shards are computed: this process, or a Ray cluster (same cache either way) "
+                        "(default: local)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="Ray cluster to join, e.g. ray://head:10001 (default: start a local Ray instance)")
     p.add_argument("--ray-cpus-per-worker", type=int, metavar="N",
                    help="CPUs per Ray worker (default: one worker per GPU; on CPU-only nodes 1-CPU workers, "
                         "at most 8 per node)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.version import __version__  # start-up: --help needs no torch
+    from .core.paths import CACHE_RULE  # start-up: --help needs no torch
+    from .core.version import __version__
 
-    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="embedpipe", description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=f"Caches go under --cache-dir, else {CACHE_RULE}. `embedpipe VERB --help` describes a verb.")
     parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    def verb(name: str, help_text: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog)
+        p.add_argument("--json", action="store_true",
+                       help="print one JSON object on stdout instead of text (default: off)")
         return p
 
     p = verb("list", "list registered backbones, heads or built-in datasets")
-    p.add_argument("what", choices=["backbones", "heads", "datasets"])
+    p.add_argument("what", choices=["backbones", "heads", "datasets"], help="what to list (required)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="heads: every head's parameters with type, default and description, from its "
+                        "documentation (default: off)")
     p.set_defaults(func=cmd_list)
 
-    p = verb("extract", "embed a dataset once into the HDF5 cache; prints the cache path")
-    p.add_argument("--data", required=True, help="image folder, CSV manifest (path,label[,split]) or built-in name")
+    p = verb("extract", "embed a dataset once into the HDF5 cache; prints the cache's absolute path",
+             epilog="A re-run with the same data and options reuses the cache and says so in one line; "
+                    "an interrupted run resumes at the first unfinished shard.")
+    p.add_argument("--data", required=True, help=DATA_HELP + " (required)")
     _add_extract_flags(p)
     p.set_defaults(func=cmd_extract)
 
-    p = verb("info", "describe a cache: rows per split, layers, skipped images")
-    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
+    p = verb("info", "describe a cache (rows per split, layers, skipped images) or a head file")
+    p.add_argument("--cache", help="a cache folder, as printed by `embedpipe extract` (this or --head-file)")
     p.add_argument("--verify", action="store_true",
-                   help="read every shard in full and check every checksum (finds flipped bytes)")
+                   help="with --cache: read every shard in full and check every checksum (finds flipped bytes) "
+                        "(default: off)")
+    p.add_argument("--head-file", metavar="FILE",
+                   help="a head file written by `embedpipe train`: its head, parameters, learned values "
+                        "(e.g. the chosen C_) and what it was trained on (this or --cache)")
     p.set_defaults(func=cmd_info)
 
-    p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy")
-    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
-    p.add_argument("--head", default="logreg", help="head name(s), comma-separated (default logreg)")
+    p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy "
+                      "and the hyperparameters each head chose",
+             epilog="Every head's parameters, with defaults: `embedpipe list heads -v`. On a cache without val "
+                    "rows, a seeded 15% of each class of train (seed 0) is held out for selection; "
+                    "`embedpipe evaluate --split val` scores on those same rows.")
+    p.add_argument("--cache", required=True, help=CACHE_HELP)
+    p.add_argument("--head", default="logreg",
+                   help="head name(s), comma-separated: logreg, mlp, lgbm, knn, ncm, multilayer, finetune, "
+                        "zeroshot; `embedpipe list heads` (default: %(default)s)")
     p.add_argument("--layer", default=None,
-                   help="cached layer(s) to train on, comma-separated for multilayer (default pooled; "
-                        "multilayer: every cached layer)")
+                   help="cached layer(s) to train on, comma-separated to read several side by side "
+                        "(default: pooled; multilayer: every cached vector layer)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="head hyperparameter, repeatable; head.key=value to target one of several heads")
-    p.add_argument("--out", help="head file (one head) or folder (several); default <cache>/heads/")
-    p.add_argument("--shots", type=int, help="few-shot: K training images per class per seed (heads not saved)")
-    p.add_argument("--seeds", default="0,1,2", help="few-shot seeds, comma-separated (default 0,1,2)")
+                   help="head hyperparameter, repeatable; head.key=value targets one of several heads; values "
+                        "are JSON when they parse (C=0.5, Cs=[0.1,1]), else text; `embedpipe list heads -v` "
+                        "lists them (default: each head's own defaults)")
+    p.add_argument("--out", metavar="PATH",
+                   help="head file (one head) or folder (several) (default: <cache>/heads/<head>-<layer>.npz)")
+    p.add_argument("--shots", type=int, metavar="K",
+                   help="few-shot: K training images per class per seed, mean ± std over seeds; heads are "
+                        "not saved (default: off, the full train split)")
+    p.add_argument("--seeds", default="0,1,2", help="few-shot seeds, comma-separated (default: %(default)s)")
     p.set_defaults(func=cmd_train)
 
     p = verb("advise", "transfer report: how many layers to keep frozen, from a layer sweep and the data's size")
-    p.add_argument("--cache", required=True, help="cache directory (printed by extract)")
-    p.add_argument("--out", help="accuracy-by-depth plot (default <cache>/advise.png)")
-    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.add_argument("--cache", required=True, help=CACHE_HELP)
+    p.add_argument("--out", metavar="PNG", help="accuracy-by-depth plot (default: <cache>/advise.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot (default: off)")
     p.set_defaults(func=cmd_advise)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")
-    p.add_argument("--head-file", required=True)
+    p.add_argument("--head-file", required=True, metavar="FILE",
+                   help="a head file written by `embedpipe train`, e.g. <cache>/heads/logreg-pooled.npz (required)")
     p.add_argument("--cache", help="cache to score on (default: the one the head was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="rows to score. On a cache without val rows, val is the same seeded carve of train "
+                        "that `train` selected on (15%% per class, seed 0) and train the rest; a note says "
+                        "so, and a val score is optimistic since those rows chose the hyperparameters "
+                        "(default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = verb("predict", "classify image files with a saved head (rebuilds its backbone)")
-    p.add_argument("--head-file", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default=None, help="override the device recorded in the head file")
+    p.add_argument("--head-file", required=True, metavar="FILE",
+                   help="a head file written by `embedpipe train`; it names the backbone and layer (required)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s) to classify (at least one)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="labels shown per image, most probable first (default: %(default)s)")
+    p.add_argument("--device", default=None,
+                   help="auto, cpu or cuda[:N] (default: the device recorded in the head file)")
     p.set_defaults(func=cmd_predict)
 
     p = verb("bench", "datasets x backbones x layers x heads (x shots x seeds) -> CSV, Markdown and plots; resumable")
-    p.add_argument("--config", help="TOML file with any BenchConfig fields; flags given here override it")
-    p.add_argument("--name", help="results name: <results-dir>/<name>.csv/.md/-*.png (default bench)")
-    p.add_argument("--data", help="dataset(s), comma-separated (default digits)")
-    p.add_argument("--backbone", help="backbone spec(s), comma-separated (default effnet-lite0)")
-    p.add_argument("--weights", help="local weights file for the (single) backbone")
-    p.add_argument("--layers", help="layers, comma-separated (default pooled)")
-    p.add_argument("--heads", help="heads, comma-separated (default logreg,lgbm,mlp,knn,ncm)")
+    p.add_argument("--config", metavar="TOML",
+                   help="TOML file with any BenchConfig fields; flags given here override it (default: none)")
+    p.add_argument("--name", help="results name: <results-dir>/<name>.csv/.md/-*.png (default: bench, or the "
+                                  "config file's name)")
+    p.add_argument("--data", help="dataset(s), comma-separated, each as extract --data takes it (default: digits)")
+    p.add_argument("--backbone", help="backbone spec(s), comma-separated (default: effnet-lite0)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="local weights file for the (single) backbone (default: the spec's own weights)")
+    p.add_argument("--layers", help="layers, comma-separated (default: pooled)")
+    p.add_argument("--heads", help="heads, comma-separated (default: logreg,lgbm,mlp,knn,ncm)")
     p.add_argument("--shots", help="K-shot sizes, comma-separated (default: the full train split)")
-    p.add_argument("--seeds", help="seeds for K-shot samples, comma-separated (default 0)")
-    p.add_argument("--cache-dir", help="cache root (default ./cache)")
-    p.add_argument("--results-dir", help="where results go (default benchmarks/results)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--device")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--seeds", help="seeds for K-shot samples, comma-separated (default: 0)")
+    p.add_argument("--cache-dir", metavar="DIR", help=f"cache root (default: {CACHE_RULE})")
+    p.add_argument("--results-dir", metavar="DIR", help="where results go (default: benchmarks/results)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 on GPU, 64 on CPU)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: per device)")
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (default: off)")
     _add_engine_flags(p, None)
     p.set_defaults(func=cmd_bench)
     return parser

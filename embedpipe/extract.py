@@ -1,8 +1,9 @@
 """The public extraction verb: resolve the data and the backbone, make the cache's identity and plan,
 then hand an ``ExtractJob`` to an engine (``engines/``: local or Ray), which runs the stages.
 
-``extract(data, backbone)`` embeds a dataset once into ``cache/<dataset>/<backbone>-<key>/`` and
-returns the Cache. An identical second call reuses it without loading images; an interrupted call
+``extract(data, backbone)`` embeds a dataset once into ``<root>/<dataset>/<backbone>-<key>/`` and
+returns the Cache; the root is ``cache_dir``, else ``$EMBEDPIPE_CACHE``, else
+``$XDG_CACHE_HOME/embedpipe`` (``~/.cache/embedpipe``): ``core.paths.cache_root``. An identical second call reuses it without loading images; an interrupted call
 resumes at the first unfinished shard; a dataset that grew embeds only its new images, copying the
 rest from the earlier cache of the same backbone and layers.
 """
@@ -34,6 +35,7 @@ from .cache import (
 from .core.errors import EmbedpipeError, os_reason
 from .core.locking import exclusive
 from .core.log import get_logger, level, show_progress
+from .core.paths import cache_root
 from .core.provenance import library_versions
 from .data import Source, SplitRule, assign_splits, resolve_source
 from .data.sources import Record
@@ -98,14 +100,18 @@ def extract(
     data: str | Source,
     backbone: str | Backbone = DEFAULT_BACKBONE,
     *,
-    cache_dir: str | Path = "cache",
+    cache_dir: str | Path | None = None,
     progress: bool = True,
     engine: str = "local",
     ray_address: str | None = None,
     ray_cpus_per_worker: int | None = None,
     **options: Any,
 ) -> Cache:
-    """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``)."""
+    """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``).
+
+    ``cache_dir`` is the cache root; None = ``$EMBEDPIPE_CACHE``, else ``$XDG_CACHE_HOME/embedpipe``
+    (``~/.cache/embedpipe``), so every working folder shares one cache (``core.paths.cache_root``).
+    The returned cache's ``path`` is absolute."""
     return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, engine=engine,
                        ray_address=ray_address, ray_cpus_per_worker=ray_cpus_per_worker, **options)[0]
 
@@ -114,7 +120,7 @@ def run_extract(
     data: str | Source,
     backbone: str | Backbone = DEFAULT_BACKBONE,
     *,
-    cache_dir: str | Path = "cache",
+    cache_dir: str | Path | None = None,
     progress: bool = True,
     decoder: BatchDecoder | None = None,
     engine: str = "local",
@@ -122,7 +128,10 @@ def run_extract(
     ray_cpus_per_worker: int | None = None,
     **options: Any,
 ) -> tuple[Cache, ExtractStats]:
-    """Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
+    """Embed ``data`` into the cache under ``cache_dir`` (None = ``core.paths.cache_root()``:
+    ``$EMBEDPIPE_CACHE``, else ``~/.cache/embedpipe``); returns the cache and what this run did.
+
+    Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
     ExtractConfig (layers, dtype, batch_size, num_workers, jpeg_draft, gpu_decode, signature,
     shard_size, split). ``decoder`` is a batch decoder for raw bytes; None = the GPU JPEG decoder on
     CUDA (unless gpu_decode=False), CPU decoding elsewhere. ``engine="ray"`` computes the shards on a
@@ -148,7 +157,7 @@ def run_extract(
 
 def _run(runner: Engine, source: Source, records: list[Record], label_names: list[str],
          backbone: str | Backbone, bb_options: dict[str, Any], config: ExtractConfig,
-         cache_dir: str | Path, decoder: BatchDecoder | None, progress: bool,
+         cache_dir: str | Path | None, decoder: BatchDecoder | None, progress: bool,
          t0: float) -> tuple[Cache, ExtractStats]:
     """Build the backbone, fix the cache's identity, write its metadata when new, plan, and let the
     engine fill the shards (under the cache's writer lock)."""
@@ -162,7 +171,7 @@ def _run(runner: Engine, source: Source, records: list[Record], label_names: lis
     if config.batch_size is None:
         config = replace(config, batch_size=default_batch_size(bb.device))
     key = cache_key(fkey, manifest_digest(records))
-    path = cache_path(cache_dir, source.name, bb.spec, key)
+    path = cache_path(cache_root(cache_dir), source.name, bb.spec, key)
 
     with exclusive(path / ".lock", str(path)):
         existing = read_meta(path) if (path / "meta.h5").is_file() else None

@@ -9,6 +9,7 @@ head; ``<name>-fit-time.png`` the fit seconds per head. A transfer-advice table 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,15 @@ def _float(v: Any) -> float | None:
         return None
 
 
+def chosen_text(value: Any) -> str:
+    """A bench row's ``chosen`` cell (JSON text, e.g. ``{"C": 0.1}``) as ``C=0.1``; "" when empty."""
+    try:
+        chosen = json.loads(value) if isinstance(value, str) and value else value or {}
+    except json.JSONDecodeError:
+        return str(value)
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group ok rows over seeds: mean ± std of test accuracy, mean fit seconds."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -50,6 +60,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "test_acc": f"{acc.mean():.3f}" + (f" ± {acc.std():.3f}" if len(acc) > 1 else ""),
             "val_acc": _float(members[0]["val_acc"]) if len(members) == 1 else None,
             "fit_s": round(float(fit.mean()), 2), "classes": members[0]["classes"], "n_train": members[0]["n_train"],
+            "chosen": chosen_text(members[0].get("chosen")) if len(members) == 1 else "",  # seeds choose apart
             "_acc": float(acc.mean()),
         })
     return out
@@ -139,6 +150,8 @@ def advise_table(rows: list[dict[str, Any]]) -> str:
 def render_markdown(config: ReportConfig, rows: list[dict[str, Any]]) -> str:
     summary = summarize(rows)
     columns = ["dataset", "backbone", "layer", "head", "shots", "classes", "n_train", "val_acc", "test_acc", "fit_s"]
+    if any(s["chosen"] for s in summary):  # hyperparameters chosen on val (CSVs written before have none)
+        columns.append("chosen")
     parts = [f"# {config.name}", "", format_table(summary, columns)]
     if len({s["layer"] for s in summary}) > 1:
         parts += ["", "Test accuracy by layer (best in bold):", "", layer_table(summary, list(config.layers))]

@@ -53,6 +53,8 @@ class FitResult:
     test_metrics: dict[str, float] = field(default_factory=dict)  # top1 (= test_acc), top5, mean per-class recall
     path: str | None = None
     val_split: dict[str, Any] = field(default_factory=dict)  # where the selection rows came from
+    chosen: dict[str, Any] = field(default_factory=dict)  # hyperparameters fit chose on val (logreg: C)
+    selection: dict[str, Any] | None = None  # how they were chosen and on which rows; None: nothing chosen
     report: dict[str, Any] = field(default_factory=dict)  # head-specific findings (multilayer: per-layer shares)
     model: Classifier | None = field(default=None, repr=False)
 
@@ -149,8 +151,31 @@ def fit_head(
     val = accuracy(head, Xv, yv) if val is None else float(val)
     test = metrics(head, Xte, yte) if len(Xte) else {}  # one predict_proba pass gives every test number
     report = {k: getattr(head, k) for k in ("layer_contributions_", "layer_kept_", "keep_") if hasattr(head, k)}
+    chosen, how = chosen_by(head)
+    selection: dict[str, Any] | None = None
+    if how:
+        selection = {"how": how, "val_rows": len(Xv)} if len(Xv) else {
+            "how": how, "val": "rows held out of train by the head's own selection rule (heads.select)"}
     return FitResult(name, layer, dict(params or {}), val, test.get("top1"),
-                     fit_s, len(Xtr), len(head.classes_), test_metrics=test, report=report, model=head)
+                     fit_s, len(Xtr), len(head.classes_), test_metrics=test, report=report, model=head,
+                     chosen=chosen, selection=selection)
+
+
+def chosen_by(head: Classifier) -> tuple[dict[str, Any], str | None]:
+    """The hyperparameters a fitted head chose on validation rows and how (``Head.chosen_params``,
+    ``Head.how_chosen``); ``({}, None)`` for one that chose nothing (knn, ncm, zeroshot)."""
+    if not isinstance(head, Head):
+        return {}, None
+    return head.chosen_params(), head.how_chosen()
+
+
+def describe_val(val_split: dict[str, Any]) -> str:
+    """Where the selection rows came from, in words (``val_split_info``)."""
+    if val_split.get("source") != "carved from train":
+        return "the cache's val split"
+    rule = val_split.get("rule", {})
+    return f"{rule.get('val', 0):.0%} of train held out per class (seed {rule.get('seed')})"
+
 
 
 def _file_layer(layer: str) -> str:
@@ -207,6 +232,8 @@ def train_heads(
         context = classifier_class(name).context_params(cache, spec)
         result = fit_head(loaded[spec], name, spec, (params or {}).get(name), context)
         result.val_split = val_split
+        if result.selection is not None:
+            result.selection.setdefault("val", describe_val(val_split))
         if save:
             if out is None:
                 target = default_head_path(cache, name, spec)
@@ -259,7 +286,46 @@ def metrics(head: Classifier, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+def split_rows(cache: Cache, split: str, layer: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(X, y, note) of ``split`` as ``train`` splits the cache: on a cache without val rows, ``val`` is
+    the seeded carve that ``train`` held out of train for selection and ``train`` the rest (the note
+    says so); otherwise the cache's own split and no note."""
+    if split not in ("train", "val", "test"):
+        raise EmbedpipeError(f"split {split!r} is not one of train, val, test")
+    mask = _carve_mask(cache) if split in ("train", "val") else None
+    if mask is None:
+        X, y = cache.load(split, layer)
+        return X, y, None
+    X, y = cache.load("train", layer)
+    rule = DEFAULT_SELECTION
+    carve = f"the {rule.fraction:.0%} of each class of train held out with seed {rule.seed}"
+    if split == "val":
+        return X[mask], y[mask], (f"no val split in the cache: scored on the val that train carved ({carve}); these "
+                                  "rows chose the head's hyperparameters (and heads that refit trained on them), "
+                                  "so the score is optimistic; the test split is held out")
+    return X[~mask], y[~mask], f"no val split in the cache: scored on train without the val carve ({carve})"
+
+
 def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, split: str = "test") -> dict[str, Any]:
+    """Score a saved head on a split of a cache: top-1, top-5 and mean per-class recall.
+
+    Parameters
+    ----------
+    head_file : str or Path
+        A head file written by ``train`` (``embedpipe train``).
+    cache : str, Path, Cache or None, default=None
+        The cache to score on; None = the one the head was trained on (recorded in the head file).
+    split : {"test", "val", "train"}, default="test"
+        Rows to score. On a cache without val rows, ``val`` is the same seeded carve of train that
+        ``train`` selected on (15 % per class, seed 0: ``heads.select.DEFAULT_SELECTION``) and
+        ``train`` the rest, as ``train`` split them; the result's ``note`` says so.
+
+    Returns
+    -------
+    dict
+        ``head``, ``layer``, ``split``, ``cache`` (absolute), ``top1``, ``top5``,
+        ``mean_per_class_recall``, ``n`` (rows scored) and, for a carved split, ``note``.
+    """
     head, info = load_head(head_file)
     if cache is None:
         if "cache" not in info:
@@ -267,10 +333,11 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
         cache = info["cache"]
     cache = as_cache(cache)
     layer = check_compatible(cache, info, head)
-    X, y = cache.load(split, layer)
+    X, y, note = split_rows(cache, split, layer)
     if not len(X):
         raise EmbedpipeError(f"split {split!r} of cache {cache.path} is empty")
-    return {"head": head.name, "layer": layer, "split": split, "cache": str(cache.path), **metrics(head, X, y)}
+    result = {"head": head.name, "layer": layer, "split": split, "cache": str(cache.path), **metrics(head, X, y)}
+    return {**result, "note": note} if note else result
 
 
 def sample_shots(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -313,7 +380,7 @@ def few_shot(
             r = fit_head(subset, name, layer, (params or {}).get(name),
                          classifier_class(name).context_params(cache, layer))
             runs.append({"head": name, "seed": seed, "val_acc": r.val_acc, "test_acc": r.test_acc,
-                         "fit_s": r.fit_s, "n_train": r.n_train})
+                         "fit_s": r.fit_s, "n_train": r.n_train, "chosen": r.chosen})
     summary = []
     for name in names:
         mine = [r for r in runs if r["head"] == name]

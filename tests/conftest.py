@@ -40,6 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default cache root ($EMBEDPIPE_CACHE) of every test and every subprocess it starts: a
+    temporary folder, so that nothing a test extracts without a cache_dir lands in the user's
+    ~/.cache/embedpipe. A test that needs its own root sets the variable itself."""
+    root = tmp_path_factory.mktemp("embedpipe-cache")
+    os.environ["EMBEDPIPE_CACHE"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_timm_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     import timm

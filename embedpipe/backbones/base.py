@@ -55,6 +55,11 @@ class BackboneConfig:
     channels_last: bool = True  # NHWC memory layout; faster for convnets on CPU (benchmarks/extract.py)
     image_size: int | None = None  # model input side in px (timm convnets); None = the model's own
 
+    def __post_init__(self) -> None:
+        if self.weights and os.path.isfile(os.path.expanduser(self.weights)):  # recorded absolute, so that a
+            # cache or head file rebuilds the backbone from any working folder (the key holds its digest)
+            object.__setattr__(self, "weights", os.path.abspath(os.path.expanduser(self.weights)))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

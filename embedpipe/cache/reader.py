@@ -29,7 +29,8 @@ from ..core.locking import held_by_another
 from .key import SCHEMA_VERSION
 from .writer import shard_name, strings_digest
 
-JSON_ATTRS = ("layers", "dims", "shapes", "backbone", "split_rule", "versions", "preprocess")
+# meta.h5 attributes stored as JSON text (HDF5 attributes hold no nested objects); read_meta decodes them
+JSON_ATTRS = ("layers", "dims", "shapes", "backbone", "split_rule", "versions", "preprocess", "compute")
 RERUN = "re-run the same extract command to recompute it"
 DELETE_AND_RERUN = "delete that file and re-run the same extract command to recompute it"
 
@@ -200,10 +201,10 @@ def verify_message(path: str | Path, problems: list[tuple[int, str]]) -> str:
 
 
 class Cache:
-    """A finished cache directory. Construct with ``open_cache(path)``."""
+    """A finished cache directory. Construct with ``open_cache(path)``; ``path`` is kept absolute."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser().resolve()
         self.meta = _folder_meta(self.path)
         if self.meta.get("schema_version") != SCHEMA_VERSION:
             raise EmbedpipeError(

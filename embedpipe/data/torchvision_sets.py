@@ -1,5 +1,6 @@
 """torchvision datasets as sources: ``torchvision:CIFAR10``, ``torchvision:CIFAR100`` (downloaded by
-torchvision into ``~/.cache/embedpipe/torchvision``; needs internet the first time).
+torchvision into ``$EMBEDPIPE_DATA``, else ``torchvision/`` under the cache root
+(``core.paths.cache_root``: ``~/.cache/embedpipe/torchvision`` by default); needs internet the first time).
 
 The official test set is the test split; the official training set is split into train and val by
 the seeded, stratified rule (10 % val per class), as the CLIP paper's linear-probe protocol holds out
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import EmbedpipeError, describe
+from ..core.paths import cache_root
 from .sources import Record, Source
 from .splits import SplitRule, assign_splits
 
@@ -24,7 +26,7 @@ SUPPORTED = ("CIFAR10", "CIFAR100")
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("EMBEDPIPE_DATA", Path.home() / ".cache" / "embedpipe" / "torchvision"))
+    return Path(os.environ.get("EMBEDPIPE_DATA") or cache_root() / "torchvision")
 
 
 class TorchvisionSource(Source):

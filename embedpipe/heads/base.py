@@ -86,6 +86,17 @@ class Head(ClassifierMixin, BaseEstimator):
         today's; True when something changed. Heads whose state did not change keep this default."""
         return False
 
+    def chosen_params(self) -> dict[str, Any]:
+        """The hyperparameter values ``fit`` chose on validation rows, by name (logreg: ``{"C": C_}``);
+        empty for a head that chooses nothing or was given every value. ``embedpipe train`` reports
+        them with ``how_chosen`` (results, tables and ``--json``)."""
+        return {}
+
+    def how_chosen(self) -> str | None:
+        """How ``chosen_params`` were chosen, in one line (the rule, the candidates, the score that
+        decided); None when nothing was chosen."""
+        return None
+
     @classmethod
     def context_params(cls, cache: Any, layer: str) -> dict[str, Any]:
         """Hyperparameters a head takes from the cache it is trained on (user parameters win)."""

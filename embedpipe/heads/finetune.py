@@ -347,6 +347,19 @@ class FinetuneHead(Head):
         self.fit_seconds_ = time.perf_counter() - t_start
         self._to_cpu()
 
+    def chosen_params(self) -> dict[str, Any]:
+        scores = [h.get("val_acc") for h in getattr(self, "history_", [])]
+        if self.best_val_score_ is None or not any(v is not None for v in scores):
+            return {}
+        best = max(v for v in scores if v is not None)
+        return {"epochs": 1 + scores.index(best)}  # the first epoch at the best score: the weights kept
+
+    def how_chosen(self) -> str | None:
+        if not self.chosen_params():
+            return None
+        return (f"epochs: the epoch with the best val accuracy ({self.best_val_score_:.4f}) of {self.n_epochs_} run "
+                f"(stops after {self.patience} without a gain once every block is open)")
+
     def _setup(self, X: np.ndarray) -> None:
         """Check the parameters against X; rebuild the pretrained blocks; decide the augmentations
         and how many blocks will open."""

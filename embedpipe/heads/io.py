@@ -1,9 +1,22 @@
 """Saving and loading heads without pickle.
 
-A head file is a ``.npz`` read with ``allow_pickle=False``: one entry ``__embedpipe__`` holds JSON
-(format version, head name, hyperparameters, learned scalars, and ``info``: what the head was trained
-on: cache key, backbone config and fingerprint, layer, label names), every other entry is a plain
-numeric or string array. Loading builds only registered head classes and only their declared
+A head file is a ``.npz`` read with ``allow_pickle=False``: one entry ``__embedpipe__`` holds JSON text
+(format version, head name, hyperparameters, learned scalars such as logreg's chosen ``C_``, and
+``info``: what the head was trained on: cache path and key, backbone config and fingerprint, layer,
+label names, where the validation rows came from), stored as UTF-8 bytes; every other entry is a plain
+numeric or string array: ``classes`` and the learned arrays under ``a/`` (logreg: ``a/coef_``,
+``a/intercept_``, acting on raw features). numpy alone reads it (``json.loads`` takes the bytes; this
+works for every format version, whose JSON entry was a uint8 array of the same bytes)::
+
+    import json
+    import numpy as np
+
+    with np.load("logreg-pooled.npz") as z:
+        doc = json.loads(z["__embedpipe__"].tobytes())  # head, params, state, info
+        coef, intercept = z["a/coef_"], z["a/intercept_"]  # scores = X @ coef.T + intercept
+    chosen_C, class_names = doc["state"]["C_"], doc["info"]["label_names"]
+
+``embedpipe info --head-file FILE`` prints the same, as tables (or ``--json``). Loading builds only registered head classes and only their declared
 hyperparameters, so a crafted file cannot run code; it then checks the file against what the head
 declares (``Head._state_spec``: each JSON value's type, each array's dtype and shape, no NaN, nothing
 missing or extra) and predicts one row, so a file edited by hand is refused with one line naming the
@@ -65,7 +78,7 @@ def save_head(path: str | Path, head: Saveable, info: dict[str, Any] | None = No
     }
     payload = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}
     payload["classes"] = np.asarray(head.classes_)
-    payload["__embedpipe__"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    payload["__embedpipe__"] = np.array(json.dumps(doc).encode())  # 0-d bytes: prints as the JSON text
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -106,6 +119,24 @@ def load_head(path: str | Path) -> tuple[Saveable, dict[str, Any]]:
         _logger.warning("%s: head format %d converted on load to format %d (the %s head's coefficients now act "
                         "on raw features); save it again to store the new format", path, version, VERSION, head.name)
     return head, dict(doc["info"])
+
+
+def read_head_file(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]]]:
+    """A head file's JSON entry and its arrays' dtypes and shapes, read with numpy alone: nothing is
+    built or checked (``load_head`` does that). Raises a one-line EmbedpipeError for a file that is
+    not a head file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmbedpipeError(f"head file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            doc = json.loads(z["__embedpipe__"].tobytes())
+            arrays = {k: (str(z[k].dtype), tuple(z[k].shape)) for k in z.files if k != "__embedpipe__"}
+    except (ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, AttributeError, zipfile.BadZipFile) as e:
+        raise EmbedpipeError(f"{path} is not a valid embedpipe head file ({type(e).__name__}: {_line(e)})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise EmbedpipeError(f"{path} is not an embedpipe head file")
+    return doc, arrays
 
 
 def class_names(classes: np.ndarray, label_names: list[str] | None) -> list[str] | None:

@@ -92,6 +92,8 @@ class LGBMHead(Head):
         The trained model.
     best_iteration_ : int
         Boosting rounds used for prediction (the best validation round when stopping early).
+    stopped_on_val_ : bool
+        Whether ``best_iteration_`` was chosen on validation rows (set by ``fit``; not saved).
     estimated_fit_s_ : float
         Fit time projected from the first rounds (set once three rounds have run).
 
@@ -177,7 +179,17 @@ class LGBMHead(Head):
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
         booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid, callbacks=callbacks)
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.stopped_on_val_ = bool(valid)  # the rounds were chosen on validation rows (not saved in head files)
         self.booster_ = booster
+
+    def chosen_params(self) -> dict[str, Any]:
+        return {"n_estimators": self.best_iteration_} if getattr(self, "stopped_on_val_", False) else {}
+
+    def how_chosen(self) -> str | None:
+        if not getattr(self, "stopped_on_val_", False):
+            return None
+        return (f"n_estimators: the round with the best val log loss, of at most {self.n_estimators} "
+                f"(stops after {self.early_stopping_rounds} rounds without a gain)")
 
     def _time_estimate(self, n_classes: int) -> Any:
         """A callback that times the first rounds (one tree per class each) and, when the projected

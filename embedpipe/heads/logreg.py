@@ -28,6 +28,18 @@ from .select import HoldOut
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
+NO_VAL_C = 1.0  # C when it is to be selected but no validation rows can be had (scikit-learn's default)
+
+
+def sweep_rule(name: str, values: tuple[float, ...], scores: dict[str, float], best: float | None,
+               refit: bool, fallback: float) -> str:
+    """One line saying how a swept value was chosen (``how_chosen`` of logreg and multilayer)."""
+    if best is None:
+        return f"{name}={fallback:g}: no validation rows to select it on"
+    tried = len(scores)
+    stop = f", stopped early after {tried} of {len(values)}" if tried < len(values) else ""
+    return (f"{name}: best val accuracy ({best:.4f}) of {len(values)} values {min(values):g}..{max(values):g}"
+            f"{stop}" + ("; then refit on train + val" if refit else ""))
 
 
 def lbfgs_logreg(
@@ -186,12 +198,19 @@ class LogRegHead(Head):
                 Xt, yt = torch.cat([Xt, Xv]), torch.cat([yt, yv])
                 W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
         else:
-            self.C_ = float(self.C if self.C is not None else 1.0)
+            self.C_ = float(self.C if self.C is not None else NO_VAL_C)
             self.best_val_score_ = None
             W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
         # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention).
         # scikit-learn layout, acting on raw X: coef_ (k, d), intercept_ (k,)
         self.coef_, self.intercept_ = unstandardize(W.T.cpu().numpy(), b.cpu().numpy(), mean, scale)
+
+    def chosen_params(self) -> dict[str, Any]:
+        return {"C": float(self.C_)} if self.C is None else {}
+
+    def how_chosen(self) -> str | None:
+        return None if self.C is not None else sweep_rule(
+            "C", self.Cs, self.val_scores_, self.best_val_score_, self.refit, NO_VAL_C)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Class scores ``X @ coef_.T + intercept_`` on raw X, shape (n_samples, n_classes); with two

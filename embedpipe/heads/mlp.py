@@ -82,6 +82,8 @@ class MLPHead(Head):
         Epochs run.
     best_val_score_ : float or None
         Validation accuracy of the kept epoch; None without validation rows.
+    best_epoch_ : int or None
+        The kept epoch (1-based); None without validation rows.
 
     Examples
     --------
@@ -148,7 +150,7 @@ class MLPHead(Head):
         if X_val is not None and y_val is not None:
             Xv, yv = as_tensor((X_val - self.mean_) / self.scale_, dev), torch.from_numpy(y_val).to(dev)
         best_acc, best_state, stale = -1.0, None, 0
-        self.n_epochs_ = 0
+        self.n_epochs_, self.best_epoch_ = 0, None
         for _ in range(self.epochs):
             net.train()
             order = torch.randperm(len(Xt), generator=gen).to(dev)
@@ -165,6 +167,7 @@ class MLPHead(Head):
                     acc = float((net(Xv).argmax(1) == yv).float().mean())
                 if acc > best_acc:
                     best_acc, best_state, stale = acc, copy.deepcopy(net.state_dict()), 0
+                    self.best_epoch_ = self.n_epochs_
                 else:
                     stale += 1
                     if stale >= self.patience:
@@ -174,6 +177,15 @@ class MLPHead(Head):
         self.best_val_score_ = best_acc if Xv is not None else None
         self.net_ = net.eval().cpu()
 
+    def chosen_params(self) -> dict[str, Any]:
+        return {} if self.best_epoch_ is None else {"epochs": self.best_epoch_}
+
+    def how_chosen(self) -> str | None:
+        if self.best_val_score_ is None:
+            return None
+        return (f"epochs: the epoch with the best val accuracy ({self.best_val_score_:.4f}) of {self.n_epochs_} run "
+                f"(at most {self.epochs}; stops after {self.patience} without a gain)")
+
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             logits = self.net_(torch.from_numpy((X - self.mean_) / self.scale_))
@@ -181,7 +193,7 @@ class MLPHead(Head):
 
     def _get_state(self) -> State:
         arrays = {f"net.{k}": v.numpy() for k, v in self.net_.state_dict().items()}
-        return ({"n_epochs_": self.n_epochs_, "best_val_score_": self.best_val_score_},
+        return ({"n_epochs_": self.n_epochs_, "best_val_score_": self.best_val_score_, "best_epoch_": self.best_epoch_},
                 {**arrays, "mean_": self.mean_, "scale_": self.scale_})
 
     def _state_spec(self) -> StateSpec:
@@ -193,10 +205,12 @@ class MLPHead(Head):
             width = self.hidden
         arrays[f"net.{3 * self.n_layers}.weight"] = ArraySpec(("k", width))
         arrays[f"net.{3 * self.n_layers}.bias"] = ArraySpec(("k",))
-        return {"n_epochs_": "int", "best_val_score_": "number?"}, arrays
+        return {"n_epochs_": "int", "best_val_score_": "number?", "best_epoch_": "number?"}, arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.n_epochs_, self.best_val_score_ = state["n_epochs_"], state["best_val_score_"]
+        best_epoch = state.get("best_epoch_")  # absent from head files saved before it was recorded
+        self.best_epoch_ = None if best_epoch is None else int(best_epoch)
         self.mean_, self.scale_ = arrays["mean_"], arrays["scale_"]
         net = build_mlp(len(self.mean_), self.hidden, self.n_layers, len(self.classes_), self.dropout)
         net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("net.")})

@@ -36,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
-from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, upgrade_v1_arrays
+from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, sweep_rule, upgrade_v1_arrays
 from .registry import register_head
 from .select import HoldOut
 from .torch_utils import as_tensor
@@ -282,6 +282,23 @@ class MultiLayerHead(Head):
         self.layer_kept_ = {n: int(kept[a:b].sum()) for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
         self.layer_contributions_ = {n: float(weight[a:b].sum()) / total
                                      for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
+
+    def chosen_params(self) -> dict[str, Any]:
+        chosen: dict[str, Any] = {"keep": self.keep_} if self.keep is None else {}
+        return {**chosen, "C": float(self.C_)} if self.C is None else chosen
+
+    def how_chosen(self) -> str | None:
+        rules = []
+        if self.keep is None:
+            if self.keep_scores_:
+                best = self.keep_scores_.get(repr(self.keep_), float("nan"))
+                rules.append(f"keep: best val accuracy ({best:.4f}) of the fractions {', '.join(self.keep_scores_)} "
+                             f"with a C={self.probe_C:g} probe")
+            else:
+                rules.append(f"keep={self.keep_:g}: no validation rows to select it on")
+        if self.C is None:
+            rules.append(sweep_rule("C", self.Cs, self.clf_.val_scores_, self.best_val_score_, True, NO_VAL_C))
+        return "; ".join(rules) or None
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.clf_.predict_proba(X[:, self.selected_])
