@@ -226,7 +226,7 @@ def advise(cache: Any, *, out: str | Path | None = None, plot: bool = True) -> d
     decision = decide(ev)
     report: dict[str, Any] = {"cache": str(cache.path), **asdict(ev), **decision}
     if plot:
-        target = Path(out) if out is not None else cache.path / "advise.png"
+        target = Path(out).expanduser().resolve() if out is not None else cache.path / "advise.png"
         try:
             report["plot"] = str(plot_sweep(ev, decision, target))
         except OSError as e:

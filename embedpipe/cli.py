@@ -441,13 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = verb("info", "describe a cache (rows per split, layers, skipped images) or a head file")
-    p.add_argument("--cache", help="a cache folder, as printed by `embedpipe extract` (this or --head-file)")
+    p.add_argument("--cache", help="a cache folder, as printed by `embedpipe extract` (default: none; give this "
+                                   "or --head-file)")
     p.add_argument("--verify", action="store_true",
                    help="with --cache: read every shard in full and check every checksum (finds flipped bytes) "
                         "(default: off)")
     p.add_argument("--head-file", metavar="FILE",
                    help="a head file written by `embedpipe train`: its head, parameters, learned values "
-                        "(e.g. the chosen C_) and what it was trained on (this or --cache)")
+                        "(e.g. the chosen C_) and what it was trained on (default: none; give this or --cache)")
     p.set_defaults(func=cmd_info)
 
     p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy "

@@ -12,7 +12,11 @@ seeded, stratified 15 % of train is held out for selection by the heads' own sel
 ``eval_set``: one definition of the carve). It is computed at train time, not stored in the cache: it
 is a pure function of the cache's ids, labels and the rule, so it is the same on every run, and the
 head file and results record the rule, the number of rows and a digest of their ids (``val_split``),
-which is enough to recompute and check it.
+which is enough to recompute and check it. ``evaluate(..., split="val")`` scores on the same carve.
+
+Each result says what the head chose on the selection rows and how: ``chosen`` (logreg: ``{"C": 0.1}``,
+from ``Head.chosen_params``) and ``selection`` (``how``: the rule, candidates and deciding score;
+``val``: where the rows came from, e.g. "15% of train held out per class (seed 0)"; ``val_rows``).
 """
 
 from __future__ import annotations
@@ -242,6 +246,7 @@ def train_heads(
             else:
                 target = Path(out) / f"{name}-{_file_layer(spec)}.npz"
             assert result.model is not None
+            target = target.expanduser().resolve()  # printed and recorded absolute
             result.path = str(save_head(target, result.model, {**head_info(cache, spec), "val_split": val_split}))
         results.append(result)
     return results
@@ -251,7 +256,8 @@ def train(
     cache: str | Path | Cache, head: str = "logreg", *, layer: str | None = None,
     out: str | Path | None = None, **params: Any,
 ) -> FitResult:
-    """Fit one head with hyperparameters ``params``; returns the result (the head is ``.model``)."""
+    """Fit one head with hyperparameters ``params``; returns the result (the head is ``.model``;
+    ``.chosen`` and ``.selection`` say what it chose on validation rows and how)."""
     return train_heads(cache, [head], layer=layer, params={head: params}, out=out)[0]
 
 

@@ -99,7 +99,10 @@ def test_advise_runs_on_a_cache_and_its_verdict_follows_from_its_table(tmp_path:
     assert decide(again)["recommendation"] == report["recommendation"]
     proc = subprocess.run([sys.executable, "-m", "embedpipe", "advise", "--cache", str(cache.path), "--json",
                            "--out", str(tmp_path / "b.png")], capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout)["recommendation"] == report["recommendation"]
+    printed = json.loads(proc.stdout)
+    assert printed["recommendation"] == report["recommendation"]
+    assert [s["depth"] for s in printed["sweep"]] == [1, 2, None]  # pooled: after every block, no sentinel
+    assert all(round(s["knn_val"], 4) == s["knn_val"] for s in printed["sweep"])  # accuracies to 4 decimals
     text = subprocess.run([sys.executable, "-m", "embedpipe", "advise", "--cache", str(cache.path), "--no-plot"],
                           capture_output=True, text=True, check=True).stdout
     assert "recommendation: --head" in text and "| block1" in text and "case: small &" in text

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_CLIP, TINY_TIMM, make_image_folder
 
@@ -126,3 +128,118 @@ def test_console_script_runs_in_a_subprocess(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("embedpipe: error:") and "Traceback" not in bad.stderr
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Action]]:
+    verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    return [(name, a) for name, sub in verbs.items() for a in sub._actions if a.dest != "help"]
+
+
+def test_help_describes_every_argument_and_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for verb, action in _actions(parser):
+        where = (verb, action.dest)
+        assert action.help and len(action.help) > 10, where
+        optional = action.option_strings and not action.required
+        assert not optional or "default" in action.help, where  # every optional flag says its default
+    verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    texts = {name: sub.format_help() for name, sub in verbs.items()}
+    assert "torchvision:CIFAR10" in texts["extract"] and "--val-fraction" in texts["extract"]
+    assert "EMBEDPIPE_CACHE" in texts["extract"] and "~/.cache/embedpipe" in texts["extract"]
+    assert "list heads -v" in texts["train"] and "--quiet" in texts["extract"]
+    assert "image file(s) to classify" in texts["predict"] and "carve" in texts["evaluate"]
+
+
+def test_list_heads_verbose_lists_each_heads_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    from embedpipe.heads import classifier_class
+
+    heads = run_json(capsys, "list", "heads", "-v")["heads"]
+    assert {"logreg", "mlp", "lgbm", "knn", "ncm", "multilayer", "finetune", "zeroshot"} <= set(heads)
+    for name, head in heads.items():
+        assert [p["name"] for p in head["parameters"]] == sorted(classifier_class(name)().get_params(),
+                                                                 key=[p["name"] for p in head["parameters"]].index)
+        assert set(classifier_class(name)().get_params()) == {p["name"] for p in head["parameters"]}, name
+        assert all(p["description"].endswith(".") for p in head["parameters"]), name
+    logreg = {p["name"]: p for p in heads["logreg"]["parameters"]}
+    assert logreg["C"]["default"] is None and logreg["C"]["type"] == "float or None"
+    assert logreg["Cs"]["default"][0] == pytest.approx(1e-4) and logreg["max_iter"]["default"] == 500
+    code, out, _ = run(capsys, "list", "heads", "--verbose")
+    assert code == 0 and "\n  C " in out and "Inverse L2 regularisation strength." in out
+
+
+def _json_strings(value: object) -> list[str]:
+    """Strings inside a JSON document that are themselves JSON objects or arrays."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _json_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _json_strings(v)]
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            json.loads(value)
+            return [value]
+        except json.JSONDecodeError:
+            return []
+    return []
+
+
+def test_a_cache_without_val_reports_chosen_values_and_scores_the_same_carve(
+        tmp_path: Path, tiny_timm_weights: str, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_image_folder(tmp_path / "tt", classes=3, per_class=14, splits=True)
+    for val in (data / "val").iterdir():  # a folder laid out as train/ and test/ only
+        for image in val.iterdir():
+            image.rename(data / "train" / val.name / image.name)
+    (data / "val").rename(tmp_path / "unused")
+    cache = run_json(capsys, "extract", "--data", str(data), "--backbone", TINY_TIMM, "--weights", tiny_timm_weights,
+                     "--cache-dir", str(tmp_path / "c"), "--workers", "0", "--precision", "fp32")["path"]
+    assert Path(cache).is_absolute()
+
+    result = run_json(capsys, "train", "--cache", cache)["results"][0]
+    assert result["chosen"]["C"] in [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4]
+    assert result["selection"]["val"] == "15% of train held out per class (seed 0)"
+    assert result["selection"]["how"].startswith("C: best val accuracy") and result["selection"]["val_rows"] > 0
+    code, out, err = run(capsys, "train", "--cache", cache)
+    assert code == 0 and f"C={result['chosen']['C']:g}" in out and "refit on train + val" in out
+    assert "held out 15% of train (seed 0)" in err
+
+    scored = run_json(capsys, "evaluate", "--head-file", result["path"], "--split", "val")
+    assert scored["n"] == result["val_split"]["rows"] == result["selection"]["val_rows"]
+    assert "val that train carved" in scored["note"]
+    assert scored["top1"] == pytest.approx(result["val_acc"], abs=1e-4)  # refit on train + val: both see them
+
+    head = run_json(capsys, "info", "--head-file", result["path"])
+    assert head["head"] == "logreg" and head["state"]["C_"] == pytest.approx(result["chosen"]["C"])
+    assert head["arrays"]["a/coef_"]["shape"] == [3, head["n_features_in"]] and Path(head["path"]).is_absolute()
+    with np.load(result["path"]) as z:  # the documented numpy-only recipe (heads/io.py)
+        doc = json.loads(z["__embedpipe__"].tobytes())
+        assert z["a/coef_"].shape == (3, doc["n_features_in"])
+    assert doc["state"]["C_"] == pytest.approx(result["chosen"]["C"])
+
+    info = run_json(capsys, "info", "--cache", cache)
+    assert isinstance(info["meta"]["compute"], dict) and _json_strings(info) == []
+    code, out, _ = run(capsys, "info", "--cache", cache)
+    assert code == 0 and "{'" not in out and "| train | 30" in out and "| pooled | " in out
+
+
+def test_json_values_are_plain_and_rounded() -> None:
+    from embedpipe.table import json_ready
+
+    noisy = float(np.float32(9 / 17))  # 0.529411792755127
+    out = json_ready({"val_acc": noisy, "fit_s": 1.23456789, "C": np.float32(0.1), "sweep": [{"knn_val": noisy}],
+                      "val_scores_": {"0.1": noisy}, "images_per_s": 123.456789, "x": np.arange(2), "bad": float("nan"),
+                      "path": Path("/a/b")})
+    assert out == {"val_acc": 0.5294, "fit_s": 1.235, "C": 0.1, "sweep": [{"knn_val": 0.5294}],
+                   "val_scores_": {"0.1": 0.5294}, "images_per_s": 123.457, "x": [0, 1], "bad": None, "path": "/a/b"}
+
+
+def test_the_cache_root_follows_flag_then_environment_then_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedpipe.core.paths import cache_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMBEDPIPE_CACHE", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root("here") == tmp_path / "here"  # a flag wins, made absolute
+    assert cache_root() == tmp_path / "env"
+    monkeypatch.delenv("EMBEDPIPE_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "embedpipe"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == Path.home() / ".cache" / "embedpipe"
