@@ -20,9 +20,11 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -352,7 +354,8 @@ def docs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, P
     cache.mkdir()
     bindir = base / "bin"
     bindir.mkdir()
-    world = {"images": images, "cache": cache, "bin": bindir, "socket": base / "server.sock"}
+    sockets = Path(tempfile.mkdtemp(prefix="embedpipe-docs-"))  # short: a socket path has ~100 bytes at most
+    world = {"images": images, "cache": cache, "bin": bindir, "socket": sockets / "server.sock"}
     if COLD:
         yield world
         return
@@ -360,14 +363,16 @@ def docs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, P
     client.write_text(CLIENT.format(python=sys.executable))
     client.chmod(0o755)
     env = {**offline_env(), "EMBEDPIPE_CACHE": str(cache), "MPLBACKEND": "Agg"}
+    # its own process group: the server and every child it forked end together at the end
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(world["socket"])], env=env, cwd=base,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready", "the docs server did not start"
         yield world
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 class PythonSession:
