@@ -91,7 +91,7 @@ class Registry(Generic[T]):
             factory = getattr(importlib.import_module(module), attr)
             if name in self._lazy:  # a factory without a decorator: the lazy entry is its registration
                 self._factories[name] = factory
-                del self._lazy[name]
+                self._lazy.pop(name, None)
             return self._factories[name]
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.names())}"
