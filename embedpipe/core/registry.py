@@ -86,8 +86,9 @@ class Registry(Generic[T]):
         """The factory registered under ``name``, importing it if its entry is lazy."""
         if name in self._factories:
             return self._factories[name]
-        if name in self._lazy:
-            module, _, attr = self._lazy[name].partition(":")
+        target = self._lazy.get(name)
+        if target is not None:
+            module, _, attr = target.partition(":")
             factory = getattr(importlib.import_module(module), attr)
             if name in self._lazy:  # a factory without a decorator: the lazy entry is its registration
                 self._factories[name] = factory
