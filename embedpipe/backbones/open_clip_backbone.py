@@ -26,11 +26,13 @@ from .base import (
     file_digest,
     pool_map,
 )
+from .registry import register_backbone
 
 # Small architecture configs shipped with embedpipe (e.g. the tiny random-weight test model).
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 
 
+@register_backbone("open_clip", "open_clip:<arch>[/<tag>], tag weights or --weights FILE")
 class OpenClipBackbone(Backbone):
     family = "open_clip"
 

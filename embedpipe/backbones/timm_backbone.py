@@ -25,8 +25,10 @@ from .base import (
     check_weights_file,
     pool_map,
 )
+from .registry import register_backbone
 
 
+@register_backbone("timm", "timm:<model-name>, hub weights or --weights FILE")
 class TimmBackbone(Backbone):
     family = "timm"
 

@@ -4,6 +4,7 @@ every cache's meta.h5 and every benchmark row."""
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 from pathlib import Path
 
 import h5py
@@ -12,9 +13,14 @@ import numpy as np
 from .version import __version__
 
 
+def open_clip_version() -> str:
+    """open_clip's version, read from its installed metadata: importing open_clip only to ask (it pulls
+    in its tokenizers) would cost a timm extraction a fraction of a second."""
+    return metadata.version("open_clip_torch")
+
+
 def library_versions() -> dict[str, str]:
-    import open_clip  # heavy: imported when a result records its provenance, not at start-up
-    import timm
+    import timm  # heavy: imported when a result records its provenance, not at start-up
     import torch
 
     return {
@@ -22,7 +28,7 @@ def library_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "open_clip": open_clip.__version__,
+        "open_clip": open_clip_version(),
         "h5py": h5py.__version__,
         "numpy": np.__version__,
     }

@@ -50,7 +50,8 @@ class Head(ClassifierMixin, BaseEstimator):
 
     Subclasses implement ``_fit`` (on integer targets 0..k-1, with validation rows when they select),
     ``_predict_proba`` and the state hooks (``_get_state``, ``_set_state``, ``_state_spec``), and
-    register with ``@register_head(description=...)`` under their ``name``. ``fit(X, y,
+    register with ``@register_head(description=...)`` under their ``name`` (a built-in head also has
+    its one-line lazy entry in ``heads/registry.py``, so listing it imports nothing). ``fit(X, y,
     eval_set=None)`` validates the input, encodes the labels into ``classes_`` and, for a head that
     selects (``_selects``), gets its validation rows from ``heads.select.selection_rows``.
     """

@@ -42,7 +42,7 @@ import numpy as np
 from ..core.atomic import atomic_write_bytes
 from ..core.errors import EmbedpipeError, first_line
 from .base import Head, StateSpec
-from .registry import HEADS
+from .registry import HEADS, NOT_HEADS
 from .select import HoldOut, rule_from_json
 from .zeroshot import ZeroShotClassifier
 
@@ -91,9 +91,6 @@ def load_head(path: str | Path) -> tuple[Saveable, dict[str, Any]]:
     file: not an archive, object arrays (pickle), JSON or arrays whose names, types, dtypes or shapes
     differ from what the head declares (``Head._state_spec``), NaN, label names that do not cover the
     classes, or a head that cannot predict one row after loading."""
-    from . import CLASSIFIERS  # the package imports this module; by now it has imported every head
-
-    kinds = {**{name: HEADS.get(name) for name in HEADS.names()}, **CLASSIFIERS}
     path = Path(path)
     if not path.is_file():
         raise EmbedpipeError(f"head file not found: {path}")
@@ -112,7 +109,7 @@ def load_head(path: str | Path) -> tuple[Saveable, dict[str, Any]]:
     if type(version) is not int or version not in READS:
         raise EmbedpipeError(f"{path} is head format {version!r}; this embedpipe reads {', '.join(map(str, READS))}")
     try:
-        head, converted = _build(doc, entries, kinds, version)
+        head, converted = _build(doc, entries, version)
     except _Refused as e:
         raise EmbedpipeError(f"{path} is a damaged or hand-edited head file: {e}; retrain it with `embedpipe train`") from None
     if converted:
@@ -155,8 +152,7 @@ class _Refused(Exception):
     """A reason a head file is refused (turned into one EmbedpipeError line naming the file)."""
 
 
-def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str, Any],
-           version: int = VERSION) -> tuple[Saveable, bool]:
+def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], version: int = VERSION) -> tuple[Saveable, bool]:
     """-> (the head, whether its state was converted from an older format version)."""
     for key in ("params", "state", "info"):
         if not isinstance(doc.get(key), dict):
@@ -165,9 +161,9 @@ def _build(doc: dict[str, Any], entries: dict[str, np.ndarray], kinds: dict[str,
     if type(n_features) is not int or n_features < 1:
         raise _Refused(f"n_features_in is {n_features!r}, expected a positive integer")
     name = doc.get("head")
-    if not isinstance(name, str) or name not in kinds:
+    if not isinstance(name, str) or (name not in HEADS and name not in NOT_HEADS):
         raise _Refused(f"unknown head {name!r}")
-    head = kinds[name]()
+    head = (NOT_HEADS if name in NOT_HEADS else HEADS).get(name)()  # imports only the head it names
     params = _check_params(head, doc["params"])
     head.set_params(**params)
     classes = _check_classes(entries.pop("classes", None), doc["info"])
