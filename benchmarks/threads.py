@@ -1,8 +1,7 @@
 """Small fits on a busy machine: the heads' thread rule (embedpipe/core/threads.py) against torch's
 default threads, on an idle machine and with every core kept busy by another process, in one run.
 
-    .venv/bin/python benchmarks/threads.py            # about 3 minutes on 2 cores
-    .venv/bin/python benchmarks/threads.py --large    # adds one 9,000 x 1,280 x 1,500 logreg (C=1, 30 iterations)
+    .venv/bin/python benchmarks/threads.py    # about 3 minutes on 2 cores
 
 Writes benchmarks/results/threads.csv and threads.md. Each problem is fitted ``reps`` times per
 setting; the table shows the median seconds. "busy" starts one ``while True: pass`` process per core
@@ -15,7 +14,6 @@ is what the scheduler gives one thread, the floor for any fit.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -85,7 +83,7 @@ def seconds(fn: Callable[[], Any], reps: int) -> list[float]:
     return out
 
 
-def cases(large: bool) -> list[dict[str, Any]]:
+def cases() -> list[dict[str, Any]]:
     from embedpipe import create_head
 
     def fit(head: str, n: int, d: int, k: int, **params: Any) -> Callable[[], Any]:
@@ -98,16 +96,13 @@ def cases(large: bool) -> list[dict[str, Any]]:
         {"problem": "lgbm 100 x 1280 x 7", "head": "lgbm", "n": 100, "d": 1280, "k": 7, "reps": 3},
         {"problem": "logreg 1000 x 1280 x 100", "head": "logreg", "n": 1000, "d": 1280, "k": 100, "reps": 2},
     ]
-    if large:
-        out.append({"problem": "logreg 9000 x 1280 x 1500, C=1, 30 iterations", "head": "logreg", "n": 9000,
-                    "d": 1280, "k": 1500, "reps": 1, "params": {"C": 1.0, "max_iter": 30}})
     for case in out:
         if "fn" not in case:
             case["fn"] = fit(case["head"], case["n"], case["d"], case["k"], **case.get("params", {}))
     return out
 
 
-def measure(large: bool) -> list[dict[str, Any]]:
+def measure() -> list[dict[str, Any]]:
     import torch
 
     from embedpipe.core.threads import threads_for, user_setting
@@ -116,7 +111,7 @@ def measure(large: bool) -> list[dict[str, Any]]:
     if setting:
         raise SystemExit(f"benchmarks/threads.py measures the default thread settings; unset {setting}")
     rows = []
-    for case in cases(large):
+    for case in cases():
         case["fn"]()  # warm-up: imports, first allocations
         for busy in (False, True):
             for rule in (True, False):
@@ -155,11 +150,8 @@ def main() -> None:
 
     from embedpipe.table import format_table
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large", action="store_true", help="add one 9,000 x 1,280 x 1,500 logreg (minutes)")
-    args = parser.parse_args()
     env = environment()
-    rows = [{**r, **env} for r in measure(args.large)]
+    rows = [{**r, **env} for r in measure()]
     write_results("threads", rows, ["problem", "setting", "state", "threads", "median_s", "min_s", "load_1m"])
     table = summary(rows)
     small = next(s for s in table if s["problem"] == "logreg 100 x 1280 x 7" and s["setting"] == "rule")
