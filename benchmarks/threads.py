@@ -3,13 +3,13 @@ default threads, on an idle machine and with every core kept busy by another pro
 
     .venv/bin/python benchmarks/threads.py    # about 3 minutes on 2 cores
 
-Writes benchmarks/results/threads.csv and threads.md. Each problem is fitted ``reps`` times per
-setting; the table shows the median seconds. "busy" starts one ``while True: pass`` process per core
-for the measurement and ends them after it. "rule" is the heads as they ship (threads sized to the
-work); "default" runs every fit with torch's default thread count (all physical cores), as heads did
-before the rule. The other processes of the machine count too: each row records the 1-minute load
-average before it, and the "python loop" row times a fixed single-threaded loop: its busy/idle ratio
-is what the scheduler gives one thread, the floor for any fit.
+Writes benchmarks/results/threads.csv and threads.md. Each problem runs in rounds of an idle spell
+then a busy one, each setting fitted ``reps`` times per spell; the table shows the median seconds.
+"busy" starts one ``while True: pass`` process per core for the spell and ends them after it. "rule"
+is the heads as they ship (threads sized to the work); "default" runs every fit with torch's default
+thread count (all physical cores), as heads did before the rule. The machine's other processes count
+too: each row records the 1-minute load average, and the "python loop" row times a fixed
+single-threaded loop: its busy/idle ratio is what the scheduler gives one thread, the floor for any fit.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,10 +92,12 @@ def cases() -> list[dict[str, Any]]:
         return lambda: create_head(head, **params).fit(X, y)
 
     out = [
-        {"problem": "python loop (one thread)", "head": "-", "n": 0, "d": 0, "k": 0, "reps": 7, "fn": python_loop},
-        {"problem": "logreg 100 x 1280 x 7", "head": "logreg", "n": 100, "d": 1280, "k": 7, "reps": 7},
-        {"problem": "lgbm 100 x 1280 x 7", "head": "lgbm", "n": 100, "d": 1280, "k": 7, "reps": 3},
-        {"problem": "logreg 1000 x 1280 x 100", "head": "logreg", "n": 1000, "d": 1280, "k": 100, "reps": 2},
+        {"problem": "python loop (one thread)", "head": "-", "n": 0, "d": 0, "k": 0, "rounds": 5, "reps": 3,
+         "fn": python_loop},
+        {"problem": "logreg 100 x 1280 x 7", "head": "logreg", "n": 100, "d": 1280, "k": 7, "rounds": 5, "reps": 3},
+        {"problem": "lgbm 100 x 1280 x 7", "head": "lgbm", "n": 100, "d": 1280, "k": 7, "rounds": 3, "reps": 1},
+        {"problem": "logreg 1000 x 1280 x 100", "head": "logreg", "n": 1000, "d": 1280, "k": 100, "rounds": 2,
+         "reps": 1},
     ]
     for case in out:
         if "fn" not in case:
@@ -103,6 +106,8 @@ def cases() -> list[dict[str, Any]]:
 
 
 def measure() -> list[dict[str, Any]]:
+    """Each case in ``rounds`` rounds of idle then busy, every setting ``reps`` times in each: the
+    machine's other load drifts, and alternating exposes every setting to the same drift."""
     import torch
 
     from embedpipe.core.threads import threads_for, user_setting
@@ -113,20 +118,27 @@ def measure() -> list[dict[str, Any]]:
     rows = []
     for case in cases():
         case["fn"]()  # warm-up: imports, first allocations
+        settings = (True,) if case["head"] == "-" else (True, False)  # the loop has no threads to choose
+        times: dict[tuple[bool, bool], list[float]] = defaultdict(list)
+        loads: dict[bool, list[float]] = defaultdict(list)
+        threads: dict[bool, int] = {}
+        for _ in range(case["rounds"]):
+            for busy in (False, True):
+                with busy_cores(busy):
+                    loads[busy].append(os.getloadavg()[0])
+                    for rule in settings:
+                        with thread_rule(rule):
+                            times[busy, rule] += seconds(case["fn"], case["reps"])
+                            work = float(case["n"]) * case["d"] * case["k"]
+                            threads[rule] = 1 if case["head"] == "-" else threads_for(work) if rule else torch.get_num_threads()
         for busy in (False, True):
-            for rule in (True, False):
-                if case["head"] == "-" and not rule:
-                    continue  # the loop has no threads to choose
-                with busy_cores(busy), thread_rule(rule):
-                    load = os.getloadavg()[0]
-                    times = seconds(case["fn"], case["reps"])
-                    work = float(case["n"]) * case["d"] * case["k"]
-                    threads = 1 if case["head"] == "-" else threads_for(work) if rule else torch.get_num_threads()
+            for rule in settings:
+                got = times[busy, rule]
                 rows.append({"problem": case["problem"], "head": case["head"], "n": case["n"], "d": case["d"],
-                             "k": case["k"], "state": "busy" if busy else "idle", "threads": threads,
-                             "setting": "rule" if rule else "default", "reps": case["reps"],
-                             "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-                             "load_1m": round(load, 2)})
+                             "k": case["k"], "state": "busy" if busy else "idle", "threads": threads[rule],
+                             "setting": "rule" if rule else "default", "fits": len(got),
+                             "median_s": round(statistics.median(got), 4), "min_s": round(min(got), 4),
+                             "load_1m": round(statistics.mean(loads[busy]), 2)})
                 print(rows[-1], flush=True)
     return rows
 
@@ -159,14 +171,16 @@ def main() -> None:
     md = RESULTS / "threads.md"
     md.write_text("\n".join([
         "# Threads sized to the work: idle vs busy", "",
-        f"{env['machine']}; {env['date']}; torch {torch.__version__}. Median seconds of `reps` "
-        "fits; busy = one spinning process per core; load = the 1-minute load average before the row "
-        "(the busy processes add one per core once they have run a while).", "",
+        f"{env['machine']}; {env['date']}; torch {torch.__version__}. Median seconds of the "
+        "`fits`, taken in rounds of idle then busy; busy = one spinning process per core; load = the "
+        "1-minute load average at the start of each idle or busy spell, averaged (the busy processes "
+        "add one per core once they have run a while). The python loop's busy/idle is what the "
+        "scheduler gives one thread: the floor for any fit.", "",
         format_table(table), "",
         f"logreg 100 x 1280 x 7 with the rule: busy {ratio:.1f}x idle (target <= {TARGET:g}x: "
         f"{'met' if ratio <= TARGET else 'not met'}).", "",
         "All rows:", "",
-        format_table(rows, ["problem", "setting", "state", "threads", "reps", "median_s", "min_s", "load_1m"]),
+        format_table(rows, ["problem", "setting", "state", "threads", "fits", "median_s", "min_s", "load_1m"]),
     ]) + "\n")
     print(md.read_text())
 
