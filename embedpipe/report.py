@@ -3,8 +3,14 @@
 ``results/<name>.md`` has one row per (dataset, backbone, layer, head, shots) with test accuracy as
 mean ± std over seeds, a layer table (accuracy by layer for each head: "how many layers should I keep
 frozen?") and the failed cells with their errors. ``<name>-accuracy.png`` plots accuracy by layer and
-head; ``<name>-fit-time.png`` the fit seconds per head. A transfer-advice table applies
-``embedpipe advise``'s rule to the bench's val accuracy by layer.
+head. A transfer-advice table applies ``embedpipe advise``'s rule to the bench's val accuracy by layer.
+
+Time to accuracy: within each (dataset, backbone, shots), a (layer, head) row is on the frontier when
+no other row fits at most as long and scores at least as high on test, one of them strictly (Pareto
+optimal in fit seconds and test accuracy, as the table shows them: seconds to 2 decimals, accuracy to
+3). The table marks those rows, a short list reads the frontier from the fastest to the most accurate
+("good enough in 2 s, best in 30 s"), and ``<name>-fit-time.png`` plots test accuracy against fit
+seconds with the frontier drawn as the best accuracy reachable within each time.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from math import isfinite
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,8 +52,55 @@ def chosen_text(value: Any) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
 
 
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
+    """Which ``(seconds, accuracy)`` points are on the time-to-accuracy frontier: no other point is at
+    most as slow and at least as accurate, one of the two strictly. Equal points are all on it; a
+    point with a missing or NaN value is on it never and hides no other."""
+    valid = [(float(s), float(a)) for s, a in points
+             if s is not None and a is not None and isfinite(s) and isfinite(a)]
+
+    def on_front(point: tuple[float | None, float | None]) -> bool:
+        s, a = point
+        if s is None or a is None or not (isfinite(s) and isfinite(a)):
+            return False
+        return not any(t <= s and b >= a and (t, b) != (s, a) for t, b in valid)
+
+    return [on_front(p) for p in points]
+
+
+def _panel(s: dict[str, Any]) -> tuple[str, str, str]:
+    """The rows whose times and accuracies compare: one dataset, backbone and training-set size."""
+    return s["dataset"], s["backbone"], s["shots"]
+
+
+def mark_frontier(summary: list[dict[str, Any]]) -> None:
+    """Set ``frontier`` ("yes" or "") on each summary row, per (dataset, backbone, shots), from the
+    values the table shows (fit seconds to 2 decimals, test accuracy to 3)."""
+    for panel in dict.fromkeys(_panel(s) for s in summary):
+        members = [s for s in summary if _panel(s) == panel]
+        points = [(s["fit_s"], round(s["_acc"], 3) if isfinite(s["_acc"]) else None) for s in members]
+        for s, on in zip(members, pareto_front(points), strict=True):
+            s["frontier"] = "yes" if on else ""
+
+
+def frontier_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """Per (dataset, backbone, shots) with two or more rows, the frontier from fastest to most
+    accurate, e.g. ``digits / effnet-lite0: ncm on block4 0.859 in 0.00 s -> logreg on block4 0.978 in 0.33 s``."""
+    lines = []
+    for panel in dict.fromkeys(_panel(s) for s in summary):
+        members = [s for s in summary if _panel(s) == panel]
+        front = sorted((s for s in members if s.get("frontier")), key=lambda s: (s["fit_s"], s["_acc"]))
+        if len(members) < 2 or not front:
+            continue
+        name = f"{panel[0]} / {panel[1]}" + (f" / {panel[2]}-shot" if panel[2] != "all" else "")
+        steps = " -> ".join(f"{s['head']} on {s['layer']} {s['_acc']:.3f} in {s['fit_s']:.2f} s" for s in front)
+        lines.append(f"- {name}: {steps}")
+    return lines
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group ok rows over seeds: mean ± std of test accuracy, mean fit seconds."""
+    """Group ok rows over seeds: mean ± std of test accuracy, mean fit seconds; ``frontier`` marks the
+    rows on the time-to-accuracy frontier of their dataset (``mark_frontier``)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok":
@@ -63,6 +117,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "chosen": chosen_text(members[0].get("chosen")) if len(members) == 1 else "",  # seeds choose apart
             "_acc": float(acc.mean()),
         })
+    mark_frontier(out)
     return out
 
 
@@ -109,18 +164,34 @@ def plot(summary: list[dict[str, Any]], layers: list[str], out: Path) -> list[Pa
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"{s['dataset']}/{s['layer']}" for s in summary]
-    groups = sorted(set(labels), key=labels.index)
-    width = 0.8 / max(1, len(heads))
-    for i, head in enumerate(heads):
-        vals = [next((s["fit_s"] for s in summary if f"{s['dataset']}/{s['layer']}" == g and s["head"] == head), 0)
-                for g in groups]
-        ax.bar(np.arange(len(groups)) + i * width, vals, width, label=head)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=30, ha="right", fontsize=8)
-    ax.set_yscale("symlog", linthresh=0.01)
-    ax.set_ylabel("fit seconds (log above 0.01)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    colors = {head: f"C{i % 10}" for i, head in enumerate(heads)}
+    markers = {layer: "osD^v<>ph*"[i % 10] for i, layer in enumerate(layers)}
+    for ax, panel in zip(axes[0], panels, strict=True):
+        members = [s for s in summary if (s["dataset"], s["backbone"], s["shots"]) == panel and isfinite(s["_acc"])]
+        for s in members:
+            ax.scatter(s["fit_s"], s["_acc"], color=colors[s["head"]], marker=markers.get(s["layer"], "o"),
+                       edgecolors="black" if s.get("frontier") else "none", zorder=3)
+        front = sorted((s for s in members if s.get("frontier")), key=lambda s: (s["fit_s"], s["_acc"]))
+        if front:  # the best accuracy reachable within each fit time: a step up at each frontier row
+            xs = [s["fit_s"] for s in front]
+            ys = [s["_acc"] for s in front]
+            right = max(s["fit_s"] for s in members) * 1.5 + 0.01
+            ax.step([*xs, right], [*ys, ys[-1]], where="post", color="black", alpha=0.6, lw=1, zorder=2,
+                    label="frontier")
+            for s in front:
+                ax.annotate(f"{s['head']}/{s['layer']}", (s["fit_s"], s["_acc"]), fontsize=7,
+                            xytext=(4, -10), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_title(f"{panel[0]} / {panel[1]}" + (f" / {panel[2]}-shot" if panel[2] != "all" else ""), fontsize=9)
+        ax.set_xlabel("fit seconds (log above 0.01)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=h) for h, c in colors.items()]
+    if len({s["layer"] for s in summary}) > 1:
+        handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=layer) for layer, m in markers.items()]
+    handles.append(plt.Line2D([], [], color="black", alpha=0.6, label="frontier"))
+    axes[0][-1].legend(handles=handles, fontsize=7)
     fig.tight_layout()
     written.append(out.with_name(out.name + "-fit-time.png"))
     fig.savefig(written[-1], dpi=110)
@@ -152,7 +223,11 @@ def render_markdown(config: ReportConfig, rows: list[dict[str, Any]]) -> str:
     columns = ["dataset", "backbone", "layer", "head", "shots", "classes", "n_train", "val_acc", "test_acc", "fit_s"]
     if any(s["chosen"] for s in summary):  # hyperparameters chosen on val (CSVs written before have none)
         columns.append("chosen")
-    parts = [f"# {config.name}", "", format_table(summary, columns)]
+    columns.append("frontier")  # on the time-to-accuracy frontier of its dataset
+    parts = [f"# {config.name}", "", format_table(summary, columns), "",
+             "`frontier`: on its dataset's time-to-accuracy frontier: no other layer and head is as "
+             "fast and as accurate on test, and better in one of the two. Along the frontier, from "
+             "fastest to most accurate:", "", *(frontier_lines(summary) or ["- (fewer than two rows per dataset)"])]
     if len({s["layer"] for s in summary}) > 1:
         parts += ["", "Test accuracy by layer (best in bold):", "", layer_table(summary, list(config.layers))]
     advice = advise_table(rows)

@@ -196,3 +196,44 @@ def test_benchmark_environment_records_resolved_and_pinned_versions() -> None:
     for dist in ("torch", "torchvision", "lightgbm", "scikit-learn", "pillow", "numpy"):
         assert versions[dist] == metadata.version(dist), dist
     assert env["pinned"] == "yes", env["pinned"]  # this environment is the one constraints.txt pins
+
+
+def test_pareto_front_ties_single_and_missing() -> None:
+    from embedpipe.report import pareto_front
+
+    assert pareto_front([]) == []
+    assert pareto_front([(12.5, 0.4)]) == [True]  # a single head is its own frontier
+    # slower and less accurate; as fast but less accurate; as accurate but slower: all off it
+    assert pareto_front([(1.0, 0.9), (2.0, 0.8), (1.0, 0.85), (3.0, 0.9), (5.0, 0.95)]) == \
+        [True, False, False, False, True]
+    assert pareto_front([(1.0, 0.9), (1.0, 0.9), (0.5, 0.5)]) == [True, True, True]  # equal points: both on it
+    nan = float("nan")  # a missing value: never on it, and it hides no other point
+    assert pareto_front([(0.1, nan), (1.0, 0.9), (None, 0.99), (0.0, None), (nan, 1.0)]) == \
+        [False, True, False, False, False]
+
+
+def test_report_marks_the_frontier_per_dataset(tmp_path: Path) -> None:
+    """The table's `frontier` column and the list under it, per dataset, from the values the table
+    shows; a row without test accuracy is never on it; the plot is drawn."""
+    from embedpipe.report import render_markdown, summarize, write_report
+
+    def row(dataset: str, head: str, acc: str, fit: str) -> dict[str, str]:
+        return {"dataset": dataset, "backbone": "b", "layer": "pooled", "head": head, "shots": "", "status": "ok",
+                "test_acc": acc, "val_acc": acc, "fit_s": fit, "classes": "3", "n_train": "30", "chosen": ""}
+
+    rows = [row("a", "ncm", "0.80", "0.001"), row("a", "logreg", "0.90", "1.0"), row("a", "mlp", "0.90", "2.0"),
+            row("a", "lgbm", "0.85", "3.0"), row("a", "knn", "0.9001", "1.0"), row("a", "none", "", "0.0001"),
+            row("b", "logreg", "0.5", "9.0")]
+    marked = {(s["dataset"], s["head"]): s["frontier"] for s in summarize(rows)}
+    # knn's 0.9001 shows as 0.900, as logreg's at the same time: both stay on it; mlp is as accurate, slower
+    assert marked == {("a", "ncm"): "yes", ("a", "logreg"): "yes", ("a", "knn"): "yes", ("a", "mlp"): "",
+                      ("a", "lgbm"): "", ("a", "none"): "", ("b", "logreg"): "yes"}
+    config = BenchConfig(name="front", layers=("pooled",), results_dir=str(tmp_path))
+    md = render_markdown(config, rows)
+    table = [line.split("|")[1:-1] for line in md.splitlines() if line.startswith("| ")]
+    assert table[0][-1].strip() == "frontier"
+    assert {(r[0].strip(), r[3].strip()): r[-1].strip() for r in table[1:8]}[("a", "mlp")] == "-"
+    assert "- a / b: ncm on pooled 0.800 in 0.00 s -> " in md and "0.900 in 1.00 s" in md
+    assert "- b / b" not in md  # one row is no choice
+    paths = write_report(config, rows)
+    assert paths["front-fit-time"].stat().st_size > 1000

@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
+from ..core.threads import fit_threads
 from .select import selection_rows
 
 State = tuple[dict[str, Any], dict[str, np.ndarray]]
@@ -54,6 +55,16 @@ class Head(ClassifierMixin, BaseEstimator):
     its one-line lazy entry in ``heads/registry.py``, so listing it imports nothing). ``fit(X, y,
     eval_set=None)`` validates the input, encodes the labels into ``classes_`` and, for a head that
     selects (``_selects``), gets its validation rows from ``heads.select.selection_rows``.
+
+    Notes
+    -----
+    ``fit`` and ``predict_proba`` choose their CPU threads from the size of the problem
+    (``core.threads.fit_threads``): one thread per 1e9 multiply-adds of one pass over the data
+    (``_thread_work``; ``n * d * k`` for a linear head), at least one and at most torch's default, so
+    that a small fit on a machine that other processes keep busy takes about as long as on an idle
+    one. torch's thread count is restored after each call. A thread count the user set wins and is
+    left as it is: ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` in the environment, a
+    ``torch.set_num_threads`` call, or an active ``threadpoolctl.threadpool_limits``.
     """
 
     name: ClassVar[str] = ""  # registry name (`embedpipe train --head NAME`, head files)
@@ -75,6 +86,12 @@ class Head(ClassifierMixin, BaseEstimator):
         """Whether this head, with these hyperparameters, selects on validation rows (then ``fit``
         hands ``_fit`` an ``eval_set`` or rows held out of train by ``selection_rows``)."""
         return False
+
+    def _thread_work(self, n: int) -> float:
+        """Multiply-adds of one pass of the model over ``n`` rows (the largest step it runs at once):
+        ``core.threads.fit_threads`` sizes the threads of ``fit`` and ``predict_proba`` by it. A linear
+        head's ``n * d * k`` by default; ``float("inf")`` = torch's default threads."""
+        return float(n) * self.n_features_in_ * len(self.classes_)
 
     def _state_spec(self) -> StateSpec | None:
         """The state ``_set_state`` accepts, given the hyperparameters, ``classes_`` and
@@ -125,13 +142,15 @@ class Head(ClassifierMixin, BaseEstimator):
             X, y_index, X_val, y_val = selection_rows(
                 X, y_index, None if X_val is None or y_val is None else (X_val, y_val),
                 getattr(self, "selection", None), type(self).__name__)
-        self._fit(X, y_index, X_val, y_val)
+        with fit_threads(self._thread_work(len(X) + (0 if X_val is None else len(X_val)))):
+            self._fit(X, y_index, X_val, y_val)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "classes_")
         X = validate_data(self, X, reset=False, dtype=np.float32)
-        return self._predict_proba(X)
+        with fit_threads(self._thread_work(len(X))):
+            return self._predict_proba(X)
 
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "classes_")  # NotFittedError before touching classes_

@@ -264,6 +264,9 @@ class FinetuneHead(Head):
         self.device = device
         self.verbose = verbose
 
+    def _thread_work(self, n: int) -> float:
+        return float("inf")  # convolutions over feature maps: torch's default threads
+
     def _selects(self) -> bool:
         return True
 

@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..core.errors import EmbedpipeError
 from .base import ArraySpec, Head, State, StateSpec
@@ -68,7 +69,9 @@ class LGBMHead(Head):
     early_stopping_rounds : int, default=20
         Rounds without a validation gain before stopping; 0 = no early stopping (and no selection).
     n_jobs : int, default=0
-        Threads; 0 = all cores.
+        Threads; 0 = as many as the fit's size calls for (one per 1e9 multiply-adds of ``n * d * k``,
+        at most torch's default; ``Head``'s Notes), or the user's own setting (``OMP_NUM_THREADS``,
+        ``torch.set_num_threads``).
     random_state : int, default=0
         LightGBM's seed.
     warn_after_s : float, default=60.0
@@ -166,7 +169,7 @@ class LGBMHead(Head):
             "min_child_samples": self.min_child_samples,
             "feature_fraction": self.colsample,
             "lambda_l2": self.reg_lambda,
-            "num_threads": self.n_jobs,
+            "num_threads": self.n_jobs or torch.get_num_threads(),  # 0: the threads fit_threads chose
             "seed": self.random_state,
             "deterministic": True,
             "force_row_wise": True,

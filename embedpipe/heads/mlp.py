@@ -5,6 +5,7 @@ early stopping on validation. The data lives as tensors on the device; batches a
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,11 @@ class MLPHead(Head):
 
     def _selects(self) -> bool:
         return True
+
+    def _thread_work(self, n: int) -> float:
+        # one step is a minibatch: its rows through every layer
+        widths = [self.n_features_in_, *[self.hidden] * self.n_layers, len(self.classes_)]
+        return float(min(n, self.batch_size)) * sum(a * b for a, b in pairwise(widths))
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         dev = resolve_device(self.device)

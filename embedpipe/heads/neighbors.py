@@ -78,6 +78,10 @@ class KNNHead(Head):
         self.batch_size = batch_size
         self.device = device
 
+    def _thread_work(self, n: int) -> float:
+        # a block of queries against every stored row (fit only stores the rows)
+        return float(min(n, self.batch_size)) * len(getattr(self, "X_", ())) * self.n_features_in_
+
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         self.X_ = l2_normalize(X).astype(np.float32)
         self.y_ = y.astype(np.int64)
