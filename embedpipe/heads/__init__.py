@@ -21,6 +21,7 @@ from .mlp import MLPHead
 from .multilayer import MultiLayerHead
 from .neighbors import KNNHead, NCMHead
 from .registry import DESCRIPTIONS, HEADS, register_head
+from .ridge import RidgeHead
 from .zeroshot import ZeroShotClassifier
 
 # Classifiers that `embedpipe train --head NAME` builds and head files hold, but that are not heads,
@@ -72,6 +73,7 @@ __all__ = [
     "MLPHead",
     "MultiLayerHead",
     "NCMHead",
+    "RidgeHead",
     "ZeroShotClassifier",
     "classifier_class",
     "create_classifier",
