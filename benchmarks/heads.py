@@ -23,6 +23,7 @@ Writes benchmarks/results/heads.csv and heads.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -123,7 +124,8 @@ def bench_ridge(tasks: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for task, (train, val, test) in tasks.items():
         n, d = train[0].shape
-        common = {"section": "ridge", "task": task, "n_train": n, "dims": d, "classes": len(np.unique(train[1]))}
+        common = {"section": "ridge", "task": task, "n_train": n, "dims": d, "classes": len(np.unique(train[1])),
+                  "load_1min": round(os.getloadavg()[0], 1)}  # other work on the machine inflates fit_s
         t0 = time.perf_counter()
         head = create_head("ridge").fit(*train, eval_set=val)
         ridge_s = time.perf_counter() - t0
