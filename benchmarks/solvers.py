@@ -9,6 +9,11 @@ benchmarks/heads.py:
 - logreg: validation accuracy along the C path at gradient tolerance 1e-4 (the head's) vs 1e-3;
 - lgbm: test accuracy and best round with and without L2 on leaf values (reg_lambda 1.0 vs 0),
   early stopping on validation, 100 classes.
+- ridge, on digits and glyphs ``pooled`` (the demo's caches, when they exist: run ``make demo`` first)
+  and the synthetic 100-class data: how alpha is selected without validation rows (exact
+  leave-one-out accuracy, 5-fold accuracy, or GCV's squared error, each on train alone, against the
+  best test accuracy on the same grid); whether to standardise the features (val-selected test
+  accuracy); the eigensolver on one thread vs the default thread count.
 
 "(used)" marks what the heads do now, found by running them, not written by hand: whether
 embedpipe/heads/logreg.py's L-BFGS closure goes through autograd (it saves tensors for backward),
@@ -133,11 +138,89 @@ def lgbm_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def ridge_tasks() -> dict[str, Any]:
+    from heads import cached, synthetic
+
+    tasks = {"synthetic 100 classes": synthetic(22858, 512, 100, seed=0)}
+    for name in ("digits", "glyphs"):
+        data = cached(name)
+        if data is not None:
+            tasks[f"{name} pooled"] = data
+    return tasks
+
+
+def gcv_alpha(X: Any, y: Any, grid: list[float]) -> float:
+    """GCV's choice: the alpha minimising n ||(I - H) Y||^2 / (n - tr H)^2 (one-hot Y, the intercept in H),
+    from the head's own eigendecomposition; O(rank) per alpha."""
+    from embedpipe.heads.ridge import class_sums, spectrum
+
+    Xc = torch.from_numpy(X).double()
+    Xc -= Xc.mean(0)
+    yt = torch.from_numpy(y)
+    k = int(yt.max()) + 1
+    V, s = spectrum(Xc)
+    w = ((V.T @ class_sums(Xc, yt, k)) ** 2).sum(1) / s  # ||U_j^T Y||^2 for the left singular vectors U
+    n = len(y)
+    share = torch.bincount(yt, minlength=k).double() / n
+    total = n - n * float((share**2).sum())  # ||Y - 1 ybar^T||^2
+    scores = []
+    for a in grid:
+        resid = total - float((w * (1 - (a / (s + a)) ** 2)).sum())
+        scores.append(n * resid / (n - 1 - float((s / (s + a)).sum())) ** 2)
+    return grid[min(range(len(grid)), key=scores.__getitem__)]
+
+
+def ridge_rows() -> list[dict[str, Any]]:
+    import os
+
+    import numpy as np
+
+    from embedpipe import create_head
+
+    rows = []
+    default = create_head("ridge")
+    for task, ((Xtr, ytr), val, test) in ridge_tasks().items():
+        study = f"ridge alpha without val: {task}"
+        load = os.getloadavg()[0]
+        chosen = {}
+        for label, cv in (("leave-one-out accuracy", None), ("5-fold accuracy", 5)):
+            t0 = time.perf_counter()
+            head = create_head("ridge", cv=cv).fit(Xtr, ytr)
+            chosen[label] = (head.alpha_, time.perf_counter() - t0)
+        grid = [float(a) for a in head.val_scores_]  # the default grid (relative to this data's scale)
+        t0 = time.perf_counter()
+        chosen["GCV squared error"] = (gcv_alpha(Xtr, ytr, grid), time.perf_counter() - t0)
+        # test accuracy of the train-only fit at every alpha of the grid: the test rows as "validation"
+        path = create_head("ridge", alphas=tuple(grid), refit=False).fit(Xtr, ytr, eval_set=test).val_scores_
+        best = max(grid, key=lambda a: path[repr(a)])
+        rows.append({"study": study, "variant": "best test accuracy on the grid (oracle)",
+                     "value": f"test {path[repr(best)]:.4f}, alpha {best:g}", "unit": f"load {load:.1f}"})
+        for label, (alpha, secs) in chosen.items():
+            rows.append({"study": study, "variant": label + used(label.startswith("leave") and default.cv is None),
+                         "value": f"test {path[repr(alpha)]:.4f}, alpha {alpha:g}, {secs:.1f} s"
+                                  + (" (without the fit)" if label.startswith("GCV") else ""), "unit": f"load {load:.1f}"})
+        for std in (True, False):
+            head = create_head("ridge", standardize=std).fit(Xtr, ytr, eval_set=val)
+            rows.append({"study": f"ridge standardize: {task}", "variant": f"standardize={std}" + used(std == default.standardize),
+                         "value": f"test {head.score(*test):.4f}, alpha {head.alpha_:g}", "unit": "val-selected, refit"})
+        print(*rows[-6:], sep="\n", flush=True)
+    X = np.random.default_rng(0).normal(size=(9000, 1280))
+    G = torch.from_numpy(X.T @ X)
+    before = torch.get_num_threads()
+    for threads in sorted({1, before}):
+        torch.set_num_threads(threads)
+        rows.append({"study": "eigh 1280 x 1280 float64", "variant": f"{threads} thread(s)" + used(threads == 1),
+                     "value": round(ms_per_call(lambda: torch.linalg.eigh(G), repeat=3)),
+                     "unit": f"ms, load {os.getloadavg()[0]:.1f}"})
+    torch.set_num_threads(before)
+    return rows
+
+
 def main() -> None:
     from _common import environment, write_results
 
     env = environment()
-    rows = [{**r, **env} for r in logreg_rows() + lgbm_rows()]
+    rows = [{**r, **env} for r in ridge_rows() + logreg_rows() + lgbm_rows()]
     _, md = write_results("solvers", rows, ["study", "variant", "value", "unit"])
     print(md.read_text())
 

@@ -66,7 +66,7 @@ def blobs(
 
 
 def test_every_head_is_checked() -> None:
-    assert {"logreg", "mlp", "lgbm", "knn", "ncm", "multilayer", "finetune"} == set(list_heads())
+    assert {"logreg", "mlp", "lgbm", "knn", "ncm", "multilayer", "finetune", "ridge"} == set(list_heads())
     assert {"lgbm", "logreg"} <= set(list_heads("l*")) and "mlp" not in list_heads("l*")
     assert set(DESCRIPTIONS) == set(list_heads())
 

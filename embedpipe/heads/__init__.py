@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from .mlp import MLPHead
     from .multilayer import MultiLayerHead
     from .neighbors import KNNHead, NCMHead
+    from .ridge import RidgeHead
     from .zeroshot import ZeroShotClassifier
 
 # The head classes and the head-file functions import torch and scikit-learn: each loads on first use
@@ -39,6 +40,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "MLPHead": ".mlp",
     "MultiLayerHead": ".multilayer",
     "NCMHead": ".neighbors",
+    "RidgeHead": ".ridge",
     "ZeroShotClassifier": ".zeroshot",
     "load_head": ".io",
     "save_head": ".io",
@@ -94,6 +96,7 @@ __all__ = [
     "MLPHead",
     "MultiLayerHead",
     "NCMHead",
+    "RidgeHead",
     "ZeroShotClassifier",
     "classifier_class",
     "create_classifier",

@@ -36,6 +36,8 @@ HEADS.add_lazy("mlp", "embedpipe.heads.mlp:MLPHead", "1-2 hidden layer MLP, Adam
 HEADS.add_lazy("multilayer", "embedpipe.heads.multilayer:MultiLayerHead",
                "Head2Toe: several layers, per-layer normalised, group-lasso selection, logreg")
 HEADS.add_lazy("ncm", "embedpipe.heads.neighbors:NCMHead", "nearest class mean (cosine, centred), the few-shot baseline")
+HEADS.add_lazy("ridge", "embedpipe.heads.ridge:RidgeHead",
+               "ridge classifier, closed form: one eigendecomposition, alpha on val or leave-one-out")
 
 # Classifiers that `embedpipe train --head NAME` builds and head files hold, but that are not heads
 # (nothing is fitted), with their one-line descriptions (`embedpipe list heads` shows them too).
