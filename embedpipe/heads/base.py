@@ -178,10 +178,10 @@ class Head(ClassifierMixin, BaseEstimator):
             if not len(y_val):
                 X_val = y_val = None
         y_index = y_index.astype(np.int64)
-        self.selection_: dict[str, Any] = {"rule": "none"}  # how this fit selected (train reports it)
         if not self._selects():
             self._fit(X, y_index, X_val, y_val)
             return self
+        self.selection_: dict[str, Any] = {"rule": "none"}  # how this fit selected (train reports it)
         who = type(self).__name__
         if X_val is not None and y_val is not None:
             self.selection_ = {"rule": "eval_set", "val_rows": len(y_val), "n_classes": len(self.classes_)}

@@ -165,6 +165,10 @@ class FinetuneHead(Head):
         The class labels.
     n_features_in_ : int
         Number of (flattened) features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     tail_ : torch.nn.Module or None
         The retrained blocks after ``layer``; None without a backbone.
     fc_ : torch.nn.Linear

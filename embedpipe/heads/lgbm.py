@@ -86,6 +86,10 @@ class LGBMHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     pca_mean_ : ndarray of shape (n_features,) or None
         Training mean of the projection; None without one.
     components_ : ndarray of shape (n_components, n_features) or None
@@ -96,6 +100,9 @@ class LGBMHead(Head):
         Boosting rounds used for prediction (the best validation round when stopping early).
     stopped_on_val_ : bool
         Whether ``best_iteration_`` was chosen on validation rows (set by ``fit``; not saved).
+    cv_log_loss_ : float or None
+        Under k-fold selection, the mean validation log loss over the folds at ``best_iteration_``;
+        None otherwise (set by ``fit``; not saved).
     estimated_fit_s_ : float
         Fit time projected from the first rounds (set once three rounds have run).
 
@@ -188,6 +195,7 @@ class LGBMHead(Head):
         booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid, callbacks=callbacks)
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.stopped_on_val_ = bool(valid)  # the rounds were chosen on validation rows (not saved in head files)
+        self.cv_log_loss_ = None
         self.booster_ = booster
 
     # -- k-fold selection (heads/select.py's KFold): the path is the boosting rounds ---------------

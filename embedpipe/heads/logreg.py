@@ -117,6 +117,10 @@ class LogRegHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     coef_ : ndarray of shape (n_classes, n_features)
         Weights on raw X: one row per class (also with two classes).
     intercept_ : ndarray of shape (n_classes,)

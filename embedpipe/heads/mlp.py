@@ -74,6 +74,10 @@ class MLPHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     mean_ : ndarray of shape (n_features,)
         Training mean used to standardise the input.
     scale_ : ndarray of shape (n_features,)

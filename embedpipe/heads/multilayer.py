@@ -147,6 +147,10 @@ class MultiLayerHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit`` (all layers).
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     mean_ : ndarray of shape (n_features,)
         Training mean of the selection's standardisation.
     scale_ : ndarray of shape (n_features,)
