@@ -35,7 +35,7 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
-from embedpipe.heads.select import DEFAULT_SELECTION, Auto, HoldOut, KFold, resolve, selection_rows
+from embedpipe.heads.select import DEFAULT_SELECTION, Auto, HoldOut, KFold, selection_rows
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
 SMALL: dict[str, dict[str, Any]] = {
@@ -278,7 +278,7 @@ FAST: dict[str, dict[str, Any]] = {**SMALL, "finetune": {"min_steps": 30, "epoch
 
 
 def test_holdout_is_the_train_carve_rule() -> None:
-    assert DEFAULT_SELECTION == Auto() and DEFAULT_SELECTION.resolve(9000, 100) == HoldOut(fraction=0.15, seed=0)
+    assert Auto() == DEFAULT_SELECTION and DEFAULT_SELECTION.resolve(9000, 100) == HoldOut(fraction=0.15, seed=0)
     assert HoldOut().split_rule == VAL_CARVE  # the rule train.py applies to a cache without val rows
     ids, labels = [f"img{i}" for i in range(40)], np.repeat([0, 1], 20)
     np.testing.assert_array_equal(HoldOut().mask(ids, labels), carve_val(ids, labels, VAL_CARVE))

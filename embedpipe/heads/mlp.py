@@ -212,11 +212,11 @@ class MLPHead(Head):
         """Train on all of train for the chosen number of epochs (the same schedule as in the folds)."""
         dev = resolve_device(self.device)
         self.mean_, self.scale_ = standardizer(X)
-        net = None
-        for epoch, net in enumerate(self._epochs(X, y, self.mean_, self.scale_, dev), start=1):
-            if epoch >= int(candidate):
-                break
-        assert net is not None
+        epochs = self._epochs(X, y, self.mean_, self.scale_, dev)
+        for _ in range(int(candidate) - 1):
+            next(epochs)
+        net = next(epochs)  # the network after the chosen epoch
+        epochs.close()
         self.n_epochs_ = self.best_epoch_ = int(candidate)
         self.best_val_score_ = float(scores[candidate])
         self.net_ = net.eval().cpu()
