@@ -35,7 +35,7 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
-from embedpipe.heads.select import DEFAULT_SELECTION, Auto, HoldOut, KFold, selection_rows
+from embedpipe.heads.select import DEFAULT_SELECTION, Auto, HoldOut, KFold, resolve, selection_rows
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
 SMALL: dict[str, dict[str, Any]] = {
@@ -868,3 +868,76 @@ def test_docstring_examples_run() -> None:
             ran[obj.__name__] = ran.get(obj.__name__, 0) + result.attempted
     assert all(ran.get(cls.__name__, 0) >= 3 for cls in DOCUMENTED), ran  # a real example per head
     assert ran["HoldOut"] >= 1
+
+
+# -- 3d. k-fold selection: KFold folds, Auto's switch, a head's choice = a brute-force loop over folds ----
+
+
+def test_kfold_folds_are_stratified_seeded_and_a_partition() -> None:
+    y = np.repeat([0, 1, 2, 3], [12, 10, 3, 1])  # class 2 has fewer rows than folds, class 3 a single row
+    masks = KFold().val_masks(y, "test")
+    assert len(masks) == 5
+    held = np.sum(masks, axis=0)
+    assert held[y != 3].tolist() == [1] * 25 and held[y == 3].tolist() == [0]  # each row once; the singleton never
+    for c, n in ((0, 12), (1, 10)):
+        per_fold = [int(m[y == c].sum()) for m in masks]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n  # stratified
+    assert [int(m.sum()) for m in masks] == [5, 5, 5, 5, 5]
+    again = KFold().val_masks(y, "test")
+    assert all(np.array_equal(a, b) for a, b in zip(masks, again, strict=True))  # deterministic
+    assert not all(np.array_equal(a, b) for a, b in zip(masks, KFold(seed=1).val_masks(y, "test"), strict=True))
+    for bad in (1, 2.5, True):
+        with pytest.raises(ValueError, match="folds"):
+            KFold(folds=bad)  # type: ignore[arg-type]
+
+
+def test_kfold_says_in_one_line_how_it_handles_small_classes(caplog: pytest.LogCaptureFixture) -> None:
+    y = np.repeat([0, 1, 2], [12, 3, 1])
+    with caplog.at_level("WARNING"):
+        KFold().val_masks(y, "LogRegHead")
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "\n" not in message and "2 of 3 classes have fewer than 5 rows (smallest 1)" in message
+    assert "1 class with a single row stays in training in every fold" in message
+
+
+def test_auto_switches_to_kfold_at_the_thresholds() -> None:
+    auto = Auto()
+    assert auto.resolve(1999, 10) == KFold() and auto.resolve(2000, 10) == HoldOut()  # 2,000 images
+    assert auto.resolve(2999, 100) == KFold() and auto.resolve(3000, 100) == HoldOut()  # 30 per class
+    assert Auto(folds=3, seed=2).resolve(100, 2) == KFold(3, 2)
+    assert resolve(None, np.repeat(np.arange(10), 20)) == KFold()  # the default rule, on 200 rows
+    assert resolve(HoldOut(0.2), np.zeros(5)) == HoldOut(0.2)  # a concrete rule is kept
+
+
+def test_logreg_kfold_picks_the_C_of_a_brute_force_loop_over_the_folds() -> None:
+    X, y = make_classification(n_samples=80, n_features=12, n_informative=5, n_classes=3, class_sep=0.7,
+                               random_state=3)
+    Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    head = create_head("logreg", Cs=Cs, patience=None, tol=1e-6, selection=KFold()).fit(X, y)
+    masks = KFold().val_masks(y, "test")
+    brute = {c: float(np.mean([create_head("logreg", C=c, tol=1e-6).fit(X[~m], y[~m]).score(X[m], y[m])
+                               for m in masks])) for c in Cs}
+    assert head.selection_ == {**head.selection_, "rule": "kfold", "folds": 5, "val_rows": 80}
+    assert [head.val_scores_[repr(c)] for c in Cs] == pytest.approx([brute[c] for c in Cs], abs=1e-6)
+    best = max(Cs, key=lambda c: (brute[c], -Cs.index(c)))  # the first best, as GridSearchCV
+    assert head.C_ == best and head.best_val_score_ == pytest.approx(brute[best], abs=1e-6)
+    final = create_head("logreg", C=best, tol=1e-6).fit(X, y)  # then one fit on all of train at that C
+    np.testing.assert_allclose(head.predict_proba(X), final.predict_proba(X), atol=1e-5)
+    assert "over 5 stratified folds" in (head.how_chosen() or "")
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_every_selecting_head_selects_by_kfold_on_small_train(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
+    with caplog.at_level("WARNING"):
+        head = create_head(name, **FAST.get(name, {})).fit(X, y)  # 60 rows: Auto picks k-fold
+    chance = np.bincount(y).max() / len(y)
+    if name == "finetune":  # k fine-tunes cost too much: a held-out 15 %, said in one line
+        assert head.selection_["rule"] == "holdout"
+        (record,) = caplog.records
+        assert "instead of 5-fold cross-validation" in record.getMessage()
+    else:
+        assert head.selection_["rule"] == "kfold" and head.selection_["val_rows"] == 60 and not caplog.records
+        assert "5 stratified folds" in (head.how_chosen() or "") and head.chosen_params()
+    assert head.score(X, y) > chance  # FAST settings: a quick fit, better than the majority class
