@@ -921,7 +921,7 @@ def test_logreg_kfold_picks_the_C_of_a_brute_force_loop_over_the_folds() -> None
     assert head.selection_ == {**head.selection_, "rule": "kfold", "folds": 5, "val_rows": 80}
     assert [head.val_scores_[repr(c)] for c in Cs] == pytest.approx([brute[c] for c in Cs], abs=1e-6)
     best = max(Cs, key=lambda c: (brute[c], -Cs.index(c)))  # the first best, as GridSearchCV
-    assert head.C_ == best and head.best_val_score_ == pytest.approx(brute[best], abs=1e-6)
+    assert best == head.C_ and head.best_val_score_ == pytest.approx(brute[best], abs=1e-6)
     final = create_head("logreg", C=best, tol=1e-6).fit(X, y)  # then one fit on all of train at that C
     np.testing.assert_allclose(head.predict_proba(X), final.predict_proba(X), atol=1e-5)
     assert "over 5 stratified folds" in (head.how_chosen() or "")

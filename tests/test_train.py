@@ -95,7 +95,7 @@ def test_a_small_cache_without_val_selects_by_kfold_and_says_so(
     assert r.selection is not None and r.selection["rule"] == "kfold" and r.selection["val_rows"] == 42
     assert "over 5 stratified folds of train" in r.selection["how"] and "5-fold" in r.selection["val"]
     head, info = load_head(r.path)
-    assert head.selection == KFold() and info["val_split"] == r.val_split and head.C_ == r.chosen["C"]
+    assert head.selection == KFold() and info["val_split"] == r.val_split and r.chosen["C"] == head.C_
     # 42 validation images (< FEW_VAL_ROWS): one line with the count and the standard error
     assert r.val_acc is not None and r.val_se == pytest.approx(standard_error(r.val_acc, 42), abs=1e-4)
     (line,) = r.warnings
