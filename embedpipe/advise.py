@@ -3,6 +3,10 @@
 ``advise(cache)`` measures two things about a dataset and its backbone:
 
 - **size**: training images per class (after the val carve when the cache has no val split);
+- **how much the evidence weighs**: the validation images the sweep's accuracies rest on (the val
+  split, train's carve, or every training image once under k-fold cross-validation when train is
+  small). On few of them (``train.FEW_VAL_ROWS``) the report says the recommendation rests on N
+  images, with the accuracies' standard error, and whether the layer comparison is within it;
 - **distance from the backbone's training data**: a layer sweep (kNN and a quick logistic regression,
   accuracy on val for every cached vector layer, in depth order), where it peaks, and the gap between
   the best earlier layer and ``pooled``: when an earlier stage beats the final embedding, the last
@@ -28,8 +32,16 @@ import numpy as np
 from .core.errors import EmbedpipeError
 from .core.layers import depth
 from .heads import create_head
+from .heads.select import KFold
 from .table import format_table
-from .train import as_cache, load_splits
+from .train import (
+    FEW_VAL_PER_CLASS,
+    FEW_VAL_ROWS,
+    as_cache,
+    load_splits,
+    standard_error,
+    train_rule,
+)
 
 # -- thresholds (the only place they live) -----------------------------------------------------
 SMALL_PER_CLASS = 200  # below this many training images per class, fine-tuning blocks tends to overfit:
@@ -73,6 +85,8 @@ class Evidence:
     per_class: float  # training images per class (mean)
     sweep: list[LayerScore] = field(default_factory=list)
     entropy: float | None = None  # mean normalised entropy of softmax(logits); None without logits
+    val_rows: int | None = None  # validation images each sweep accuracy rests on (k-fold: every training image)
+    val_source: str = "val split"  # "val split", "15% carve of train" or "5-fold cross-validation on train"
 
     @property
     def scores(self) -> list[tuple[str, float]]:
@@ -109,6 +123,15 @@ def decide(ev: Evidence) -> dict[str, Any]:
         different = False
         why = "no earlier layer and no logits cached: assumed similar (cache more layers to measure it)"
     similarity = "different" if different else "similar"
+    rests_on = None
+    if ev.val_rows is not None and ev.val_rows and (
+            ev.val_rows < FEW_VAL_ROWS or ev.val_rows / max(1, ev.n_classes) < FEW_VAL_PER_CLASS):
+        se = standard_error(peak_acc if peak_acc is not None else 0.5, ev.val_rows)
+        within = f"; the layer gap ({abs(gap):.3f}) is within 2 standard errors" if gap is not None and abs(gap) < 2 * se \
+            else ""
+        rests_on = (f"the recommendation rests on {ev.val_rows} validation images ({ev.val_source}, "
+                    f"{ev.val_rows / max(1, ev.n_classes):.1f} per class): val accuracies ± {se:.3f} (standard error)"
+                    f"{within}; treat it as a starting point, not a finding")
     blocks = sorted({depth(n) for n, _ in scores if n != "pooled"})
     last_block = f"block{blocks[-1]}" if blocks else "block4"
     # fine-tuning starts below the peak layer, so the peak's own block is retrained too
@@ -129,7 +152,7 @@ def decide(ev: Evidence) -> dict[str, Any]:
         rec = tuned
     return {"size": size, "similarity": similarity, "case": CASES[(size, similarity)], "why": why,
             "peak_layer": peak_layer, "peak_val": peak_acc, "pooled_val": pooled, "gap": gap,
-            "recommendation": rec}
+            "recommendation": rec, "rests_on": rests_on}
 
 
 def _entropy(cache: Any) -> float | None:
@@ -156,27 +179,40 @@ def _depth(layer: str) -> int | None:
 
 
 def measure(cache: Any) -> Evidence:
-    """The layer sweep and the source entropy of a cache (val carved out of train when it has none)."""
+    """The layer sweep and the source entropy of a cache. Val is the cache's, else train's carve; when
+    train is small (``heads.select.Auto``) the probes are scored by stratified k-fold on train instead."""
 
     cache = as_cache(cache)
     layers = sweep_layers(cache.layers)
     if not layers:
         raise EmbedpipeError(f"cache {cache.path} has no vector layer to sweep (it has {', '.join(cache.layers)})")
+    rule = train_rule(cache)
+    source = ("val split" if rule is None else f"{rule.folds}-fold cross-validation on train"
+              if isinstance(rule, KFold) else f"{rule.fraction:.0%} carve of train")
     sweep = []
-    n_train = n_classes = 0
+    n_train = n_classes = val_rows = 0
     for layer in layers:
         data = load_splits(cache, layer)
         (Xtr, ytr), (Xv, yv) = data["train"], data["val"]
         n_train, n_classes = len(ytr), len(np.unique(ytr))
         knn = lr = None
+        probe = create_head("logreg", Cs=QUICK_CS, refit=False, max_iter=QUICK_MAX_ITER)
         if len(Xv):
+            val_rows = len(yv)
             knn = _acc(create_head("knn", n_neighbors=KNN_K).fit(Xtr, ytr).score(Xv, yv))
-            probe = create_head("logreg", Cs=QUICK_CS, refit=False, max_iter=QUICK_MAX_ITER)
             probe.fit(Xtr, ytr, eval_set=(Xv, yv))
-            lr = _acc(probe.best_val_score_) if probe.best_val_score_ is not None else None
+        elif isinstance(rule, KFold):  # small train, no val: every training image is held out once
+            masks = rule.val_masks(np.unique(ytr, return_inverse=True)[1], "advise")
+            if masks:
+                val_rows = int(sum(m.sum() for m in masks))
+                knn = _acc(np.mean([create_head("knn", n_neighbors=KNN_K).fit(Xtr[~m], ytr[~m]).score(Xtr[m], ytr[m])
+                                    for m in masks]))
+                probe.set_params(selection=rule).fit(Xtr, ytr)
+        if getattr(probe, "best_val_score_", None) is not None:
+            lr = _acc(probe.best_val_score_)
         sweep.append(LayerScore(layer, _depth(layer), cache.dims[layer], knn, lr))
     return Evidence(str(cache.meta.get("dataset")), str(cache.backbone.get("spec")), n_train, n_classes,
-                    n_train / max(1, n_classes), sweep, _entropy(cache))
+                    n_train / max(1, n_classes), sweep, _entropy(cache), val_rows or None, source)
 
 
 def evidence_from_rows(rows: list[dict[str, Any]], dataset: str, backbone: str) -> Evidence | None:
@@ -192,7 +228,11 @@ def evidence_from_rows(rows: list[dict[str, Any]], dataset: str, backbone: str) 
     n_train, n_classes = int(mine[0]["n_train"]), int(mine[0]["classes"])
     sweep = [LayerScore(n, _depth(n), 0, by_layer[n].get("knn"), by_layer[n].get("logreg"))
              for n in sweep_layers(list(by_layer))]
-    return Evidence(dataset, backbone, n_train, n_classes, n_train / max(1, n_classes), sweep)
+    counts = [int(float(r["val_rows"])) for r in mine if r["head"] == "logreg" and r.get("val_rows") not in (None, "")]
+    kfold = any(r.get("selection") == "kfold" for r in mine if r["head"] == "logreg")
+    return Evidence(dataset, backbone, n_train, n_classes, n_train / max(1, n_classes), sweep,
+                    val_rows=min(counts) if counts else None,
+                    val_source="cross-validation on train" if kfold else "val split")
 
 
 def plot_sweep(ev: Evidence, decision: dict[str, Any], out: Path) -> Path:
@@ -254,6 +294,8 @@ def format_advice(report: dict[str, Any]) -> str:
     lines += [f"case: {report['case']}",
               f"recommendation: --head {rec['head']} --layer {rec['layer']}"
               + (f" (fine-tune {rec['finetune_blocks']} block(s))" if rec["finetune_blocks"] else " (backbone frozen)")]
+    if report.get("rests_on"):
+        lines.append(f"caution: {report['rests_on']}")
     if rec.get("frozen_alternative"):
         lines.append(f"cheaper, backbone frozen: --head multilayer --layer {rec['frozen_alternative']}")
     if report.get("plot"):

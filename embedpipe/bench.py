@@ -36,13 +36,15 @@ _logger = get_logger(__name__)
 
 COLUMNS = [
     "dataset", "backbone", "layer", "head", "shots", "seed", "settings", "status", "error",
-    "val_acc", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "n_train", "classes",
-    "chosen", "extract_img_s", "date", "machine", "device", "versions",
+    "val_acc", "val_se", "val_rows", "selection", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s",
+    "n_train", "classes", "chosen", "extract_img_s", "date", "machine", "device", "versions",
 ]
+# val_se: the standard error of val_acc on val_rows images; selection: the rule the head chose by
+# (eval_set = the val split or train's carve, kfold, holdout, none; empty for a head that chooses nothing)
 # Columns that hold JSON text in the CSV (an object per cell) and numbers; ``json_rows`` decodes both.
 JSON_COLUMNS = ("chosen", "versions")
-INT_COLUMNS = ("shots", "seed", "n_train", "classes")
-FLOAT_COLUMNS = ("val_acc", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "extract_img_s")
+INT_COLUMNS = ("shots", "seed", "n_train", "classes", "val_rows")
+FLOAT_COLUMNS = ("val_acc", "val_se", "test_acc", "test_top5", "test_mean_per_class_recall", "fit_s", "extract_img_s")
 # A cell is finished only for the same settings: a digest of the backbone's weights file, the head's
 # hyperparameters and the extract options, so changing any of them re-runs the cell.
 CELL_KEY = ("dataset", "backbone", "layer", "head", "shots", "seed", "settings")
@@ -231,7 +233,11 @@ class Bench:
             result = fit_head(data, head, layer, self.config.head_params.get(head),
                               classifier_class(head).context_params(cache, layer))
             m = result.test_metrics
+            for line in result.warnings:  # e.g. a val accuracy that rests on few images, with the count
+                _logger.warning("%s %s: %s", run.dataset, layer, line)
             return {**base, **run.env, "status": "ok", "error": "", "val_acc": _r(result.val_acc),
+                    "val_se": _r(result.val_se), "val_rows": result.val_rows if result.val_rows is not None else "",
+                    "selection": (result.selection or {}).get("rule", ""),
                     "test_acc": _r(result.test_acc), "test_top5": _r(m.get("top5")),
                     "test_mean_per_class_recall": _r(m.get("mean_per_class_recall")),
                     "fit_s": round(result.fit_s, 3), "n_train": result.n_train, "classes": result.n_classes,

@@ -246,16 +246,22 @@ def cmd_train(args: argparse.Namespace) -> None:
                  "fit_s": r["fit_s_mean"], "n_train": r["n_train"]} for r in res["summary"]]
         _emit(args, res, format_table(rows))
         return
-    results = train_heads(args.cache, heads, layer=args.layer, params=parse_params(args.param, heads), out=args.out)
+    from .heads.select import RULES  # start-up: each verb imports only what it runs
+
+    results = train_heads(args.cache, heads, layer=args.layer, params=parse_params(args.param, heads), out=args.out,
+                          selection=RULES[args.selection]())
     rows = [r.to_dict() for r in results]
     note = results[0].val_split.get("note") if results else None
     if note:
         print(f"embedpipe: {note}", file=sys.stderr)
-    shown = [{**row, "chosen": _chosen_text(row["chosen"])} for row in rows]
+    shown = [{**row, "chosen": _chosen_text(row["chosen"]),  # a val accuracy on few images shows its standard error
+              "val_acc": _pm(row["val_acc"], row["val_se"]) if row["warnings"] else row["val_acc"]} for row in rows]
     table = format_table(shown, ["head", "layer", "val_acc", "test_acc", "chosen", "fit_s", "n_train", "n_classes", "path"])
     for r in results:
         if r.selection:
             rows_used = f" ({r.selection['val_rows']} rows)" if r.selection.get("val_rows") else ""
+            if r.selection.get("rule") == "kfold":
+                rows_used = f" ({r.selection['val_rows']} rows, each held out once)"
             table += f"\n{r.head}: {r.selection['how']}; val: {r.selection['val']}{rows_used}"
         if "layer_contributions_" in r.report:
             kept = r.report.get("layer_kept_", {})
@@ -454,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy "
                       "and the hyperparameters each head chose",
              epilog="Every head's parameters, with defaults: `embedpipe list heads -v`. On a cache without val "
-                    "rows, a seeded 15% of each class of train (seed 0) is held out for selection; "
-                    "`embedpipe evaluate --split val` scores on those same rows.")
+                    "rows (--selection auto): a small train split (under 2,000 images, or under 30 per class) "
+                    "selects by stratified 5-fold cross-validation on train; a larger one holds out a seeded 15% "
+                    "of each class of train (seed 0), and `embedpipe evaluate --split val` scores on those rows.")
     p.add_argument("--cache", required=True, help=CACHE_HELP)
     p.add_argument("--head", default="logreg",
                    help="head name(s), comma-separated: logreg, mlp, lgbm, knn, ncm, multilayer, finetune, "
@@ -469,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "lists them (default: each head's own defaults)")
     p.add_argument("--out", metavar="PATH",
                    help="head file (one head) or folder (several) (default: <cache>/heads/<head>-<layer>.npz)")
+    p.add_argument("--selection", choices=("auto", "kfold", "holdout"), default="auto",
+                   help="how heads select on a cache without val rows: kfold = stratified 5-fold cross-validation "
+                        "on train, holdout = a seeded 15%% of each class held out, auto = kfold when train is small "
+                        "(under 2,000 images or 30 per class), else holdout (default: %(default)s)")
     p.add_argument("--shots", type=int, metavar="K",
                    help="few-shot: K training images per class per seed, mean ± std over seeds; heads are "
                         "not saved (default: off, the full train split)")

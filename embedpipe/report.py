@@ -26,6 +26,7 @@ import numpy as np
 
 from .advise import decide, evidence_from_rows
 from .table import format_table
+from .train import FEW_VAL_PER_CLASS, FEW_VAL_ROWS
 
 
 class ReportConfig(Protocol):
@@ -98,6 +99,12 @@ def frontier_lines(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def few_val(row: dict[str, Any]) -> bool:
+    """Whether a bench row's val accuracy rests on few images (``train.few_val_warning``'s rule)."""
+    n, classes = _float(row.get("val_rows")), _float(row.get("classes"))
+    return bool(n) and (n < FEW_VAL_ROWS or n / max(1.0, classes or 1.0) < FEW_VAL_PER_CLASS)  # type: ignore[operator]
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group ok rows over seeds: mean ± std of test accuracy, mean fit seconds; ``frontier`` marks the
     rows on the time-to-accuracy frontier of their dataset (``mark_frontier``)."""
@@ -109,10 +116,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (dataset, backbone, layer, head, shots), members in groups.items():
         acc = np.array([_float(m["test_acc"]) for m in members], dtype=float)
         fit = np.array([_float(m["fit_s"]) for m in members], dtype=float)
+        val, se = _float(members[0].get("val_acc")), _float(members[0].get("val_se"))
+        few = val is not None and se is not None and few_val(members[0])
         out.append({
             "dataset": dataset, "backbone": backbone, "layer": layer, "head": head, "shots": shots or "all",
             "test_acc": f"{acc.mean():.3f}" + (f" ± {acc.std():.3f}" if len(acc) > 1 else ""),
-            "val_acc": _float(members[0]["val_acc"]) if len(members) == 1 else None,
+            # on few validation images the val accuracy shows its standard error (train.FEW_VAL_ROWS)
+            "val_acc": (f"{val:.3f} ± {se:.3f}" if few else val) if len(members) == 1 else None,
+            "selection": members[0].get("selection") or "",
             "fit_s": round(float(fit.mean()), 2), "classes": members[0]["classes"], "n_train": members[0]["n_train"],
             "chosen": chosen_text(members[0].get("chosen")) if len(members) == 1 else "",  # seeds choose apart
             "_acc": float(acc.mean()),
@@ -210,11 +221,13 @@ def advise_table(rows: list[dict[str, Any]]) -> str:
         d = decide(ev)
         rec = d["recommendation"]
         out.append({"dataset": dataset, "backbone": backbone, "per_class": round(ev.per_class, 1),
+                    "val_images": ev.val_rows or "-",
                     "peak": f"{d['peak_layer']} ({d['peak_val']:.3f})",
                     "gap_vs_pooled": "-" if d["gap"] is None else f"{d['gap']:+.3f}",
                     "case": f"{d['size']} & {d['similarity']}",
                     "recommendation": f"{rec['head']} on {rec['layer']}"
-                                      + (f", fine-tune {rec['finetune_blocks']} block(s)" if rec["finetune_blocks"] else "")})
+                                      + (f", fine-tune {rec['finetune_blocks']} block(s)" if rec["finetune_blocks"] else "")
+                                      + (f" (rests on {ev.val_rows} val images)" if d["rests_on"] else "")})
     return format_table(out) if out else ""
 
 
@@ -223,6 +236,8 @@ def render_markdown(config: ReportConfig, rows: list[dict[str, Any]]) -> str:
     columns = ["dataset", "backbone", "layer", "head", "shots", "classes", "n_train", "val_acc", "test_acc", "fit_s"]
     if any(s["chosen"] for s in summary):  # hyperparameters chosen on val (CSVs written before have none)
         columns.append("chosen")
+    if any(s["selection"] for s in summary):  # the rule they were chosen by (CSVs written before have none)
+        columns.append("selection")
     columns.append("frontier")  # on the time-to-accuracy frontier of its dataset
     parts = [f"# {config.name}", "", format_table(summary, columns), "",
              "`frontier`: on its dataset's time-to-accuracy frontier: no other layer and head is as "
@@ -230,6 +245,11 @@ def render_markdown(config: ReportConfig, rows: list[dict[str, Any]]) -> str:
              "fastest to most accurate:", "", *(frontier_lines(summary) or ["- (fewer than two rows per dataset)"])]
     if len({s["layer"] for s in summary}) > 1:
         parts += ["", "Test accuracy by layer (best in bold):", "", layer_table(summary, list(config.layers))]
+    few = [r for r in rows if r.get("status") == "ok" and r.get("val_acc") not in (None, "") and few_val(r)]
+    if few:
+        counts = sorted({int(float(r["val_rows"])) for r in few})
+        parts += ["", f"{len(few)} of these val accuracies rest on few images ({', '.join(map(str, counts))}; fewer than "
+                      f"{FEW_VAL_ROWS}, or fewer than {FEW_VAL_PER_CLASS} per class): shown ± their standard error."]
     advice = advise_table(rows)
     if advice:
         parts += ["", "Transfer advice (`embedpipe advise`'s rule on this table's val accuracy by layer):", "", advice]

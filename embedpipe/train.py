@@ -6,22 +6,36 @@ that the cache was made by the same backbone, layer and label set as the head.
 
 A layer may name several cached layers joined by commas (``"pooled,block4,block3"``): their features
 are concatenated in that order (``Cache.load``); the ``multilayer`` head trains on all cached layers
-when no layer is given. When the cache has no val rows (data laid out as train/ and test/ only), a
-seeded, stratified 15 % of train is held out for selection by the heads' own selection rule
-(``heads.select.DEFAULT_SELECTION``, the ``HoldOut`` rule a head applies when it is fitted without an
-``eval_set``: one definition of the carve). It is computed at train time, not stored in the cache: it
-is a pure function of the cache's ids, labels and the rule, so it is the same on every run, and the
-head file and results record the rule, the number of rows and a digest of their ids (``val_split``),
-which is enough to recompute and check it. ``evaluate(..., split="val")`` scores on the same carve.
+when no layer is given. When the cache has no val rows (data laid out as train/ and test/ only), the
+selection rule (``heads.select.DEFAULT_SELECTION``, ``Auto``; or the ``selection`` argument) decides
+from the size of train:
+
+- a large train set (2,000 images or more and 30 or more per class): a seeded, stratified 15 % of
+  train is held out for selection (``HoldOut``, the rule a head applies when it is fitted without an
+  ``eval_set``: one definition of the carve). It is computed at train time, not stored in the cache:
+  it is a pure function of the cache's ids, labels and the rule, so it is the same on every run, and
+  the head file and results record the rule, the number of rows and a digest of their ids
+  (``val_split``), which is enough to recompute and check it. ``evaluate(..., split="val")`` scores on
+  the same carve;
+- a small one: no carve. Heads that select do so by stratified 5-fold cross-validation on all of train
+  (``KFold``) and then fit on all of it; ``val_split`` records the rule, and there is no single
+  carve for ``evaluate(..., split="val")`` to score (it says so).
 
 Each result says what the head chose on the selection rows and how: ``chosen`` (logreg: ``{"C": 0.1}``,
 from ``Head.chosen_params``) and ``selection`` (``how``: the rule, candidates and deciding score;
-``val``: where the rows came from, e.g. "15% of train held out per class (seed 0)"; ``val_rows``).
+``rule``: ``eval_set``, ``holdout``, ``kfold`` or ``none``; ``val``: where the rows came from, e.g.
+"15% of train held out per class (seed 0)"; ``val_rows``). When the choice rests on few images (fewer
+than ``FEW_VAL_ROWS``, or fewer than ``FEW_VAL_PER_CLASS`` per class), the result's ``warnings`` say
+so in one line with the count, and ``val_se`` is the val accuracy's standard error,
+``sqrt(p (1 - p) / n)``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,9 +53,15 @@ from .heads import (
     load_head,
     save_head,
 )
-from .heads.select import DEFAULT_SELECTION
+from .heads.select import HoldOut, KFold, Rule, resolve
 
 Classifier = Head | ZeroShotClassifier  # what `train` fits and saves: a head, or the zero-shot classifier
+_logger = logging.getLogger(__name__)
+
+# -- when a val accuracy rests on few images (the only place these live) --------------------------
+FEW_VAL_ROWS = 100  # fewer validation images than this: one image is worth a point or more of accuracy,
+#                     and the standard error of the val accuracy is 3-5 points (0.05 at p = 0.75, n = 75)
+FEW_VAL_PER_CLASS = 5  # or fewer per class than this: a class's score moves by 20 points per image
 
 
 @dataclass
@@ -60,6 +80,9 @@ class FitResult:
     chosen: dict[str, Any] = field(default_factory=dict)  # hyperparameters fit chose on val (logreg: C)
     selection: dict[str, Any] | None = None  # how they were chosen and on which rows; None: nothing chosen
     report: dict[str, Any] = field(default_factory=dict)  # head-specific findings (multilayer: per-layer shares)
+    val_rows: int | None = None  # validation images val_acc rests on (under k-fold: every training image, once)
+    val_se: float | None = None  # standard error of val_acc, sqrt(p (1 - p) / val_rows)
+    warnings: list[str] = field(default_factory=list)  # one line each (e.g. a val accuracy that rests on few images)
     model: Classifier | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,39 +103,82 @@ def default_layer(cache: Cache, head: str) -> str:
     return "pooled"
 
 
-def _carve_mask(cache: Cache) -> np.ndarray | None:
-    """Train rows to hold out as val when the cache has none (None when it has val rows)."""
+def train_rule(cache: Cache, rule: Rule | None = None) -> HoldOut | KFold | None:
+    """The selection rule ``train`` applies to a cache: None when it has val rows (they select);
+    else ``rule`` (None = ``heads.select.DEFAULT_SELECTION``) resolved from the size of train."""
     if len(cache.rows("val")):
         return None
-    return DEFAULT_SELECTION.mask(cache.load_ids("train"), cache.labels[cache.rows("train")])
+    return resolve(rule, cache.labels[cache.rows("train")])
 
 
-def val_split_info(cache: Cache) -> dict[str, Any]:
-    """Where a head's selection rows come from: the cache's val split, or the rows carved out of train."""
-    mask = _carve_mask(cache)
-    if mask is None:
+def _carve_mask(cache: Cache, rule: Rule | None = None) -> np.ndarray | None:
+    """Train rows to hold out as val when the cache has none and the rule carves (None otherwise:
+    the cache has val rows, or train is small and heads select by k-fold on all of it)."""
+    concrete = train_rule(cache, rule)
+    if not isinstance(concrete, HoldOut):
+        return None
+    return concrete.mask(cache.load_ids("train"), cache.labels[cache.rows("train")])
+
+
+def val_split_info(cache: Cache, rule: Rule | None = None) -> dict[str, Any]:
+    """Where a head's selection rows come from: the cache's val split, the rows carved out of train,
+    or k-fold cross-validation on all of train."""
+    concrete = train_rule(cache, rule)
+    if concrete is None:
         return {"source": "cache", "rows": len(cache.rows("val"))}
+    if isinstance(concrete, KFold):
+        labels = cache.labels[cache.rows("train")]
+        n, k = len(labels), len(np.unique(labels))
+        why = (f"train is small ({n} images, {n / max(1, k):.1f} per class)" if rule is None or not isinstance(rule, KFold)
+               else "the k-fold rule was asked for")
+        return {"source": "k-fold on train", "rule": concrete.to_json(), "rows": n,
+                "note": f"no val split in the cache and {why}: heads select by stratified {concrete.folds}-fold "
+                        "cross-validation on train, then fit on all of it"}
+    mask = _carve_mask(cache, concrete)
+    assert mask is not None
     ids = cache.load_ids("train")[mask]
-    rule = DEFAULT_SELECTION
-    return {"source": "carved from train", "rule": rule.split_rule.to_dict(), "rows": int(mask.sum()),
+    return {"source": "carved from train", "rule": concrete.split_rule.to_dict(), "rows": int(mask.sum()),
             "ids_sha256": hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest(),
-            "note": f"no val split in the cache: held out {rule.fraction:.0%} of train (seed {rule.seed}) "
+            "note": f"no val split in the cache: held out {concrete.fraction:.0%} of train (seed {concrete.seed}) "
                     "for selection"}
 
 
-def load_splits(cache: Cache, layer: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_splits(cache: Cache, layer: str, rule: Rule | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """train, val and test (X, y) of a layer; on a cache without val rows, val is the carve when the
+    rule carves (``_carve_mask``) and empty when heads select by k-fold on all of train."""
     data = {s: cache.load(s, layer) for s in ("train", "val", "test")}
     if len(data["train"][0]) == 0:
         raise EmbedpipeError(f"cache {cache.path} has no usable training images")
     if len(np.unique(data["train"][1])) < 2:
         raise EmbedpipeError(f"cache {cache.path} has fewer than 2 classes in its train split")
-    mask = _carve_mask(cache)
+    mask = _carve_mask(cache, rule)
     if mask is not None and mask.any():
         X, y = data["train"]
         data["train"], data["val"] = (X[~mask], y[~mask]), (X[mask], y[mask])
     return data
 
 
+def standard_error(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` images: sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(0.0, p * (1 - p)) / max(1, n))
+
+
+def few_val_warning(who: str, val_acc: float | None, n: int, n_classes: int, kfold: bool = False) -> str | None:
+    """One line when a val accuracy rests on few images (fewer than ``FEW_VAL_ROWS``, or fewer than
+    ``FEW_VAL_PER_CLASS`` per class), with the count and the standard error; None otherwise."""
+    if val_acc is None or not n:
+        return None
+    per_class = n / max(1, n_classes)
+    if n >= FEW_VAL_ROWS and per_class >= FEW_VAL_PER_CLASS:
+        return None
+    where = " (k-fold: each training image held out once)" if kfold else ""
+    line = (f"{who}: selection rests on {n} validation images{where}, {per_class:.1f} per class: val accuracy "
+            f"{val_acc:.3f} ± {standard_error(val_acc, n):.3f} (standard error); test accuracy can differ by more")
+    if val_acc in (0.0, 1.0):  # the standard error is 0 there, and says nothing
+        line += (f"; at {val_acc:.3f} the standard error is 0, yet on {n} images the 95% bound is "
+                 f"{min(1.0, 3 / n):.2f} away (rule of three)"
+                 + ("; no validation image was classified right" if val_acc == 0.0 else ""))
+    return line
 def head_info(cache: Cache, layer: str) -> dict[str, Any]:
     """What a head was trained on: enough to check a cache against it and to rebuild the pipeline.
     ``layer`` lists every layer whose columns the head reads, comma-separated, in column order."""
@@ -133,9 +199,15 @@ def accuracy(head: Classifier, X: np.ndarray, y: np.ndarray) -> float | None:
 
 def fit_head(
     data: dict[str, tuple[np.ndarray, np.ndarray]], name: str, layer: str, params: dict[str, Any] | None = None,
-    context: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None, selection: Rule | None = None,
 ) -> FitResult:
-    head = create_classifier(name, **{**(context or {}), **(params or {})})
+    """Fit one head on ``data`` (train, val, test); ``selection`` is the rule given to a head that takes
+    one when its parameters name none (``train_heads`` passes the rule it resolved for the cache)."""
+    kwargs = {**(context or {}), **(params or {})}
+    if selection is not None and "selection" in inspect.signature(classifier_class(name)).parameters \
+            and "selection" not in kwargs:
+        kwargs["selection"] = selection
+    head = create_classifier(name, **kwargs)
     (Xtr, ytr), (Xv, yv), (Xte, yte) = data["train"], data["val"], data["test"]
     if Xtr.ndim > 2 and not getattr(head, "takes_maps", False):  # e.g. a bench row of logreg on block3:map
         raise EmbedpipeError(f"head {name} takes vectors, and {layer} is an unpooled map; use "
@@ -156,13 +228,21 @@ def fit_head(
     test = metrics(head, Xte, yte) if len(Xte) else {}  # one predict_proba pass gives every test number
     report = {k: getattr(head, k) for k in ("layer_contributions_", "layer_kept_", "keep_") if hasattr(head, k)}
     chosen, how = chosen_by(head)
+    how_selected = getattr(head, "selection_", None) or {}
+    rule = how_selected.get("rule")
+    val_rows = how_selected.get("val_rows") if rule in ("holdout", "kfold") else len(Xv)
     selection: dict[str, Any] | None = None
     if how:
-        selection = {"how": how, "val_rows": len(Xv)} if len(Xv) else {
-            "how": how, "val": "rows held out of train by the head's own selection rule (heads.select)"}
+        selection = {"how": how, "rule": rule or "eval_set", "val_rows": val_rows}
+        if rule in ("holdout", "kfold"):
+            selection["val"] = how_selected.get("describe", "rows of train, by the head's own selection rule")
+    n_classes = len(head.classes_)
+    val_se = standard_error(val, val_rows) if val is not None and val_rows else None
+    warning = few_val_warning(name, val, val_rows or 0, n_classes, kfold=rule == "kfold")
     return FitResult(name, layer, dict(params or {}), val, test.get("top1"),
-                     fit_s, len(Xtr), len(head.classes_), test_metrics=test, report=report, model=head,
-                     chosen=chosen, selection=selection)
+                     fit_s, len(Xtr), n_classes, test_metrics=test, report=report, model=head,
+                     chosen=chosen, selection=selection, val_rows=val_rows if val is not None else None,
+                     val_se=None if val_se is None else round(val_se, 4), warnings=[warning] if warning else [])
 
 
 def chosen_by(head: Classifier) -> tuple[dict[str, Any], str | None]:
@@ -175,6 +255,9 @@ def chosen_by(head: Classifier) -> tuple[dict[str, Any], str | None]:
 
 def describe_val(val_split: dict[str, Any]) -> str:
     """Where the selection rows came from, in words (``val_split_info``)."""
+    if val_split.get("source") == "k-fold on train":
+        rule = val_split.get("rule", {})
+        return f"stratified {rule.get('folds')}-fold cross-validation on train (seed {rule.get('seed')})"
     if val_split.get("source") != "carved from train":
         return "the cache's val split"
     rule = val_split.get("rule", {})
@@ -213,11 +296,13 @@ def train_heads(
     params: dict[str, dict[str, Any]] | None = None,
     out: str | Path | None = None,
     save: bool = True,
+    selection: Rule | None = None,
 ) -> list[FitResult]:
     """Fit each head on one load of the features per layer. ``heads`` is a list of names (or one
     name); ``params`` maps head name -> hyperparameters. ``layer`` (one name or several joined by
     commas) defaults per head (``default_layer``). Heads are saved to ``out`` (a file for one head, a
-    folder for several) or next to the cache."""
+    folder for several) or next to the cache. ``selection`` is the rule for a cache without val rows
+    (``heads.select``: ``HoldOut``, ``KFold`` or ``Auto``; None = ``DEFAULT_SELECTION``, ``Auto``)."""
     names = head_names(heads)
     cache = as_cache(cache)
     for name in names:
@@ -226,18 +311,22 @@ def train_heads(
     for spec in set(layers.values()):
         for one in spec.split(","):
             cache._check_layer(one)
-    val_split = val_split_info(cache)
+    val_split = val_split_info(cache, selection)
+    concrete = train_rule(cache, selection)
     loaded: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     results = []
     for name in names:
         spec = layers[name]
         if spec not in loaded:
-            loaded[spec] = load_splits(cache, spec)
+            loaded[spec] = load_splits(cache, spec, selection)
         context = classifier_class(name).context_params(cache, spec)
-        result = fit_head(loaded[spec], name, spec, (params or {}).get(name), context)
+        result = fit_head(loaded[spec], name, spec, (params or {}).get(name), context,
+                          selection=concrete if isinstance(concrete, KFold) else None)
         result.val_split = val_split
         if result.selection is not None:
             result.selection.setdefault("val", describe_val(val_split))
+        for line in result.warnings:
+            _logger.warning("%s", line)
         if save:
             if out is None:
                 target = default_head_path(cache, name, spec)
@@ -254,11 +343,12 @@ def train_heads(
 
 def train(
     cache: str | Path | Cache, head: str = "logreg", *, layer: str | None = None,
-    out: str | Path | None = None, **params: Any,
+    out: str | Path | None = None, selection: Rule | None = None, **params: Any,
 ) -> FitResult:
     """Fit one head with hyperparameters ``params``; returns the result (the head is ``.model``;
-    ``.chosen`` and ``.selection`` say what it chose on validation rows and how)."""
-    return train_heads(cache, [head], layer=layer, params={head: params}, out=out)[0]
+    ``.chosen`` and ``.selection`` say what it chose on validation rows and how). ``selection``: the
+    rule for a cache without val rows (``train_heads``)."""
+    return train_heads(cache, [head], layer=layer, params={head: params}, out=out, selection=selection)[0]
 
 
 def check_compatible(cache: Cache, info: dict[str, Any], head: Classifier) -> str:
@@ -292,18 +382,33 @@ def metrics(head: Classifier, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
-def split_rows(cache: Cache, split: str, layer: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+def split_rows(cache: Cache, split: str, layer: str,
+               val_split: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(X, y, note) of ``split`` as ``train`` splits the cache: on a cache without val rows, ``val`` is
     the seeded carve that ``train`` held out of train for selection and ``train`` the rest (the note
-    says so); otherwise the cache's own split and no note."""
+    says so); otherwise the cache's own split and no note. ``val_split`` is what the head file
+    records (``val_split_info``): when train selected by k-fold there is no carve, ``val`` is refused
+    in one line and ``train`` is all of it."""
     if split not in ("train", "val", "test"):
         raise EmbedpipeError(f"split {split!r} is not one of train, val, test")
-    mask = _carve_mask(cache) if split in ("train", "val") else None
+    kfold = (val_split or {}).get("source") == "k-fold on train" if val_split else \
+        isinstance(train_rule(cache), KFold)
+    if kfold and split in ("train", "val") and not len(cache.rows("val")):
+        if split == "val":
+            raise EmbedpipeError(f"cache {cache.path} has no val split and train selected by k-fold cross-validation "
+                                 "on all of train, so no single set of rows was held out: use --split test")
+        X, y = cache.load("train", layer)
+        return X, y, "no val split in the cache: train selected by k-fold on all of train and then fitted on it"
+    rule: Rule | None = None
+    if val_split and val_split.get("source") == "carved from train":
+        recorded = val_split.get("rule", {})
+        rule = HoldOut(float(recorded.get("val", 0.15)), int(recorded.get("seed", 0)))
+    mask = _carve_mask(cache, rule or HoldOut()) if split in ("train", "val") else None
     if mask is None:
         X, y = cache.load(split, layer)
         return X, y, None
     X, y = cache.load("train", layer)
-    rule = DEFAULT_SELECTION
+    rule = rule or HoldOut()
     carve = f"the {rule.fraction:.0%} of each class of train held out with seed {rule.seed}"
     if split == "val":
         return X[mask], y[mask], (f"no val split in the cache: scored on the val that train carved ({carve}); these "
@@ -323,8 +428,10 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
         The cache to score on; None = the one the head was trained on (recorded in the head file).
     split : {"test", "val", "train"}, default="test"
         Rows to score. On a cache without val rows, ``val`` is the same seeded carve of train that
-        ``train`` selected on (15 % per class, seed 0: ``heads.select.DEFAULT_SELECTION``) and
-        ``train`` the rest, as ``train`` split them; the result's ``note`` says so.
+        ``train`` selected on (15 % per class, seed 0: ``heads.select.HoldOut``; the head file records
+        it) and ``train`` the rest, as ``train`` split them; the result's ``note`` says so. When
+        ``train`` selected by k-fold cross-validation (a small train set), nothing was held out:
+        ``val`` is refused in one line and ``train`` is all of train.
 
     Returns
     -------
@@ -339,7 +446,7 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
         cache = info["cache"]
     cache = as_cache(cache)
     layer = check_compatible(cache, info, head)
-    X, y, note = split_rows(cache, split, layer)
+    X, y, note = split_rows(cache, split, layer, info.get("val_split") or None)
     if not len(X):
         raise EmbedpipeError(f"split {split!r} of cache {cache.path} is empty")
     result = {"head": head.name, "layer": layer, "split": split, "cache": str(cache.path), **metrics(head, X, y)}

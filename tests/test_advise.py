@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from embedpipe.advise import (
     LayerScore,
     decide,
     evidence_from_rows,
+    format_advice,
     sweep_layers,
 )
 from embedpipe.report import advise_table
@@ -106,3 +108,14 @@ def test_advise_runs_on_a_cache_and_its_verdict_follows_from_its_table(tmp_path:
     text = subprocess.run([sys.executable, "-m", "embedpipe", "advise", "--cache", str(cache.path), "--no-plot"],
                           capture_output=True, text=True, check=True).stdout
     assert "recommendation: --head" in text and "| block1" in text and "case: small &" in text
+
+
+def test_a_recommendation_on_few_validation_images_says_what_it_rests_on() -> None:
+    few = Evidence("d", "b", 30, 3, 10.0, [LayerScore(n, i, 8, None, a) for i, (n, a) in enumerate(SIMILAR.items())],
+                   val_rows=17, val_source="val split")
+    d = decide(few)
+    assert d["rests_on"] is not None and "rests on 17 validation images" in d["rests_on"] and "±" in d["rests_on"]
+    many = Evidence("d", "b", 3000, 3, 1000.0, few.sweep, val_rows=600)
+    assert decide(many)["rests_on"] is None  # enough images: nothing to add
+    text = format_advice({**asdict(few), **d, "cache": "c"})
+    assert "caution: the recommendation rests on 17 validation images" in text

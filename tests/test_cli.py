@@ -193,11 +193,11 @@ def test_a_cache_without_val_reports_chosen_values_and_scores_the_same_carve(
                      "--cache-dir", str(tmp_path / "c"), "--workers", "0", "--precision", "fp32")["path"]
     assert Path(cache).is_absolute()
 
-    result = run_json(capsys, "train", "--cache", cache)["results"][0]
+    result = run_json(capsys, "train", "--cache", cache, "--selection", "holdout")["results"][0]
     assert result["chosen"]["C"] in [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4]
     assert result["selection"]["val"] == "15% of train held out per class (seed 0)"
     assert result["selection"]["how"].startswith("C: best val accuracy") and result["selection"]["val_rows"] > 0
-    code, out, err = run(capsys, "train", "--cache", cache)
+    code, out, err = run(capsys, "train", "--cache", cache, "--selection", "holdout")
     assert code == 0 and f"C={result['chosen']['C']:g}" in out and "refit on train + val" in out
     assert "held out 15% of train (seed 0)" in err
 

@@ -35,7 +35,7 @@ from embedpipe.heads import (
     save_head,
 )
 from embedpipe.heads.logreg import LogRegHead
-from embedpipe.heads.select import DEFAULT_SELECTION, HoldOut, selection_rows
+from embedpipe.heads.select import DEFAULT_SELECTION, Auto, HoldOut, KFold, resolve, selection_rows
 
 # Small settings per head for the tests that fit many times (the defaults are what users get).
 SMALL: dict[str, dict[str, Any]] = {
@@ -116,7 +116,8 @@ def test_mlp_fits_with_any_schedule_length(epochs: int, batch_size: int) -> None
     # 10 total steps once made OneCycleLR divide by zero (pct_start * total_steps == 1); patience =
     # epochs: early stopping on the held-out rows must not cut the schedule short here
     X, y, _ = blobs(2, 10, 4, 0.5)
-    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size, patience=epochs).fit(X, y)
+    head = create_head("mlp", hidden=8, epochs=epochs, batch_size=batch_size, patience=epochs,
+                       selection=HoldOut()).fit(X, y)
     assert head.n_epochs_ == epochs
 
 
@@ -205,7 +206,7 @@ def test_logreg_without_eval_set_sweeps_on_rows_held_out_of_train() -> None:
     Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
     held = HoldOut().mask([str(i) for i in range(len(y))], y)
     assert 0 < held.sum() < len(y) // 4
-    own = create_head("logreg", Cs=Cs, patience=None).fit(X, y)
+    own = create_head("logreg", Cs=Cs, patience=None, selection=HoldOut()).fit(X, y)
     given = create_head("logreg", Cs=Cs, patience=None).fit(X[~held], y[~held], eval_set=(X[held], y[held]))
     assert set(own.val_scores_) == {repr(c) for c in Cs} and own.best_val_score_ is not None
     assert own.val_scores_ == given.val_scores_ and own.C_ == given.C_
@@ -276,8 +277,8 @@ FAST: dict[str, dict[str, Any]] = {**SMALL, "finetune": {"min_steps": 30, "epoch
                                    "multilayer": {"Cs": (0.1, 1.0), "keeps": (0.5, 1.0), "lasso_iters": 20}}
 
 
-def test_default_selection_is_the_train_carve_rule() -> None:
-    assert DEFAULT_SELECTION == HoldOut() == HoldOut(fraction=0.15, seed=0)
+def test_holdout_is_the_train_carve_rule() -> None:
+    assert Auto() == DEFAULT_SELECTION and DEFAULT_SELECTION.resolve(9000, 100) == HoldOut(fraction=0.15, seed=0)
     assert HoldOut().split_rule == VAL_CARVE  # the rule train.py applies to a cache without val rows
     ids, labels = [f"img{i}" for i in range(40)], np.repeat([0, 1], 20)
     np.testing.assert_array_equal(HoldOut().mask(ids, labels), carve_val(ids, labels, VAL_CARVE))
@@ -311,7 +312,7 @@ def test_without_eval_set_a_head_selects_on_the_rows_its_rule_holds_out(name: st
     """fit(X, y) is the same head as fit(train part, eval_set=held-out part) under the head's rule."""
     X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
     held = HoldOut().mask([str(i) for i in range(len(y))], y)
-    own = create_head(name, **FAST.get(name, {})).fit(X, y)
+    own = create_head(name, **FAST.get(name, {}), selection=HoldOut()).fit(X, y)
     given = create_head(name, **FAST.get(name, {})).fit(X[~held], y[~held], eval_set=(X[held], y[held]))
     np.testing.assert_allclose(own.predict_proba(X), given.predict_proba(X), rtol=1e-6, atol=1e-7)
     if name != "lgbm":  # lgbm records no validation score
@@ -323,7 +324,7 @@ def test_too_small_a_class_fits_on_all_of_train_with_one_warning(name: str, capl
     X, y, _ = blobs(3, 8, 4, 0.5)
     X, y = X[:-7], y[:-7]  # the last class keeps one row: nothing can be held out of it
     with caplog.at_level("WARNING"):
-        head = create_head(name, **FAST.get(name, {})).fit(X, y)
+        head = create_head(name, **FAST.get(name, {}), selection=HoldOut()).fit(X, y)
     (record,) = [r for r in caplog.records if r.levelno >= 30]
     message = record.getMessage()
     assert "\n" not in message and type(head).__name__ in message and "smallest class has 1 row" in message
@@ -465,8 +466,11 @@ def test_selection_rule_is_saved_as_json(tmp_path: Path, valid_entries: dict[str
         doc = _doc({k: z[k] for k in z.files})
     assert doc["params"]["selection"] == {"rule": "holdout", "fraction": 0.3, "seed": 2}
     assert load_head(path)[0].selection == HoldOut(0.3, 2)
+    for rule in (KFold(3, 1), Auto(max_rows=500)):  # the other rules travel the same way
+        path = save_head(tmp_path / "k.npz", create_head("logreg", selection=rule).fit(X, y))
+        assert load_head(path)[0].selection == rule
     base = _doc(valid_entries)
-    for bad in ({"rule": "kfold"}, {"rule": "holdout", "fraction": 2.0}, {"rule": "holdout", "evil": 1}, [0.3]):
+    for bad in ({"rule": "loo"}, {"rule": "kfold", "folds": 1}, {"rule": "holdout", "fraction": 2.0}, {"rule": "holdout", "evil": 1}, [0.3]):
         with pytest.raises(EmbedpipeError, match="selection"):
             load_head(_write(tmp_path / "bad.npz", valid_entries, {**base, "params": {**base["params"], "selection": bad}}))
 
@@ -864,3 +868,76 @@ def test_docstring_examples_run() -> None:
             ran[obj.__name__] = ran.get(obj.__name__, 0) + result.attempted
     assert all(ran.get(cls.__name__, 0) >= 3 for cls in DOCUMENTED), ran  # a real example per head
     assert ran["HoldOut"] >= 1
+
+
+# -- 3d. k-fold selection: KFold folds, Auto's switch, a head's choice = a brute-force loop over folds ----
+
+
+def test_kfold_folds_are_stratified_seeded_and_a_partition() -> None:
+    y = np.repeat([0, 1, 2, 3], [12, 10, 3, 1])  # class 2 has fewer rows than folds, class 3 a single row
+    masks = KFold().val_masks(y, "test")
+    assert len(masks) == 5
+    held = np.sum(masks, axis=0)
+    assert held[y != 3].tolist() == [1] * 25 and held[y == 3].tolist() == [0]  # each row once; the singleton never
+    for c, n in ((0, 12), (1, 10)):
+        per_fold = [int(m[y == c].sum()) for m in masks]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n  # stratified
+    assert [int(m.sum()) for m in masks] == [5, 5, 5, 5, 5]
+    again = KFold().val_masks(y, "test")
+    assert all(np.array_equal(a, b) for a, b in zip(masks, again, strict=True))  # deterministic
+    assert not all(np.array_equal(a, b) for a, b in zip(masks, KFold(seed=1).val_masks(y, "test"), strict=True))
+    for bad in (1, 2.5, True):
+        with pytest.raises(ValueError, match="folds"):
+            KFold(folds=bad)  # type: ignore[arg-type]
+
+
+def test_kfold_says_in_one_line_how_it_handles_small_classes(caplog: pytest.LogCaptureFixture) -> None:
+    y = np.repeat([0, 1, 2], [12, 3, 1])
+    with caplog.at_level("WARNING"):
+        KFold().val_masks(y, "LogRegHead")
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "\n" not in message and "2 of 3 classes have fewer than 5 rows (smallest 1)" in message
+    assert "1 class with a single row stays in training in every fold" in message
+
+
+def test_auto_switches_to_kfold_at_the_thresholds() -> None:
+    auto = Auto()
+    assert auto.resolve(1999, 10) == KFold() and auto.resolve(2000, 10) == HoldOut()  # 2,000 images
+    assert auto.resolve(2999, 100) == KFold() and auto.resolve(3000, 100) == HoldOut()  # 30 per class
+    assert Auto(folds=3, seed=2).resolve(100, 2) == KFold(3, 2)
+    assert resolve(None, np.repeat(np.arange(10), 20)) == KFold()  # the default rule, on 200 rows
+    assert resolve(HoldOut(0.2), np.zeros(5)) == HoldOut(0.2)  # a concrete rule is kept
+
+
+def test_logreg_kfold_picks_the_C_of_a_brute_force_loop_over_the_folds() -> None:
+    X, y = make_classification(n_samples=80, n_features=12, n_informative=5, n_classes=3, class_sep=0.7,
+                               random_state=3)
+    Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    head = create_head("logreg", Cs=Cs, patience=None, tol=1e-6, selection=KFold()).fit(X, y)
+    masks = KFold().val_masks(y, "test")
+    brute = {c: float(np.mean([create_head("logreg", C=c, tol=1e-6).fit(X[~m], y[~m]).score(X[m], y[m])
+                               for m in masks])) for c in Cs}
+    assert head.selection_ == {**head.selection_, "rule": "kfold", "folds": 5, "val_rows": 80}
+    assert [head.val_scores_[repr(c)] for c in Cs] == pytest.approx([brute[c] for c in Cs], abs=1e-6)
+    best = max(Cs, key=lambda c: (brute[c], -Cs.index(c)))  # the first best, as GridSearchCV
+    assert best == head.C_ and head.best_val_score_ == pytest.approx(brute[best], abs=1e-6)
+    final = create_head("logreg", C=best, tol=1e-6).fit(X, y)  # then one fit on all of train at that C
+    np.testing.assert_allclose(head.predict_proba(X), final.predict_proba(X), atol=1e-5)
+    assert "over 5 stratified folds" in (head.how_chosen() or "")
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_every_selecting_head_selects_by_kfold_on_small_train(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    X, y, _ = blobs(3, 20, 8, 1.5, seed=4)
+    with caplog.at_level("WARNING"):
+        head = create_head(name, **FAST.get(name, {})).fit(X, y)  # 60 rows: Auto picks k-fold
+    chance = np.bincount(y).max() / len(y)
+    if name == "finetune":  # k fine-tunes cost too much: a held-out 15 %, said in one line
+        assert head.selection_["rule"] == "holdout"
+        (record,) = caplog.records
+        assert "instead of 5-fold cross-validation" in record.getMessage()
+    else:
+        assert head.selection_["rule"] == "kfold" and head.selection_["val_rows"] == 60 and not caplog.records
+        assert "5 stratified folds" in (head.how_chosen() or "") and head.chosen_params()
+    assert head.score(X, y) > chance  # FAST settings: a quick fit, better than the majority class

@@ -15,6 +15,7 @@ from conftest import TINY_TIMM, make_image_folder
 from embedpipe import extract, open_cache
 from embedpipe.data.splits import SplitRule, carve_val
 from embedpipe.heads import create_head, load_head, save_head
+from embedpipe.heads.select import HoldOut
 from embedpipe.train import evaluate, train_heads
 
 SMALL = {"Cs": (0.1, 1.0, 10.0, 100.0), "keeps": (0.25, 0.5, 1.0), "lasso_iters": 40}
@@ -122,16 +123,17 @@ def test_no_val_split_carves_one_out_of_train_and_says_so(tmp_path: Path, tiny_t
     cache = extract(str(data), TINY_TIMM, weights=tiny_timm_weights, cache_dir=tmp_path / "c",
                     precision="fp32", num_workers=0, progress=False)
     assert cache.counts() == {"train": 42, "val": 0, "test": 12}
-    (result,) = train_heads(cache, "logreg", params={"logreg": {"Cs": (0.01, 1.0, 100.0)}}, out=tmp_path / "h.npz")
+    (result,) = train_heads(cache, "logreg", params={"logreg": {"Cs": (0.01, 1.0, 100.0)}}, out=tmp_path / "h.npz",
+                            selection=HoldOut())  # a train split this small selects by k-fold unless told to carve
     assert result.val_split["source"] == "carved from train" and result.val_split["rows"] == 6  # 2 of 14 per class
     assert result.n_train == 36 and result.val_acc is not None
     head, info = load_head(result.path)
     assert head.val_scores_ and head.C_ in (0.01, 1.0, 100.0)  # the sweep ran: there was a val set
     assert info["val_split"] == result.val_split and info["val_split"]["rule"]["seed"] == 0
-    assert result.val_split["rule"] == {"seed": 0, "val": 0.15, "test": 0.0}  # heads.select.DEFAULT_SELECTION
+    assert result.val_split["rule"] == {"seed": 0, "val": 0.15, "test": 0.0}  # heads.select.HoldOut()
     # the CLI says so in one line on stderr, and the same record is in the JSON
     proc = subprocess.run([sys.executable, "-m", "embedpipe", "train", "--cache", str(cache.path), "--head", "ncm",
-                           "--json", "--out", str(tmp_path / "n.npz")], capture_output=True, text=True, check=True)
+                           "--selection", "holdout", "--json", "--out", str(tmp_path / "n.npz")], capture_output=True, text=True, check=True)
     assert "no val split in the cache: held out 15% of train (seed 0) for selection" in proc.stderr
     (row,) = json.loads(proc.stdout)["results"]
     assert row["val_split"]["ids_sha256"] == result.val_split["ids_sha256"] and row["n_train"] == 36

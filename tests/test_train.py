@@ -10,7 +10,16 @@ from conftest import TINY_TIMM, make_image_folder
 
 from embedpipe import EmbedpipeError, extract
 from embedpipe.heads import load_head
-from embedpipe.train import few_shot, sample_shots, train_heads
+from embedpipe.heads.select import HoldOut, KFold
+from embedpipe.train import (
+    evaluate,
+    few_shot,
+    few_val_warning,
+    fit_head,
+    sample_shots,
+    standard_error,
+    train_heads,
+)
 
 
 @pytest.fixture
@@ -65,3 +74,53 @@ def test_train_heads_shares_one_load_and_saves_each(cache, tmp_path: Path) -> No
         np.testing.assert_array_equal(loaded.predict_proba(X_test), r.model.predict_proba(X_test))
         assert r.test_acc == pytest.approx(float(np.mean(loaded.predict(X_test) == y_test)))
         assert r.n_train == len(X_train) and r.n_classes == 4
+
+
+def _no_val_cache(tmp_path: Path, weights: str, per_class: int = 14):  # type: ignore[no-untyped-def]
+    root = tmp_path / "tt"  # laid out as train/ and test/ only
+    make_image_folder(root / "train", classes=3, per_class=per_class)
+    make_image_folder(root / "test", classes=3, per_class=4)
+    return extract(str(root), TINY_TIMM, weights=weights, cache_dir=tmp_path / "c", precision="fp32",
+                   num_workers=0, progress=False)
+
+
+def test_a_small_cache_without_val_selects_by_kfold_and_says_so(
+        tmp_path: Path, tiny_timm_weights: str, caplog: pytest.LogCaptureFixture) -> None:
+    cache = _no_val_cache(tmp_path, tiny_timm_weights)
+    with caplog.at_level("WARNING"):
+        (r,) = train_heads(cache, "logreg", params={"logreg": {"Cs": (0.01, 1.0, 100.0)}}, out=tmp_path / "h.npz")
+    # no carve: every training image trains, and the rule is recorded where results and head files say it
+    assert r.n_train == 42 and r.val_split["source"] == "k-fold on train" and r.val_split["rows"] == 42
+    assert r.val_split["rule"] == {"rule": "kfold", "folds": 5, "seed": 0} and "42 images" in r.val_split["note"]
+    assert r.selection is not None and r.selection["rule"] == "kfold" and r.selection["val_rows"] == 42
+    assert "over 5 stratified folds of train" in r.selection["how"] and "5-fold" in r.selection["val"]
+    head, info = load_head(r.path)
+    assert head.selection == KFold() and info["val_split"] == r.val_split and r.chosen["C"] == head.C_
+    # 42 validation images (< FEW_VAL_ROWS): one line with the count and the standard error
+    assert r.val_acc is not None and r.val_se == pytest.approx(standard_error(r.val_acc, 42), abs=1e-4)
+    (line,) = r.warnings
+    assert "rests on 42 validation images" in line and "±" in line and "\n" not in line
+    assert any(rec.getMessage() == line for rec in caplog.records)
+    # evaluate: no single carve to score on val; train is all of train
+    with pytest.raises(EmbedpipeError, match="no single set of rows was held out: use --split test"):
+        evaluate(r.path, split="val")
+    whole = evaluate(r.path, split="train")
+    assert whole["n"] == 42 and "k-fold" in whole["note"]
+    # asked to carve, it carves as before
+    (held,) = train_heads(cache, "logreg", params={"logreg": {"Cs": (0.01, 1.0, 100.0)}}, save=False,
+                          selection=HoldOut())
+    assert held.val_split["source"] == "carved from train" and held.n_train == 36
+    assert held.selection is not None and held.selection["rule"] == "eval_set" and held.selection["val_rows"] == 6
+
+
+def test_a_val_accuracy_of_zero_on_three_images_warns() -> None:
+    X = np.eye(3, 4, dtype=np.float32) * 5
+    data = {"train": (X, np.array([0, 1, 2])), "val": (X, np.array([1, 2, 0])),
+            "test": (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))}
+    r = fit_head(data, "logreg", "pooled", {"Cs": (0.1, 1.0)})
+    assert r.val_acc == 0.0 and r.val_rows == 3 and r.val_se == 0.0
+    (line,) = r.warnings
+    assert "rests on 3 validation images" in line and "no validation image was classified right" in line
+    assert "rule of three" in line
+    assert few_val_warning("logreg", 0.9, 500, 10) is None  # 50 per class: nothing to say
+    assert few_val_warning("logreg", 0.9, 500, 200) is not None  # 2.5 per class

@@ -6,7 +6,8 @@ image's own id, adding images to a dataset leaves the existing images' splits mo
 The rule's parameters are recorded in the cache.
 
 ``carve_val`` applies the same rule to the train rows of a cache that has no val rows (data laid out
-as train/ and test/ only), so heads still have a validation set to select on.
+as train/ and test/ only), so heads still have a validation set to select on; ``kfold_assign`` deals
+the same per-class order into k stratified folds (cross-validation when train is too small to carve).
 """
 
 from __future__ import annotations
@@ -81,3 +82,27 @@ def carve_val(ids: Sequence[str], labels: Sequence[int], rule: SplitRule = VAL_C
         ordered = sorted(members, key=lambda i: _rank(rule.seed, str(ids[i])))
         mask[ordered[: _count(len(ordered), rule.val)]] = True
     return mask
+
+
+def kfold_assign(ids: Sequence[str], labels: Sequence[int], folds: int, seed: int = 0) -> np.ndarray:
+    """Stratified fold of each row, 0..folds-1; -1 for the rows of a class with a single row.
+
+    Within each class rows are ordered by a hash of (seed, id), as in ``carve_val``; the classes'
+    orders are laid end to end (classes in sorted order) and dealt round-robin into the folds, so each
+    fold gets about 1/folds of every class and folds differ in size by at most one row. A class with
+    fewer rows than folds is held out in as many folds as it has rows; a class with one row is never
+    held out (-1), since a fold without it could not learn it.
+    """
+    if not (isinstance(folds, int) and folds >= 2):
+        raise EmbedpipeError(f"bad number of folds {folds!r}: use an integer of at least 2")
+    labels = np.asarray(labels)
+    fold = np.full(len(labels), -1, np.int64)
+    at = 0
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            continue
+        ordered = sorted(members, key=lambda i: _rank(seed, str(ids[i])))
+        fold[ordered] = (at + np.arange(len(ordered))) % folds
+        at += len(ordered)
+    return fold

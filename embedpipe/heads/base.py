@@ -3,9 +3,10 @@
 ``__init__`` only stores keyword hyperparameters; ``fit(X, y, eval_set=None)`` validates, encodes the
 labels and calls the subclass's ``_fit`` on integer targets 0..k-1; ``predict_proba`` columns follow
 ``classes_``. ``eval_set=(X_val, y_val)`` is optional: heads that select (regularisation sweep, early
-stopping; ``_selects``) select on it, and without it on rows their ``selection`` rule holds out of
-train (``heads/select.py``: one function for every head); scikit-learn's own checks call ``fit(X, y)``
-alone. Subclasses describe their learned state as JSON plus named arrays (``_get_state``/``_set_state``)
+stopping; ``_selects``) select on it, and without it by their ``selection`` rule (``heads/select.py``:
+one hook for every head): on rows held out of train (``HoldOut``), or by k-fold cross-validation on
+train (``KFold``, run here by ``_select_kfold`` over the head's selection path: ``_path`` and
+``_fit_at``); scikit-learn's own checks call ``fit(X, y)`` alone. Subclasses describe their learned state as JSON plus named arrays (``_get_state``/``_set_state``)
 so that it saves without pickle, and declare that state's shape (``_state_spec``: the JSON values' types
 and each array's dtype and shape) so that a head file edited by hand is refused with one line when it
 is loaded (``heads/io.py``); ``_upgrade_state`` converts a state saved by an older head file format.
@@ -13,6 +14,8 @@ is loaded (``heads/io.py``); ``_upgrade_state`` converts a state saved by an old
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,8 +25,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 from ..core.threads import fit_threads
-from .select import selection_rows
+from .select import HoldOut, KFold, resolve, selection_rows
 
+_logger = logging.getLogger(__name__)
 State = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
@@ -98,6 +102,60 @@ class Head(ClassifierMixin, BaseEstimator):
         ``n_features_in_`` already set. None = not declared (tests/test_security.py fails for it)."""
         return None
 
+    # -- k-fold selection hooks (heads/select.py's KFold): a head that implements ``_path`` and
+    # ``_fit_at`` selects by cross-validation; one that does not selects on a HoldOut instead.
+    def _path(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray,
+              y_val: np.ndarray) -> Iterator[tuple[Hashable, float]]:
+        """Fit on (X, y) along the head's selection path, yielding ``(candidate, validation score)``
+        in path order (higher is better; logreg: each C of its sweep, warm-started; mlp: each epoch).
+        Every fold's path yields the same candidates in the same order."""
+        raise NotImplementedError
+
+    def _fit_at(self, X: np.ndarray, y: np.ndarray, candidate: Hashable, scores: dict[Hashable, float]) -> None:
+        """Fit once on all of (X, y) with the chosen ``candidate``; ``scores`` are the mean validation
+        scores over the folds of every candidate evaluated (path order)."""
+        raise NotImplementedError
+
+    def _path_patience(self) -> int | None:
+        """Stop the path once this many candidates in a row score below the best mean (None = the
+        whole path). All folds stop together, so every candidate is scored on every fold."""
+        return None
+
+    def _kfold_unsupported(self) -> str | None:
+        """Why this head selects on a HoldOut when its rule asks for k-fold; None when it can do k-fold."""
+        if type(self)._path is Head._path:
+            return "it has no selection path to cross-validate"
+        return None
+
+    def _select_kfold(self, X: np.ndarray, y: np.ndarray, masks: list[np.ndarray]) -> None:
+        """Run the head's path on every fold in lockstep, pick the candidate with the best mean
+        validation score (the first one on a tie, as scikit-learn's GridSearchCV), fit on all of train."""
+        paths = [self._path(X[~m], y[~m], X[m], y[m]) for m in masks]
+        patience = self._path_patience()
+        scores: dict[Hashable, float] = {}
+        best: Hashable = None
+        worse = 0
+        try:
+            while True:
+                steps = [next(p, None) for p in paths]
+                if any(s is None for s in steps):
+                    break
+                candidate = steps[0][0]  # type: ignore[index]
+                mean = float(np.mean([s[1] for s in steps]))  # type: ignore[index]
+                scores[candidate] = mean
+                if best is None or mean > scores[best]:
+                    best, worse = candidate, 0
+                elif mean < scores[best]:
+                    worse += 1
+                    if patience is not None and worse >= patience:
+                        break
+        finally:
+            for p in paths:
+                p.close()
+        if best is None:
+            raise ValueError(f"{type(self).__name__}: its selection path yielded no candidate")
+        self._fit_at(X, y, best, scores)
+
     @classmethod
     def _upgrade_state(cls, version: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
         """Convert, in place, a state saved in head file format ``version`` (older than today's) to
@@ -138,13 +196,47 @@ class Head(ClassifierMixin, BaseEstimator):
             if not len(y_val):
                 X_val = y_val = None
         y_index = y_index.astype(np.int64)
-        if self._selects():
-            X, y_index, X_val, y_val = selection_rows(
-                X, y_index, None if X_val is None or y_val is None else (X_val, y_val),
-                getattr(self, "selection", None), type(self).__name__)
         with fit_threads(self._thread_work(len(X) + (0 if X_val is None else len(X_val)))):
-            self._fit(X, y_index, X_val, y_val)
+            self._select_and_fit(X, y_index, X_val, y_val)
         return self
+
+    def _select_and_fit(self, X: np.ndarray, y_index: np.ndarray, X_val: np.ndarray | None,
+                        y_val: np.ndarray | None) -> None:
+        """Fit on integer targets, selecting as ``selection`` says when this head selects: on the
+        given validation rows, by k-fold (``_select_kfold``), or on rows held out of train."""
+        if not self._selects():
+            self._fit(X, y_index, X_val, y_val)
+            return
+        self.selection_: dict[str, Any] = {"rule": "none"}  # how this fit selected (train reports it)
+        who = type(self).__name__
+        if X_val is not None and y_val is not None:
+            self.selection_ = {"rule": "eval_set", "val_rows": len(y_val), "n_classes": len(self.classes_)}
+            self._fit(X, y_index, X_val, y_val)
+            return
+        rule = resolve(getattr(self, "selection", None), y_index)
+        if isinstance(rule, KFold):
+            why_not = self._kfold_unsupported()
+            if why_not is None:
+                masks = rule.val_masks(y_index, who)
+                if masks:
+                    self.selection_ = {"rule": "kfold", "folds": len(masks), "seed": rule.seed,
+                                       "val_rows": int(sum(m.sum() for m in masks)), "n_classes": len(self.classes_),
+                                       "describe": rule.describe()}
+                    self._select_kfold(X, y_index, masks)
+                    return
+                _logger.warning("%s: no class has 2 rows to hold out for selection; fitting on all %d training "
+                                "rows without selection", who, len(y_index))
+                self._fit(X, y_index, None, None)
+                return
+            holdout = HoldOut(seed=rule.seed)
+            _logger.warning("%s selects on a held-out %.0f%% of train instead of %d-fold cross-validation: %s",
+                            who, holdout.fraction * 100, rule.folds, why_not)
+            rule = holdout
+        X, y_index, X_val, y_val = selection_rows(X, y_index, None, rule, who)
+        if X_val is not None and y_val is not None:
+            self.selection_ = {"rule": "holdout", "val_rows": len(y_val), "n_classes": len(self.classes_),
+                               "describe": rule.describe()}
+        self._fit(X, y_index, X_val, y_val)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "classes_")

@@ -41,7 +41,7 @@ from ..core.errors import EmbedpipeError
 from ..core.layers import is_map
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .registry import register_head
-from .select import HoldOut
+from .select import Rule
 
 AUGMENTATIONS = ("crop", "flip", "mixup")  # what `augment` may list
 _logger = logging.getLogger(__name__)
@@ -150,9 +150,10 @@ class FinetuneHead(Head):
         Epochs without a validation gain (after unfreezing is complete) before stopping.
     random_state : int, default=0
         Seeds the initialisation, shuffling and augmentation.
-    selection : HoldOut or None, default=None
-        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
-        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    selection : HoldOut, KFold, Auto or None, default=None
+        How validation rows are had when ``fit`` gets no ``eval_set`` (``heads.select``); None =
+        ``DEFAULT_SELECTION``. Fine-tuning k times is too costly, so where the rule asks for k-fold
+        (a small train set) it selects on a seeded stratified 15 % held out, and says so in one line.
     device : str, default="auto"
         Torch device for training; ``"auto"`` = CUDA when present (prediction runs on the CPU).
     verbose : bool, default=False
@@ -164,6 +165,10 @@ class FinetuneHead(Head):
         The class labels.
     n_features_in_ : int
         Number of (flattened) features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     tail_ : torch.nn.Module or None
         The retrained blocks after ``layer``; None without a backbone.
     fc_ : torch.nn.Linear
@@ -234,7 +239,7 @@ class FinetuneHead(Head):
         dropout: float = 0.2,
         patience: int = 3,
         random_state: int = 0,
-        selection: HoldOut | None = None,
+        selection: Rule | None = None,
         device: str = "auto",
         verbose: bool = False,
     ) -> None:
@@ -266,6 +271,9 @@ class FinetuneHead(Head):
 
     def _thread_work(self, n: int) -> float:
         return float("inf")  # convolutions over feature maps: torch's default threads
+
+    def _kfold_unsupported(self) -> str | None:
+        return "k-fold would repeat the fine-tune once per fold"
 
     def _selects(self) -> bool:
         return True

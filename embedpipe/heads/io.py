@@ -43,7 +43,7 @@ from ..core.atomic import atomic_write_bytes
 from ..core.errors import EmbedpipeError, first_line
 from .base import Head, StateSpec
 from .registry import HEADS, NOT_HEADS
-from .select import HoldOut, rule_from_json
+from .select import RULE_TYPES, rule_from_json
 from .zeroshot import ZeroShotClassifier
 
 Saveable = Head | ZeroShotClassifier  # what a head file holds: a fitted head, or a built zero-shot classifier
@@ -56,7 +56,7 @@ _JSON_TYPES = (str, int, float, bool, type(None))
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, HoldOut):  # a selection rule: a small frozen dataclass, saved as its JSON
+    if isinstance(value, RULE_TYPES):  # a selection rule: a small frozen dataclass, saved as its JSON
         return value.to_json()
     if isinstance(value, tuple):
         return list(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from ..core.errors import EmbedpipeError
 from .base import ArraySpec, Head, State, StateSpec
 from .registry import register_head
-from .select import HoldOut
+from .select import Rule
 
 
 def _lightgbm() -> Any:
@@ -77,9 +78,10 @@ class LGBMHead(Head):
     warn_after_s : float, default=60.0
         Warn (with what would make it cheaper) when the fit time projected from the first rounds
         exceeds this many seconds.
-    selection : HoldOut or None, default=None
-        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
-        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    selection : HoldOut, KFold, Auto or None, default=None
+        How validation rows are had when ``fit`` gets no ``eval_set`` (``heads.select``); None =
+        ``DEFAULT_SELECTION``: stratified 5-fold cross-validation on a small train set, else a seeded
+        stratified 15 % held out. Under k-fold the rounds are chosen on the folds' mean log loss.
 
     Attributes
     ----------
@@ -87,6 +89,10 @@ class LGBMHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     pca_mean_ : ndarray of shape (n_features,) or None
         Training mean of the projection; None without one.
     components_ : ndarray of shape (n_components, n_features) or None
@@ -97,6 +103,9 @@ class LGBMHead(Head):
         Boosting rounds used for prediction (the best validation round when stopping early).
     stopped_on_val_ : bool
         Whether ``best_iteration_`` was chosen on validation rows (set by ``fit``; not saved).
+    cv_log_loss_ : float or None
+        Under k-fold selection, the mean validation log loss over the folds at ``best_iteration_``;
+        None otherwise (set by ``fit``; not saved).
     estimated_fit_s_ : float
         Fit time projected from the first rounds (set once three rounds have run).
 
@@ -130,7 +139,7 @@ class LGBMHead(Head):
         n_jobs: int = 0,
         random_state: int = 0,
         warn_after_s: float = 60.0,
-        selection: HoldOut | None = None,
+        selection: Rule | None = None,
     ) -> None:
         self.pca_dims = pca_dims
         self.n_estimators = n_estimators
@@ -152,15 +161,8 @@ class LGBMHead(Head):
     def _project(self, X: np.ndarray) -> np.ndarray:
         return X if self.components_ is None else (X - self.pca_mean_) @ self.components_.T
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        lgb = _lightgbm()
-        k = min(self.pca_dims, X.shape[1], X.shape[0])
-        if self.pca_dims and k < X.shape[1]:
-            self.pca_mean_, self.components_ = pca_fit(X, k)
-        else:
-            self.pca_mean_, self.components_ = None, None
-        n_classes = len(self.classes_)
-        params = {
+    def _params(self, n_classes: int) -> dict[str, Any]:
+        return {
             "objective": "binary" if n_classes == 2 else "multiclass",
             "num_class": 1 if n_classes == 2 else n_classes,
             "learning_rate": self.learning_rate,
@@ -175,6 +177,19 @@ class LGBMHead(Head):
             "force_row_wise": True,
             "verbosity": -1,
         }
+
+    def _fit_projection(self, X: np.ndarray) -> None:
+        k = min(self.pca_dims, X.shape[1], X.shape[0])
+        if self.pca_dims and k < X.shape[1]:
+            self.pca_mean_, self.components_ = pca_fit(X, k)
+        else:
+            self.pca_mean_, self.components_ = None, None
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        lgb = _lightgbm()
+        self._fit_projection(X)
+        n_classes = len(self.classes_)
+        params = self._params(n_classes)
         train = lgb.Dataset(self._project(X), y, params={"max_bin": self.max_bin, "verbosity": -1})
         valid, callbacks = [], [self._time_estimate(n_classes)]
         if X_val is not None and self.early_stopping_rounds:
@@ -183,7 +198,41 @@ class LGBMHead(Head):
         booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid, callbacks=callbacks)
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.stopped_on_val_ = bool(valid)  # the rounds were chosen on validation rows (not saved in head files)
+        self.cv_log_loss_ = None
         self.booster_ = booster
+
+    # -- k-fold selection (heads/select.py's KFold): the path is the boosting rounds ---------------
+    def _path(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray,
+              y_val: np.ndarray) -> Iterator[tuple[int, float]]:
+        """Boost on one fold (its own projection); yield (round, minus the validation log loss)."""
+        lgb = _lightgbm()
+        self._fit_projection(X)  # this fold's projection: both sets are projected here, before any yield
+        Xp, Xvp = self._project(X), self._project(X_val)
+        n_classes = len(self.classes_)
+        params = {**self._params(n_classes), "metric": "binary_logloss" if n_classes == 2 else "multi_logloss"}
+        train = lgb.Dataset(Xp, y, params={"max_bin": self.max_bin, "verbosity": -1})._update_params(params)
+        valid = lgb.Dataset(Xvp, y_val)._update_params(params).set_reference(train)  # as lgb.train sets them up
+        booster = lgb.Booster(params, train)
+        booster.add_valid(valid, "val")
+        for round_ in range(1, self.n_estimators + 1):
+            booster.update()
+            (_, _, loss, _), *_ = booster.eval_valid()
+            yield round_, -float(loss)
+
+    def _path_patience(self) -> int | None:
+        return self.early_stopping_rounds
+
+    def _fit_at(self, X: np.ndarray, y: np.ndarray, candidate: Any, scores: dict[Any, float]) -> None:
+        """Boost on all of train for the chosen number of rounds."""
+        lgb = _lightgbm()
+        self._fit_projection(X)
+        n_classes = len(self.classes_)
+        train = lgb.Dataset(self._project(X), y, params={"max_bin": self.max_bin, "verbosity": -1})
+        self.booster_ = lgb.train(self._params(n_classes), train, num_boost_round=int(candidate),
+                                  callbacks=[self._time_estimate(n_classes)])
+        self.best_iteration_ = int(candidate)
+        self.cv_log_loss_ = -float(scores[candidate])  # mean over the folds (not saved in head files)
+        self.stopped_on_val_ = True
 
     def chosen_params(self) -> dict[str, Any]:
         return {"n_estimators": self.best_iteration_} if getattr(self, "stopped_on_val_", False) else {}
@@ -191,6 +240,11 @@ class LGBMHead(Head):
     def how_chosen(self) -> str | None:
         if not getattr(self, "stopped_on_val_", False):
             return None
+        folds = getattr(self, "selection_", {}).get("folds", 0)
+        if folds:
+            return (f"n_estimators: the round with the best mean val log loss ({self.cv_log_loss_:.4f}) over {folds} "
+                    f"stratified folds of train, of at most {self.n_estimators} (all folds stop after "
+                    f"{self.early_stopping_rounds} rounds without a gain); then boosted on all of train")
         return (f"n_estimators: the round with the best val log loss, of at most {self.n_estimators} "
                 f"(stops after {self.early_stopping_rounds} rounds without a gain)")
 

@@ -15,6 +15,7 @@ and ``intercept_`` act on raw X, as scikit-learn's do (``unstandardize``), and p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
 from .registry import register_head
-from .select import HoldOut
+from .select import Rule
 from .torch_utils import as_tensor
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # 9 values over 8 decades
@@ -32,12 +33,16 @@ NO_VAL_C = 1.0  # C when it is to be selected but no validation rows can be had 
 
 
 def sweep_rule(name: str, values: tuple[float, ...], scores: dict[str, float], best: float | None,
-               refit: bool, fallback: float) -> str:
-    """One line saying how a swept value was chosen (``how_chosen`` of logreg and multilayer)."""
+               refit: bool, fallback: float, folds: int = 0) -> str:
+    """One line saying how a swept value was chosen (``how_chosen`` of logreg and multilayer);
+    ``folds`` > 0: by k-fold cross-validation on train (the best mean over the folds)."""
     if best is None:
         return f"{name}={fallback:g}: no validation rows to select it on"
     tried = len(scores)
     stop = f", stopped early after {tried} of {len(values)}" if tried < len(values) else ""
+    if folds:
+        return (f"{name}: best mean val accuracy ({best:.4f}) over {folds} stratified folds of train, of "
+                f"{len(values)} values {min(values):g}..{max(values):g}{stop}; then fit on all of train")
     return (f"{name}: best val accuracy ({best:.4f}) of {len(values)} values {min(values):g}..{max(values):g}"
             f"{stop}" + ("; then refit on train + val" if refit else ""))
 
@@ -98,9 +103,11 @@ class LogRegHead(Head):
     patience : int or None, default=2
         Stop the sweep after this many C values in a row score below the best one; None = sweep all.
         The weakly regularised end is the slow one, and past the peak it only overfits more.
-    selection : HoldOut or None, default=None
-        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
-        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    selection : HoldOut, KFold, Auto or None, default=None
+        How validation rows are had when ``fit`` gets no ``eval_set`` (``heads.select``); None =
+        ``DEFAULT_SELECTION``: stratified 5-fold cross-validation on a small train set (< 2,000 rows or
+        < 30 per class), else a seeded stratified 15 % held out. Under k-fold every C is scored on
+        every fold, the best mean accuracy wins and one fit on all of train follows.
     device : str, default="auto"
         Torch device of the solver; ``"auto"`` = CUDA when present.
 
@@ -110,6 +117,10 @@ class LogRegHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     coef_ : ndarray of shape (n_classes, n_features)
         Weights on raw X: one row per class (also with two classes).
     intercept_ : ndarray of shape (n_classes,)
@@ -150,7 +161,7 @@ class LogRegHead(Head):
         max_iter: int = 500,
         tol: float = 1e-4,
         patience: int | None = 2,
-        selection: HoldOut | None = None,
+        selection: Rule | None = None,
         device: str = "auto",
     ) -> None:
         self.C = C
@@ -205,12 +216,43 @@ class LogRegHead(Head):
         # scikit-learn layout, acting on raw X: coef_ (k, d), intercept_ (k,)
         self.coef_, self.intercept_ = unstandardize(W.T.cpu().numpy(), b.cpu().numpy(), mean, scale)
 
+    # -- k-fold selection (heads/select.py's KFold; Head._select_kfold runs the folds in lockstep) --
+    def _path(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray,
+              y_val: np.ndarray) -> Iterator[tuple[float, float]]:
+        """The C sweep on one fold: standardised on the fold's training rows, each C warm-started from
+        the previous one, strong to weak; yields (C, validation accuracy). ``patience`` stops all folds
+        together (``_path_patience``), so every fold scores the same Cs."""
+        dev = resolve_device(self.device)
+        mean, scale = standardizer(X) if self.standardize else (
+            np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
+        Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
+        Xv, yv = as_tensor((X_val - mean) / scale, dev), torch.from_numpy(y_val).to(dev)
+        k = len(self.classes_)
+        W, b = torch.zeros(X.shape[1], k, device=dev), torch.zeros(k, device=dev)
+        for C in sorted(self.Cs):
+            W, b, _ = lbfgs_logreg(Xt, yt, C, W, b, self.max_iter, self.tol)
+            yield float(C), float(((Xv @ W + b).argmax(1) == yv).float().mean())
+
+    def _path_patience(self) -> int | None:
+        return self.patience
+
+    def _fit_at(self, X: np.ndarray, y: np.ndarray, candidate: Any, scores: dict[Any, float]) -> None:
+        """One fit on all of train at the C chosen by cross-validation."""
+        fixed = LogRegHead(**{**self.get_params(), "C": float(candidate)})
+        fixed.classes_, fixed.n_features_in_ = self.classes_, self.n_features_in_
+        fixed._fit(X, y, None, None)
+        self.coef_, self.intercept_, self.n_iter_ = fixed.coef_, fixed.intercept_, fixed.n_iter_
+        self.C_ = float(candidate)
+        self.val_scores_ = {repr(float(c)): float(v) for c, v in scores.items()}
+        self.best_val_score_ = float(scores[candidate])
+
     def chosen_params(self) -> dict[str, Any]:
         return {"C": float(self.C_)} if self.C is None else {}
 
     def how_chosen(self) -> str | None:
+        folds = getattr(self, "selection_", {}).get("folds", 0)
         return None if self.C is not None else sweep_rule(
-            "C", self.Cs, self.val_scores_, self.best_val_score_, self.refit, NO_VAL_C)
+            "C", self.Cs, self.val_scores_, self.best_val_score_, self.refit, NO_VAL_C, folds)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Class scores ``X @ coef_.T + intercept_`` on raw X, shape (n_samples, n_classes); with two

@@ -5,6 +5,7 @@ early stopping on validation. The data lives as tensors on the device; batches a
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .registry import register_head
-from .select import HoldOut
+from .select import Rule
 from .torch_utils import as_tensor
 
 
@@ -61,9 +62,10 @@ class MLPHead(Head):
         Epochs without a validation gain before stopping.
     random_state : int, default=0
         Seeds the initialisation and the shuffling.
-    selection : HoldOut or None, default=None
-        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
-        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    selection : HoldOut, KFold, Auto or None, default=None
+        How validation rows are had when ``fit`` gets no ``eval_set`` (``heads.select``); None =
+        ``DEFAULT_SELECTION``: stratified 5-fold cross-validation on a small train set, else a seeded
+        stratified 15 % held out. Under k-fold the epoch count is chosen on the folds' mean accuracy.
     device : str, default="auto"
         Torch device for training; ``"auto"`` = CUDA when present (prediction runs on the CPU).
 
@@ -73,6 +75,10 @@ class MLPHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit``.
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     mean_ : ndarray of shape (n_features,)
         Training mean used to standardise the input.
     scale_ : ndarray of shape (n_features,)
@@ -114,7 +120,7 @@ class MLPHead(Head):
         label_smoothing: float = 0.1,
         patience: int = 8,
         random_state: int = 0,
-        selection: HoldOut | None = None,
+        selection: Rule | None = None,
         device: str = "auto",
     ) -> None:
         self.hidden = hidden
@@ -138,12 +144,12 @@ class MLPHead(Head):
         widths = [self.n_features_in_, *[self.hidden] * self.n_layers, len(self.classes_)]
         return float(min(n, self.batch_size)) * sum(a * b for a, b in pairwise(widths))
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        dev = resolve_device(self.device)
+    def _epochs(self, X: np.ndarray, y: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                dev: torch.device) -> Iterator[nn.Sequential]:
+        """Train on (X, y) standardised by (mean, scale); yield the network after each epoch."""
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
-        self.mean_, self.scale_ = standardizer(X)
-        Xt, yt = as_tensor((X - self.mean_) / self.scale_, dev), torch.from_numpy(y).to(dev)
+        Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
         net = build_mlp(X.shape[1], self.hidden, self.n_layers, len(self.classes_), self.dropout).to(dev)
         steps_per_epoch = max(1, -(-len(Xt) // self.batch_size))
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -152,11 +158,6 @@ class MLPHead(Head):
             opt, max_lr=self.lr, total_steps=total_steps, pct_start=0.1 if total_steps != 10 else 0.2,
             anneal_strategy="cos")
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-        Xv = yv = None
-        if X_val is not None and y_val is not None:
-            Xv, yv = as_tensor((X_val - self.mean_) / self.scale_, dev), torch.from_numpy(y_val).to(dev)
-        best_acc, best_state, stale = -1.0, None, 0
-        self.n_epochs_, self.best_epoch_ = 0, None
         for _ in range(self.epochs):
             net.train()
             order = torch.randperm(len(Xt), generator=gen).to(dev)
@@ -166,11 +167,27 @@ class MLPHead(Head):
                 loss_fn(net(Xt[idx]), yt[idx]).backward()
                 opt.step()
                 sched.step()
+            yield net
+
+    @staticmethod
+    def _accuracy(net: nn.Sequential, Xv: torch.Tensor, yv: torch.Tensor) -> float:
+        net.eval()
+        with torch.inference_mode():
+            return float((net(Xv).argmax(1) == yv).float().mean())
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        dev = resolve_device(self.device)
+        self.mean_, self.scale_ = standardizer(X)
+        Xv = yv = None
+        if X_val is not None and y_val is not None:
+            Xv, yv = as_tensor((X_val - self.mean_) / self.scale_, dev), torch.from_numpy(y_val).to(dev)
+        best_acc, best_state, stale = -1.0, None, 0
+        self.n_epochs_, self.best_epoch_ = 0, None
+        net = None
+        for net in self._epochs(X, y, self.mean_, self.scale_, dev):
             self.n_epochs_ += 1
-            if Xv is not None:
-                net.eval()
-                with torch.inference_mode():
-                    acc = float((net(Xv).argmax(1) == yv).float().mean())
+            if Xv is not None and yv is not None:
+                acc = self._accuracy(net, Xv, yv)
                 if acc > best_acc:
                     best_acc, best_state, stale = acc, copy.deepcopy(net.state_dict()), 0
                     self.best_epoch_ = self.n_epochs_
@@ -178,9 +195,36 @@ class MLPHead(Head):
                     stale += 1
                     if stale >= self.patience:
                         break
+        assert net is not None
         if best_state is not None:
             net.load_state_dict(best_state)
         self.best_val_score_ = best_acc if Xv is not None else None
+        self.net_ = net.eval().cpu()
+
+    # -- k-fold selection (heads/select.py's KFold): the path is the epochs ------------------------
+    def _path(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray,
+              y_val: np.ndarray) -> Iterator[tuple[int, float]]:
+        """Train on one fold; yield (epoch, validation accuracy) after each epoch."""
+        dev = resolve_device(self.device)
+        mean, scale = standardizer(X)
+        Xv, yv = as_tensor((X_val - mean) / scale, dev), torch.from_numpy(y_val).to(dev)
+        for epoch, net in enumerate(self._epochs(X, y, mean, scale, dev), start=1):
+            yield epoch, self._accuracy(net, Xv, yv)
+
+    def _path_patience(self) -> int | None:
+        return self.patience
+
+    def _fit_at(self, X: np.ndarray, y: np.ndarray, candidate: Any, scores: dict[Any, float]) -> None:
+        """Train on all of train for the chosen number of epochs (the same schedule as in the folds)."""
+        dev = resolve_device(self.device)
+        self.mean_, self.scale_ = standardizer(X)
+        epochs = self._epochs(X, y, self.mean_, self.scale_, dev)
+        for _ in range(int(candidate) - 1):
+            next(epochs)
+        net = next(epochs)  # the network after the chosen epoch
+        epochs.close()
+        self.n_epochs_ = self.best_epoch_ = int(candidate)
+        self.best_val_score_ = float(scores[candidate])
         self.net_ = net.eval().cpu()
 
     def chosen_params(self) -> dict[str, Any]:
@@ -189,6 +233,11 @@ class MLPHead(Head):
     def how_chosen(self) -> str | None:
         if self.best_val_score_ is None:
             return None
+        folds = getattr(self, "selection_", {}).get("folds", 0)
+        if folds:
+            return (f"epochs: best mean val accuracy ({self.best_val_score_:.4f}) over {folds} stratified folds of "
+                    f"train, at epoch {self.best_epoch_} (at most {self.epochs}; all folds stop after "
+                    f"{self.patience} without a gain); then trained on all of train for that many epochs")
         return (f"epochs: the epoch with the best val accuracy ({self.best_val_score_:.4f}) of {self.n_epochs_} run "
                 f"(at most {self.epochs}; stops after {self.patience} without a gain)")
 

@@ -28,6 +28,7 @@ fills ``layer_dims`` and ``layer_names`` from the cache (``context_params``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
 from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, sweep_rule, upgrade_v1_arrays
 from .registry import register_head
-from .select import HoldOut
+from .select import Rule
 from .torch_utils import as_tensor
 
 DEFAULT_KEEPS = (0.25, 0.5, 1.0)  # fractions of features tried on val (Head2Toe tries a grid too)
@@ -132,9 +133,11 @@ class MultiLayerHead(Head):
         L-BFGS iterations per fit.
     tol : float, default=1e-4
         L-BFGS gradient tolerance.
-    selection : HoldOut or None, default=None
-        Rule that holds validation rows out of train when ``fit`` gets no ``eval_set``
-        (``heads.select``); None = ``DEFAULT_SELECTION``, a seeded stratified 15 %.
+    selection : HoldOut, KFold, Auto or None, default=None
+        How validation rows are had when ``fit`` gets no ``eval_set`` (``heads.select``); None =
+        ``DEFAULT_SELECTION``: stratified 5-fold cross-validation on a small train set, else a seeded
+        stratified 15 % held out. Under k-fold every (keep, C) of the grid is scored on every fold (each
+        fold screens its own features; no probe) and the best mean accuracy wins.
     device : str, default="auto"
         Torch device; ``"auto"`` = CUDA when present.
 
@@ -144,6 +147,10 @@ class MultiLayerHead(Head):
         The class labels.
     n_features_in_ : int
         Number of features seen in ``fit`` (all layers).
+    selection_ : dict
+        How ``fit`` selected (``heads.select``): ``rule`` is "eval_set", "holdout", "kfold" or "none"
+        (nothing could be held out); ``val_rows`` the validation rows the choice rests on (under
+        k-fold every training row, each once), ``folds`` the number of folds.
     mean_ : ndarray of shape (n_features,)
         Training mean of the selection's standardisation.
     scale_ : ndarray of shape (n_features,)
@@ -201,7 +208,7 @@ class MultiLayerHead(Head):
         Cs: tuple[float, ...] = DEFAULT_ML_CS,
         max_iter: int = 500,
         tol: float = 1e-4,
-        selection: HoldOut | None = None,
+        selection: Rule | None = None,
         device: str = "auto",
     ) -> None:
         self.layer_dims = layer_dims
@@ -272,6 +279,43 @@ class MultiLayerHead(Head):
         self.group_norms_ = norms.astype(np.float32)
         self._report(names, gscale)
 
+    # -- k-fold selection (heads/select.py's KFold): the path is the grid (keep, C) -----------------
+    def _path(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray,
+              y_val: np.ndarray) -> Iterator[tuple[tuple[float, float], float]]:
+        """On one fold: rank the features by its own group-lasso screen, then for each fraction in
+        ``keeps`` (or ``keep``) sweep ``Cs`` (or ``C``) warm-started with the final classifier's solver on
+        the kept columns, standardised; yields ((keep, C), validation accuracy). No probe: every
+        (keep, C) is scored as the final classifier."""
+        dev = resolve_device(self.device)
+        gscale = group_scale(self.layer_dims, X.shape[1])
+        mean, std = standardizer(X)
+        yt = torch.from_numpy(y).to(dev)
+        W, _, grad = group_lasso_logreg(as_tensor((X - mean) / (std / gscale), dev), yt, len(self.classes_),
+                                        self.alpha, self.lasso_iters)
+        order = np.lexsort((-grad.cpu().numpy(), -W.norm(dim=1).cpu().numpy()))
+        yv, k, d = torch.from_numpy(y_val).to(dev), len(self.classes_), X.shape[1]
+        keeps = [self.keep] if self.keep is not None else sorted(self.keeps)
+        for frac in keeps:
+            cols = np.sort(order[: max(1, round(frac * d))])
+            m, s = standardizer(X[:, cols])
+            Xt, Xv = as_tensor((X[:, cols] - m) / s, dev), as_tensor((X_val[:, cols] - m) / s, dev)
+            Wc, bc = torch.zeros(len(cols), k, device=dev), torch.zeros(k, device=dev)
+            for C in [self.C] if self.C is not None else sorted(self.Cs):
+                Wc, bc, _ = lbfgs_logreg(Xt, yt, C, Wc, bc, self.max_iter, self.tol)
+                yield (float(frac), float(C)), float(((Xv @ Wc + bc).argmax(1) == yv).float().mean())
+
+    def _fit_at(self, X: np.ndarray, y: np.ndarray, candidate: Any, scores: dict[Any, float]) -> None:
+        """One fit on all of train at the chosen (keep, C): screen, keep that fraction, fit logreg at C."""
+        keep, C = candidate
+        fixed = MultiLayerHead(**{**self.get_params(), "keep": float(keep), "C": float(C)})
+        fixed.classes_, fixed.n_features_in_ = self.classes_, self.n_features_in_
+        fixed._fit(X, y, None, None)
+        self.__dict__.update({k: v for k, v in vars(fixed).items() if k.endswith("_") and k != "selection_"})
+        self.keep_scores_ = {repr(f): max(v for (g, _), v in scores.items() if g == f)
+                             for f in dict.fromkeys(f for f, _ in scores)}
+        self.clf_.val_scores_ = {repr(c): v for (f, c), v in scores.items() if f == keep}
+        self.best_val_score_ = self.clf_.best_val_score_ = float(scores[candidate])
+
     def _report(self, names: list[str], gscale: np.ndarray) -> None:
         dims = tuple(self.layer_dims) if self.layer_dims else (self.n_features_in_,)
         bounds = np.cumsum((0, *dims))
@@ -288,6 +332,12 @@ class MultiLayerHead(Head):
         return {**chosen, "C": float(self.C_)} if self.C is None else chosen
 
     def how_chosen(self) -> str | None:
+        folds = getattr(self, "selection_", {}).get("folds", 0)
+        if folds:
+            n_keeps = 1 if self.keep is not None else len(self.keeps)
+            n_cs = 1 if self.C is not None else len(self.Cs)
+            return (f"keep, C: best mean val accuracy ({self.best_val_score_:.4f}) over {folds} stratified folds of "
+                    f"train, of {n_keeps} fractions x {n_cs} C values; then fit on all of train")
         rules = []
         if self.keep is None:
             if self.keep_scores_:
