@@ -55,36 +55,36 @@ class BenchConfig:
 
     Attributes
     ----------
-    name : str, default="bench"
+    name : str
         Results go to ``<results_dir>/<name>.csv``, ``.md`` and ``<name>-*.png`` (a TOML file's
         name when read from one).
-    datasets : tuple of str, default=("digits",)
+    datasets : tuple of str
         Data to embed: built-in sets, image folders, CSV manifests or ``torchvision:`` sets.
-    backbones : tuple of str, default=("effnet-lite0",)
+    backbones : tuple of str
         Backbone specs; each (dataset, backbone) pair is extracted once with every layer.
-    layers : tuple of str, default=("pooled",)
+    layers : tuple of str
         Cached layers to train on.
-    heads : tuple of str, default=("logreg", "lgbm", "mlp", "knn", "ncm")
+    heads : tuple of str
         Heads fitted on every layer.
-    shots : tuple of int, default=()
+    shots : tuple of int
         K-shot training sets (images per class); empty = the full train split.
-    seeds : tuple of int, default=(0,)
+    seeds : tuple of int
         One K-shot sample per seed (ignored without ``shots``).
-    head_params : dict, default={}
+    head_params : dict
         Hyperparameters per head: ``{"logreg": {"C": 0.1}}``.
-    weights : dict, default={}
+    weights : dict
         A local weights file per backbone spec.
-    exclude : dict, default={}
+    exclude : dict
         Heads not to run on a dataset: ``{"glyphs": ["lgbm", "mlp"]}``.
-    extract : dict, default={}
+    extract : dict
         Extract options (``batch_size``, ``precision``, ``image_size``, ...).
-    cache_dir : str or None, default=None
+    cache_dir : str or None
         The cache root; None = ``$EMBEDPIPE_CACHE``, else ``~/.cache/embedpipe``.
-    results_dir : str, default="benchmarks/results"
+    results_dir : str
         Where the CSV, Markdown and plots go.
-    engine : {"local", "ray"}, default="local"
+    engine : {"local", "ray"}
         The extraction engine (the same caches either way).
-    ray_address : str or None, default=None
+    ray_address : str or None
         With ``engine="ray"``: the cluster to join; None = start a local Ray instance.
     """
 

@@ -57,25 +57,25 @@ class ExtractConfig:
 
     Attributes
     ----------
-    layers : tuple of str, default=("pooled",)
+    layers : tuple of str
         Layers stored from one forward pass: ``pooled``, ``block<k>``, ``block<k>:grid<G>``,
         ``block<k>:map``, ``logits``.
-    dtype : {"float16", "float32"}, default="float16"
+    dtype : {"float16", "float32"}
         Storage dtype of the features (float16: half the disk, ample precision).
-    batch_size : int or None, default=None
+    batch_size : int or None
         Images per forward pass; None = per device (256 on a GPU, 64 on a CPU).
-    num_workers : int or None, default=None
+    num_workers : int or None
         Decoding processes; 0 = decode in the calling process; None = per device.
-    jpeg_draft : bool, default=True
+    jpeg_draft : bool
         Decode large JPEGs at a reduced DCT scale, never below the model's input size (part of the
         cache key).
-    gpu_decode : bool, default=True
+    gpu_decode : bool
         On CUDA, decode JPEGs in batches with nvJPEG, the rest on the CPU (part of the cache key).
-    shard_size : int, default=1024
+    shard_size : int
         Rows per shard file: the unit of resume after a crash.
-    split : SplitRule, default=SplitRule()
+    split : SplitRule
         The seeded per-class split (15 % val, 15 % test) used when the data brings no split of its own.
-    signature : {"stat", "content"}, default="stat"
+    signature : {"stat", "content"}
         What identifies a file in the key: its size and modification time, or the sha256 of its bytes
         (catches edits that keep both; reads every file on every run).
     """
@@ -91,6 +91,7 @@ class ExtractConfig:
     signature: str = "stat"  # a file's identity in the key: stat (size+mtime) or content (sha256; reads every file)
 
     def check(self) -> None:
+        """Raise ``EmbedpipeError`` for a bad dtype, batch size, shard size or worker count."""
         if self.dtype not in ("float16", "float32"):
             raise EmbedpipeError(f"bad dtype {self.dtype!r}: use float16 or float32")
         if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
