@@ -258,8 +258,51 @@ def plot_sweep(ev: Evidence, decision: dict[str, Any], out: Path) -> Path:
 
 
 def advise(cache: Any, *, out: str | Path | None = None, plot: bool = True) -> dict[str, Any]:
-    """The transfer report of a cache: evidence, the four-case decision, the recommendation, and the
-    path of the accuracy-by-depth plot (``out``, default ``<cache>/advise.png``)."""
+    """How many layers to keep frozen: the transfer report of a cache, from figures anyone can check.
+
+    Two things are measured: the training images per class, and a layer sweep (a kNN and a quick
+    logistic-regression probe, accuracy on val for every cached vector layer, in depth order). When
+    an earlier layer beats ``pooled`` by a point or more, the backbone's last blocks are specialised
+    to its source task and the data counts as "different" (without an earlier layer, the source
+    classifier's entropy on cached ``logits`` decides, else "similar" is assumed). Size and
+    similarity give one of the four classic cases and a recommendation: a layer, a head, and how
+    many blocks to fine-tune (0 = keep the backbone frozen). The same as ``embedpipe advise``.
+
+    Parameters
+    ----------
+    cache : str, Path or Cache
+        The cache; extract it with several layers (``layers=["pooled", "block3", "block4"]``) for
+        the sweep to compare depths.
+    out : str, Path or None, default=None
+        Where to write the accuracy-by-depth plot (PNG); None = ``<cache>/advise.png``.
+    plot : bool, default=True
+        Write the plot (needs matplotlib).
+
+    Returns
+    -------
+    dict
+        ``cache``, ``dataset``, ``backbone``; the evidence: ``n_train``, ``n_classes``,
+        ``per_class``, ``sweep`` (per layer: ``layer``, ``depth``, ``dim``, ``knn_val``,
+        ``logreg_val``), ``entropy`` (None without cached logits); the decision: ``size`` (small or
+        large), ``similarity`` (similar or different), ``case``, ``why``, ``peak_layer``,
+        ``peak_val``, ``pooled_val``, ``gap``; ``recommendation`` (``layer``, ``head``,
+        ``finetune_blocks``); and ``plot``, the plot's path, when written.
+
+    Raises
+    ------
+    EmbedpipeError
+        A cache with no vector layer to sweep, too few classes, or a plot that cannot be written.
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> cache = embedpipe.extract("photos", layers=["pooled", "block4"], progress=False)
+    >>> report = embedpipe.advise(cache, plot=False)
+    >>> [s["layer"] for s in report["sweep"]], report["size"]
+    (['block4', 'pooled'], 'small')
+    >>> report["similarity"] in ("similar", "different"), sorted(report["recommendation"])[:3]
+    (True, ['finetune_blocks', 'head', 'layer'])
+    """
 
     cache = as_cache(cache)
     ev = measure(cache)

@@ -52,6 +52,44 @@ CELL_KEY = ("dataset", "backbone", "layer", "head", "shots", "seed", "settings")
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """What a bench run covers and where it writes; ``benchmark(**fields)``, ``embedpipe bench`` and
+    a TOML file (``BenchConfig.from_toml``, the same keys) all set these fields.
+
+    Attributes
+    ----------
+    name : str
+        Results go to ``<results_dir>/<name>.csv``, ``.md`` and ``<name>-*.png`` (a TOML file's
+        name when read from one).
+    datasets : tuple of str
+        Data to embed: built-in sets, image folders, CSV manifests or ``torchvision:`` sets.
+    backbones : tuple of str
+        Backbone specs; each (dataset, backbone) pair is extracted once with every layer.
+    layers : tuple of str
+        Cached layers to train on.
+    heads : tuple of str
+        Heads fitted on every layer.
+    shots : tuple of int
+        K-shot training sets (images per class); empty = the full train split.
+    seeds : tuple of int
+        One K-shot sample per seed (ignored without ``shots``).
+    head_params : dict
+        Hyperparameters per head: ``{"logreg": {"C": 0.1}}``.
+    weights : dict
+        A local weights file per backbone spec.
+    exclude : dict
+        Heads not to run on a dataset: ``{"glyphs": ["lgbm", "mlp"]}``.
+    extract : dict
+        Extract options (``batch_size``, ``precision``, ``image_size``, ...).
+    cache_dir : str or None
+        The cache root; None = ``$EMBEDPIPE_CACHE``, else ``~/.cache/embedpipe``.
+    results_dir : str
+        Where the CSV, Markdown and plots go.
+    engine : {"local", "ray"}
+        The extraction engine (the same caches either way).
+    ray_address : str or None
+        With ``engine="ray"``: the cluster to join; None = start a local Ray instance.
+    """
+
     name: str = "bench"  # results/<name>.csv, .md and -*.png
     datasets: tuple[str, ...] = ("digits",)
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
@@ -294,7 +332,56 @@ def benchmark(
     heads: tuple[str, ...] | list[str] | None = None,
     **config: Any,
 ) -> list[dict[str, Any]]:
-    """Python entry point of ``embedpipe bench``; keyword arguments are BenchConfig fields."""
+    """Benchmark tables: datasets x backbones x layers x heads (x shots x seeds), one CSV row per cell.
+
+    The same as ``embedpipe bench``. Each (dataset, backbone) pair is extracted once (or reused from
+    the cache) with every layer in one pass; each layer's features are loaded once and every head is
+    fitted on them, selected on val and scored on test. After every cell the CSV is rewritten
+    atomically, so an interrupted run loses at most the cell in flight, and a second run skips the
+    cells already finished with the same settings. A cell that fails is recorded with its error and
+    the others go on. At the end a Markdown table and plots are written beside the CSV.
+
+    Parameters
+    ----------
+    datasets : tuple or list of str, default=("digits",)
+        Data to embed: built-in sets, image folders, CSV manifests or ``torchvision:`` sets.
+    backbones : tuple or list of str, default=("effnet-lite0",)
+        Backbone specs.
+    layers : tuple or list of str, default=("pooled",)
+        Cached layers to train on.
+    heads : tuple or list of str or None, default=None
+        Heads to fit; None = every registered head except ``zeroshot``.
+    **config
+        The other ``BenchConfig`` fields (``name``, ``shots``, ``seeds``, ``head_params``,
+        ``exclude``, ``extract``, ``cache_dir``, ``results_dir``, ``engine``, ...), and
+        ``progress`` (bool, default True: progress and one line per cell on stderr).
+
+    Returns
+    -------
+    list of dict
+        Every row of the CSV, this run's and earlier ones': ``dataset``, ``backbone``, ``layer``,
+        ``head``, ``shots``, ``seed``, ``status`` (``ok`` or ``failed``), ``error``, ``val_acc``,
+        ``test_acc``, ``test_top5``, ``test_mean_per_class_recall``, ``fit_s``, ``n_train``,
+        ``classes``, ``chosen`` (JSON text), ``extract_img_s``, and the date, machine, device and
+        library versions. Rows read back from an earlier run hold text, as the CSV does;
+        ``embedpipe.bench.json_rows`` types them (numbers, None, ``chosen`` as a dict).
+
+    Raises
+    ------
+    EmbedpipeError
+        An unknown head or configuration key, or a results folder another run is writing to.
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> rows = embedpipe.benchmark(["photos"], heads=["ncm", "knn"], results_dir="bench-results",
+    ...                            progress=False)
+    >>> [(row["dataset"], row["layer"], row["head"], row["status"]) for row in rows]
+    [('photos', 'pooled', 'ncm', 'ok'), ('photos', 'pooled', 'knn', 'ok')]
+    >>> import os
+    >>> sorted(f for f in os.listdir("bench-results") if f.endswith((".csv", ".md")))
+    ['bench.csv', 'bench.md']
+    """
     progress = config.pop("progress", True)
     cfg = BenchConfig.build(datasets=datasets, backbones=backbones, layers=layers,
                             heads=heads or tuple(h for h in list_heads() if h != "zeroshot"), **config)

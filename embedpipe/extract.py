@@ -50,7 +50,35 @@ _logger = get_logger(__name__)
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """How features are computed and stored; every field has a sane default."""
+    """How features are computed and stored; every field has a sane default.
+
+    ``extract(data, **options)`` and ``run_extract`` take these fields as keyword options (next to
+    the fields of ``BackboneConfig``); the ``embedpipe extract`` flags set the same.
+
+    Attributes
+    ----------
+    layers : tuple of str
+        Layers stored from one forward pass: ``pooled``, ``block<k>``, ``block<k>:grid<G>``,
+        ``block<k>:map``, ``logits``.
+    dtype : {"float16", "float32"}
+        Storage dtype of the features (float16: half the disk, ample precision).
+    batch_size : int or None
+        Images per forward pass; None = per device (256 on a GPU, 64 on a CPU).
+    num_workers : int or None
+        Decoding processes; 0 = decode in the calling process; None = per device.
+    jpeg_draft : bool
+        Decode large JPEGs at a reduced DCT scale, never below the model's input size (part of the
+        cache key).
+    gpu_decode : bool
+        On CUDA, decode JPEGs in batches with nvJPEG, the rest on the CPU (part of the cache key).
+    shard_size : int
+        Rows per shard file: the unit of resume after a crash.
+    split : SplitRule
+        The seeded per-class split (15 % val, 15 % test) used when the data brings no split of its own.
+    signature : {"stat", "content"}
+        What identifies a file in the key: its size and modification time, or the sha256 of its bytes
+        (catches edits that keep both; reads every file on every run).
+    """
 
     layers: tuple[str, ...] = ("pooled",)  # layers stored from one forward pass
     dtype: str = "float16"  # storage dtype: float16 (half the disk, ample precision) or float32
@@ -63,6 +91,7 @@ class ExtractConfig:
     signature: str = "stat"  # a file's identity in the key: stat (size+mtime) or content (sha256; reads every file)
 
     def check(self) -> None:
+        """Raise ``EmbedpipeError`` for a bad dtype, batch size, shard size or worker count."""
         if self.dtype not in ("float16", "float32"):
             raise EmbedpipeError(f"bad dtype {self.dtype!r}: use float16 or float32")
         if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
@@ -107,11 +136,80 @@ def extract(
     ray_cpus_per_worker: int | None = None,
     **options: Any,
 ) -> Cache:
-    """Embed ``data`` with ``backbone`` into the cache and return it (see ``run_extract``).
+    """Embed a dataset once with a frozen backbone into the cache, and return the cache.
 
-    ``cache_dir`` is the cache root; None = ``$EMBEDPIPE_CACHE``, else ``$XDG_CACHE_HOME/embedpipe``
-    (``~/.cache/embedpipe``), so every working folder shares one cache (``core.paths.cache_root``).
-    The returned cache's ``path`` is absolute."""
+    Every image of ``data`` goes through ``backbone`` once, and the features of the requested layers
+    are stored in ``<root>/<dataset>/<backbone>-<key>/``. The key hashes everything that produced the
+    numbers (backbone, weights, preprocessing, layers, dtype, and each image's path, size and
+    modification time), so a second call with the same inputs reuses the cache without loading an
+    image, an interrupted call resumes at the first unfinished shard, and a dataset that grew embeds
+    only its new images. Images that cannot be read are recorded with their reason
+    (``Cache.failed``) and skipped; the others are embedded.
+
+    Parameters
+    ----------
+    data : str or Source
+        What to embed: an image folder (one sub-folder per class, optionally under ``train/``,
+        ``val/`` and ``test/``), a CSV manifest (columns ``path,label[,split]``), a built-in set
+        (``"digits"``, ``"glyphs"``), ``"torchvision:CIFAR10"`` or ``"torchvision:CIFAR100"``, or a
+        ``Source`` (``embedpipe.data``).
+    backbone : str or Backbone, default="effnet-lite0"
+        A backbone spec: ``"effnet-lite0"``, ``"timm:<name>"``, ``"open_clip:<arch>[/<tag>]"``
+        (``list_backbones()``), or a backbone built with ``create_backbone``.
+    cache_dir : str, Path or None, default=None
+        The cache root. None = ``$EMBEDPIPE_CACHE``, else ``$XDG_CACHE_HOME/embedpipe``
+        (``~/.cache/embedpipe``), so that every working folder shares one cache.
+    progress : bool, default=True
+        Show a progress bar, the size estimate and a summary line on stderr.
+    engine : {"local", "ray"}, default="local"
+        Where the shards are computed: this process, or a Ray cluster (``pip install
+        "embedpipe[ray]"``). The cache is the same either way.
+    ray_address : str or None, default=None
+        With ``engine="ray"``: the cluster to join, e.g. ``"ray://head:10001"``; None = start a local
+        Ray instance.
+    ray_cpus_per_worker : int or None, default=None
+        With ``engine="ray"``: CPUs per Ray worker; None = one worker per GPU, or 1-CPU workers on
+        CPU-only nodes.
+    **options
+        Backbone options, the fields of ``BackboneConfig``: ``weights`` (a local weights file),
+        ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:N]"``), ``precision`` (``"auto"``, ``"fp32"``,
+        ``"bf16"``, ``"fp16"``), ``channels_last``, ``image_size``. Extraction options, the fields
+        of ``ExtractConfig``: ``layers`` (a list of names, default ``["pooled"]``), ``dtype``,
+        ``batch_size``, ``num_workers``, ``jpeg_draft``, ``gpu_decode``, ``shard_size``, ``split``
+        (a ``SplitRule``), ``signature``.
+
+    Returns
+    -------
+    Cache
+        The cache, ready to read (``load``, ``iter_blocks``, ``counts``); its ``path`` is absolute.
+
+    Raises
+    ------
+    EmbedpipeError
+        An unknown option or layer, data that cannot be found, an unknown backbone, or a cache folder
+        that cannot be written; the one-line message names the problem and the fix. After a failed
+        write, the same call resumes where it stopped.
+
+    See Also
+    --------
+    run_extract : The same, also returning what the run did (images embedded, reused, failed).
+    open_cache : Open an existing cache by its path.
+
+    Examples
+    --------
+    With a folder ``photos/`` holding one sub-folder of images per class:
+
+    >>> import embedpipe
+    >>> cache = embedpipe.extract("photos", layers=["pooled", "block4"], progress=False)
+    >>> cache.layers, cache.dims["pooled"]
+    (['pooled', 'block4'], 1280)
+    >>> X, y = cache.load("train", "block4")           # float32 features, integer labels
+    >>> X.dtype.name, X.shape[0] == len(y)
+    ('float32', True)
+    >>> again = embedpipe.extract("photos", layers=["pooled", "block4"], progress=False)
+    >>> again.path == cache.path                        # the same inputs: the same cache, nothing recomputed
+    True
+    """
     return run_extract(data, backbone, cache_dir=cache_dir, progress=progress, engine=engine,
                        ray_address=ray_address, ray_cpus_per_worker=ray_cpus_per_worker, **options)[0]
 
@@ -128,19 +226,58 @@ def run_extract(
     ray_cpus_per_worker: int | None = None,
     **options: Any,
 ) -> tuple[Cache, ExtractStats]:
-    """Embed ``data`` into the cache under ``cache_dir`` (None = ``core.paths.cache_root()``:
-    ``$EMBEDPIPE_CACHE``, else ``~/.cache/embedpipe``); returns the cache and what this run did.
-
-    Options are fields of BackboneConfig (weights, device, precision, channels_last) and of
-    ExtractConfig (layers, dtype, batch_size, num_workers, jpeg_draft, gpu_decode, signature,
-    shard_size, split). ``decoder`` is a batch decoder for raw bytes; None = the GPU JPEG decoder on
-    CUDA (unless gpu_decode=False), CPU decoding elsewhere. ``engine="ray"`` computes the shards on a
-    Ray cluster (``ray_address``, or a local instance): the same plan, the same cache;
-    ``ray_cpus_per_worker`` sizes its actors (None: one per GPU, or 1-CPU actors on small CPU nodes).
+    """Embed ``data`` into the cache, as ``extract`` does, and also return what this run did.
 
     A re-run retries failed rows: a shard holding failed rows is planned again, its good rows copied
     from itself and only the failed rows decoded again (so fixing a file and re-running fixes the
-    cache); a shard whose rows fail again for the same reasons is left as it is."""
+    cache); a shard whose rows fail again for the same reasons is left as it is.
+
+    Parameters
+    ----------
+    data : str or Source
+        What to embed, as for ``extract``.
+    backbone : str or Backbone, default="effnet-lite0"
+        A backbone spec or a built backbone, as for ``extract``.
+    cache_dir : str, Path or None, default=None
+        The cache root; None = ``$EMBEDPIPE_CACHE``, else ``$XDG_CACHE_HOME/embedpipe``
+        (``~/.cache/embedpipe``).
+    progress : bool, default=True
+        Show a progress bar, the size estimate and a summary line on stderr.
+    decoder : BatchDecoder or None, default=None
+        A batch decoder for the raw bytes of the images; None = the GPU JPEG decoder on CUDA (unless
+        ``gpu_decode=False``), decoding on the CPU elsewhere.
+    engine : {"local", "ray"}, default="local"
+        Where the shards are computed: this process, or a Ray cluster (the same plan, the same cache).
+    ray_address : str or None, default=None
+        With ``engine="ray"``: the cluster to join; None = start a local Ray instance.
+    ray_cpus_per_worker : int or None, default=None
+        With ``engine="ray"``: CPUs per Ray actor; None = one actor per GPU, or 1-CPU actors on
+        CPU-only nodes.
+    **options
+        Fields of ``BackboneConfig`` (``weights``, ``device``, ``precision``, ``channels_last``,
+        ``image_size``) and of ``ExtractConfig`` (``layers``, ``dtype``, ``batch_size``,
+        ``num_workers``, ``jpeg_draft``, ``gpu_decode``, ``shard_size``, ``split``, ``signature``).
+
+    Returns
+    -------
+    cache : Cache
+        The cache; its ``path`` is absolute.
+    stats : ExtractStats
+        What this run did: ``embedded``, ``reused`` (copied from an earlier cache of the same
+        dataset), ``retried``, ``failed``, ``resumed_shards``, ``seconds`` and ``images_per_s``.
+
+    Raises
+    ------
+    EmbedpipeError
+        As for ``extract``.
+
+    Examples
+    --------
+    >>> from embedpipe.extract import run_extract
+    >>> cache, stats = run_extract("photos", progress=False)
+    >>> stats.failed, sorted(cache.counts())
+    (0, ['test', 'train', 'val'])
+    """
     t0 = time.perf_counter()
     if progress:
         show_progress()

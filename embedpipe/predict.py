@@ -27,8 +27,56 @@ def predict(
     head_file: str | Path, images: list[str], *, top_k: int = 5, device: str | None = None, batch_size: int = 32,
     max_pixels: int = MAX_PIXELS,
 ) -> list[dict[str, Any]]:
-    """One dict per image: ``{"image", "top": [(label, probability), ...]}`` or ``{"image", "error"}``.
-    ``max_pixels``: images whose header claims more pixels are refused without being decoded."""
+    """Classify image files with a saved head: rebuild its backbone, embed the images, rank the labels.
+
+    The backbone recorded in the head file is rebuilt (and checked against the one the head was
+    trained on), the images are embedded at the head's layer, and each gets its ``top_k`` most likely
+    labels. Images are untrusted: one that cannot be read, or whose header claims more than
+    ``max_pixels`` pixels, gets an ``error`` in its row without being decoded, and the others are
+    still predicted. Memory stays bounded by ``batch_size`` images.
+
+    Parameters
+    ----------
+    head_file : str or Path
+        A head file written by ``train`` (``embedpipe train``).
+    images : list of str
+        Paths of the image files, in any format Pillow reads.
+    top_k : int, default=5
+        Labels per image, most likely first.
+    device : str or None, default=None
+        Torch device for the backbone (``"cpu"``, ``"cuda"``, ``"cuda:1"``); None = as the head file
+        records (``"auto"``: CUDA when present).
+    batch_size : int, default=32
+        Images decoded and embedded together.
+    max_pixels : int, default=MAX_PIXELS
+        Images whose header claims more pixels than this (64 megapixels by default) are refused
+        before decoding (decompression bombs).
+
+    Returns
+    -------
+    list of dict
+        One per image, in the order given: ``{"image": path, "top": [(label, probability), ...]}``,
+        or ``{"image": path, "error": reason}`` for an image that could not be used.
+
+    Raises
+    ------
+    EmbedpipeError
+        A head file that cannot be read or records no backbone, or a rebuilt backbone that differs
+        from the one the head was trained on (its weights file or preprocessing changed).
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> result = embedpipe.train(embedpipe.extract("photos", progress=False), "logreg")
+    >>> rows = embedpipe.predict(result.path, ["new/a.png", "new/b.png", "missing.png"], top_k=2)
+    >>> [row["image"] for row in rows], len(rows[0]["top"])
+    (['new/a.png', 'new/b.png', 'missing.png'], 2)
+    >>> label, probability = rows[0]["top"][0]
+    >>> label in ("cat", "dog", "fox") and 0.0 < probability <= 1.0
+    True
+    >>> rows[2]["error"].startswith("FileNotFoundError")   # reported in its row; the others predicted
+    True
+    """
     head, info = load_head(head_file)
     if "backbone" not in info or "layer" not in info:
         raise EmbedpipeError(f"{head_file} does not record its backbone; retrain it with `embedpipe train`")

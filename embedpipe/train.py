@@ -66,6 +66,46 @@ FEW_VAL_PER_CLASS = 5  # or fewer per class than this: a class's score moves by 
 
 @dataclass
 class FitResult:
+    """What ``train`` and ``train_heads`` return for one head: its scores, what it chose and where it
+    was saved. ``to_dict()`` gives the same without the model (one entry of ``embedpipe train --json``).
+
+    Attributes
+    ----------
+    head : str
+        The head's registered name.
+    layer : str
+        The cached layer(s) it was trained on, comma-separated in column order.
+    params : dict
+        The hyperparameters given (not the defaults).
+    val_acc : float or None
+        Accuracy on the validation rows it was selected with; None without validation rows.
+    test_acc : float or None
+        Top-1 accuracy on the test split; None when the cache has no test rows.
+    fit_s : float
+        Seconds the fit took, selection included.
+    n_train : int
+        Training rows.
+    n_classes : int
+        Classes the head predicts.
+    test_metrics : dict
+        ``top1`` (= ``test_acc``), ``top5``, ``mean_per_class_recall`` and ``n`` on the test split.
+    path : str or None
+        The saved head file (absolute); None when not saved.
+    val_split : dict
+        Where the validation rows came from: the cache's val split, or the rows held out of train
+        (the rule, the number of rows and a digest of their ids).
+    chosen : dict
+        The hyperparameters the head chose on validation rows (logreg: ``{"C": 0.1}``); empty for a
+        head that chooses nothing (knn, ncm) or was given every value.
+    selection : dict or None
+        How they were chosen: ``how`` (the rule, the candidates and the deciding score) and the rows
+        it was decided on; None when nothing was chosen.
+    report : dict
+        Head-specific findings (multilayer: each layer's share of the kept features).
+    model : Head or None
+        The fitted head itself.
+    """
+
     head: str
     layer: str
     params: dict[str, Any]
@@ -298,11 +338,62 @@ def train_heads(
     save: bool = True,
     selection: Rule | None = None,
 ) -> list[FitResult]:
-    """Fit each head on one load of the features per layer. ``heads`` is a list of names (or one
-    name); ``params`` maps head name -> hyperparameters. ``layer`` (one name or several joined by
-    commas) defaults per head (``default_layer``). Heads are saved to ``out`` (a file for one head, a
-    folder for several) or next to the cache. ``selection`` is the rule for a cache without val rows
-    (``heads.select``: ``HoldOut``, ``KFold`` or ``Auto``; None = ``DEFAULT_SELECTION``, ``Auto``)."""
+    """Fit several heads on a cache, loading each layer's features once, and save them.
+
+    Each head is fitted on the train split, selects its hyperparameters on the val split (on a cache
+    without val rows, as ``selection`` says; the results say
+    so) and is scored on the test split.
+
+    Parameters
+    ----------
+    cache : str, Path or Cache
+        The cache: its folder, as ``extract`` returns or ``embedpipe extract`` prints.
+    heads : list of str or str, default="logreg"
+        Head names (``list_heads()``), or one name. A comma-joined string is refused: pass a list.
+    layer : str or None, default=None
+        The cached layer to train on, or several joined by commas (``"pooled,block4"``: their
+        features side by side, in that order). None = ``pooled``, and every cached vector layer for
+        ``multilayer``.
+    params : dict or None, default=None
+        Hyperparameters per head: ``{"logreg": {"C": 0.1}, "mlp": {"hidden": 64}}``. A head not
+        named gets its defaults.
+    out : str, Path or None, default=None
+        Where head files go: a file (one head) or a folder (``<head>-<layer>.npz`` in it); None =
+        ``<cache>/heads/<head>-<layer>.npz``.
+    save : bool, default=True
+        Save each head. With False, ``FitResult.path`` is None and ``FitResult.model`` is the only
+        copy.
+    selection : Rule or None, default=None
+        How a cache without val rows is selected on (``heads.select``): ``HoldOut``, ``KFold`` or
+        ``Auto``. None = ``Auto()``: stratified 5-fold on a small train split (under 2,000 images, or
+        under 30 per class on average), else a seeded, stratified 15 % of each class held out.
+
+    Returns
+    -------
+    list of FitResult
+        One per head, in the order of ``heads``.
+
+    Raises
+    ------
+    EmbedpipeError
+        An unknown head, parameter or layer, a cache with no usable training images or fewer than 2
+        classes, or a bad parameter value (checked before any fit starts where it can be).
+
+    See Also
+    --------
+    train : One head, with its hyperparameters as keyword arguments.
+    few_shot : K images per class, over several seeds.
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> cache = embedpipe.extract("photos", progress=False)
+    >>> results = embedpipe.train_heads(cache, ["logreg", "knn"], params={"logreg": {"C": 0.1}}, save=False)
+    >>> [(r.head, r.params, r.path) for r in results]
+    [('logreg', {'C': 0.1}, None), ('knn', {}, None)]
+    >>> results[0].model.predict(cache.load("test")[0]).shape == (cache.counts()["test"],)
+    True
+    """
     names = head_names(heads)
     cache = as_cache(cache)
     for name in names:
@@ -345,9 +436,61 @@ def train(
     cache: str | Path | Cache, head: str = "logreg", *, layer: str | None = None,
     out: str | Path | None = None, selection: Rule | None = None, **params: Any,
 ) -> FitResult:
-    """Fit one head with hyperparameters ``params``; returns the result (the head is ``.model``;
-    ``.chosen`` and ``.selection`` say what it chose on validation rows and how). ``selection``: the
-    rule for a cache without val rows (``train_heads``)."""
+    """Fit one head on a cache, select its hyperparameters on validation rows, score it and save it.
+
+    The same as ``embedpipe train --cache CACHE --head HEAD``: the head is fitted on the train split,
+    chooses what it selects (logreg's C, the best epoch of mlp, ...) on the val split (on a cache
+    without val rows, as ``selection`` says), is scored on the test split and saved as a head file.
+
+    Parameters
+    ----------
+    cache : str, Path or Cache
+        The cache: its folder, as ``extract`` returns or ``embedpipe extract`` prints.
+    head : str, default="logreg"
+        The head's name (``list_heads()``); its parameters are on the Heads page.
+    layer : str or None, default=None
+        The cached layer to train on, or several joined by commas; None = ``pooled`` (every cached
+        vector layer for ``multilayer``).
+    out : str, Path or None, default=None
+        The head file to write (``.npz``) or a folder; None = ``<cache>/heads/<head>-<layer>.npz``.
+    **params
+        The head's hyperparameters, e.g. ``C=0.1`` for logreg (a value given is not selected).
+    selection : Rule or None, default=None
+        How a cache without val rows is selected on (``heads.select``): ``HoldOut``, ``KFold`` or
+        ``Auto``. None = ``Auto()``: stratified 5-fold on a small train split (under 2,000 images, or
+        under 30 per class on average), else a seeded, stratified 15 % of each class held out.
+
+    Returns
+    -------
+    FitResult
+        The scores (``val_acc``, ``test_acc``, ``test_metrics``), what the head chose (``chosen``)
+        and how (``selection``), the saved file (``path``) and the fitted head (``model``).
+
+    Raises
+    ------
+    EmbedpipeError
+        An unknown head, parameter or layer, a bad parameter value, or a cache with no usable
+        training images or fewer than 2 classes.
+
+    See Also
+    --------
+    train_heads : Several heads on one load of the features.
+    evaluate : Score a saved head again, on any split.
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> cache = embedpipe.extract("photos", progress=False)
+    >>> result = embedpipe.train(cache, "logreg")
+    >>> result.head, result.layer, sorted(result.chosen)       # C chosen on val
+    ('logreg', 'pooled', ['C'])
+    >>> result.selection["how"]  # doctest: +ELLIPSIS
+    'C: ...'
+    >>> result.path.endswith("heads/logreg-pooled.npz")
+    True
+    >>> embedpipe.train(cache, "logreg", C=0.1, out="logreg-c0.1.npz").chosen   # C given: nothing chosen
+    {}
+    """
     return train_heads(cache, [head], layer=layer, params={head: params}, out=out, selection=selection)[0]
 
 
@@ -438,6 +581,22 @@ def evaluate(head_file: str | Path, cache: str | Path | Cache | None = None, spl
     dict
         ``head``, ``layer``, ``split``, ``cache`` (absolute), ``top1``, ``top5``,
         ``mean_per_class_recall``, ``n`` (rows scored) and, for a carved split, ``note``.
+
+    Raises
+    ------
+    EmbedpipeError
+        A head file that cannot be read or records no cache (pass ``cache``), a cache whose
+        backbone, layer or class names differ from the head's, or an empty split.
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> result = embedpipe.train(embedpipe.extract("photos", progress=False), "logreg")
+    >>> scores = embedpipe.evaluate(result.path)
+    >>> scores["split"], scores["n"], sorted(scores)
+    ('test', 6, ['cache', 'head', 'layer', 'mean_per_class_recall', 'n', 'split', 'top1', 'top5'])
+    >>> embedpipe.evaluate(result.path, split="val")["n"]
+    6
     """
     head, info = load_head(head_file)
     if cache is None:
@@ -472,10 +631,52 @@ def few_shot(
     layer: str = "pooled",
     params: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """K-shot evaluation as in CLIP_benchmark / ELEVATER: per seed, sample ``shots`` training images per
-    class, fit every head of ``heads`` (a list of names, or one name; val still selects), score on test;
-    report mean and std over seeds. The sampled ids of every seed are returned so that a run can be
-    reproduced or audited."""
+    """K-shot evaluation, as in CLIP_benchmark and ELEVATER: K training images per class, several seeds.
+
+    For each seed, ``shots`` training images per class are sampled (all of a class's images when it
+    has fewer), every head is fitted on them (the val split still selects), and scored on the test
+    split; the summary gives the mean and standard deviation over the seeds. Heads are not saved.
+    The sampled ids of every seed are returned, so that a run can be reproduced or audited.
+
+    Parameters
+    ----------
+    cache : str, Path or Cache
+        The cache: its folder, as ``extract`` returns or ``embedpipe extract`` prints.
+    heads : list of str or str, default="logreg"
+        Head names, or one name.
+    shots : int
+        Training images per class (at least 1).
+    seeds : list or tuple of int, default=(0, 1, 2)
+        One sample per seed; the same (cache, shots, seed) always draws the same images.
+    layer : str, default="pooled"
+        The cached layer to train on, or several joined by commas.
+    params : dict or None, default=None
+        Hyperparameters per head: ``{"logreg": {"C": 0.1}}``.
+
+    Returns
+    -------
+    dict
+        ``summary``: one row per head with ``head``, ``layer``, ``shots``, ``seeds``, ``n_train`` and
+        the mean and standard deviation over seeds of ``val_acc``, ``test_acc`` and ``fit_s``
+        (``test_acc_mean``, ``test_acc_std``, ...); ``runs``: one row per (head, seed) with its
+        scores and ``chosen``; ``samples``: the training ids drawn for each seed (keys are the seeds
+        as text).
+
+    Raises
+    ------
+    EmbedpipeError
+        ``shots`` below 1, an unknown head, parameter or layer, or a cache with fewer than 2 classes.
+
+    Examples
+    --------
+    >>> import embedpipe
+    >>> cache = embedpipe.extract("photos", progress=False)
+    >>> fs = embedpipe.few_shot(cache, ["ncm", "logreg"], shots=2, seeds=[0, 1])
+    >>> [(row["head"], row["shots"], row["seeds"], row["n_train"]) for row in fs["summary"]]
+    [('ncm', 2, 2, 6), ('logreg', 2, 2, 6)]
+    >>> len(fs["runs"]), sorted(fs["samples"]), len(fs["samples"]["0"])
+    (4, ['0', '1'], 6)
+    """
     names = head_names(heads)
     cache = as_cache(cache)
     data = load_splits(cache, layer)

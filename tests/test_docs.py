@@ -7,6 +7,7 @@
   EMBEDPIPE_CACHE pointing to a temporary cache shared by every page. Output-only languages (text,
   toml, ...) are not run. A block that cannot run here carries `<!-- skip: REASON -->` on the line
   before its fence; a block written to a file first carries `<!-- file: NAME -->`.
+- The Examples of the public verbs' docstrings (shown on the Python API page) run in such a folder too.
 - `mkdocs build --strict` succeeds without the network, and the site loads nothing from it.
 - The README is one screen that PyPI can show: short, with no relative links or images, its Python
   example near the top, and a results table copied from benchmarks/results/.
@@ -455,9 +456,8 @@ def shell_code(block: Block) -> str:
     return "\n".join(line[2:] for line in block.code.splitlines() if line.startswith("$ ")) + "\n"
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("page", runnable_pages(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_block_of_the_page_runs(page: Path, docs_world: dict[str, Path], tmp_path: Path) -> None:
+def page_folder(docs_world: dict[str, Path], tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A page's working folder (the images, and ./cache pointing to the shared cache) and environment."""
     work = tmp_path / "work"
     shutil.copytree(docs_world["images"], work)
     # `cache` beside the images is the shared cache too, for code that puts its cache in ./cache
@@ -469,6 +469,13 @@ def test_every_block_of_the_page_runs(page: Path, docs_world: dict[str, Path], t
     env.update({"PATH": os.pathsep.join([*path, env.get("PATH", "")]), "EMBEDPIPE_CACHE": str(docs_world["cache"]),
                 "EMBEDPIPE_DOCS_SERVER": str(docs_world["socket"]), "DOCS_VARS": str(tmp_path / "vars.sh"),
                 "COLUMNS": "100", "MPLBACKEND": "Agg"})
+    return work, env
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("page", runnable_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_block_of_the_page_runs(page: Path, docs_world: dict[str, Path], tmp_path: Path) -> None:
+    work, env = page_folder(docs_world, tmp_path)
     python: PythonSession | None = None
     try:
         for block in parse(page):
@@ -492,3 +499,34 @@ def test_every_block_of_the_page_runs(page: Path, docs_world: dict[str, Path], t
     finally:
         if python is not None:
             python.close()
+
+
+# The public verbs' docstring examples (shown on the Python API page) run too, in a page's folder:
+# they use its `photos/` and `new/`. Each docstring is its own doctest, with its own names.
+API_EXAMPLES = [("embedpipe.extract", "extract"), ("embedpipe.extract", "run_extract"),
+                ("embedpipe.train", "train"), ("embedpipe.train", "train_heads"), ("embedpipe.train", "evaluate"),
+                ("embedpipe.train", "few_shot"), ("embedpipe.predict", "predict"), ("embedpipe.advise", "advise"),
+                ("embedpipe.bench", "benchmark")]
+DOCTESTS = """
+import doctest, importlib
+finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+ran = {{}}
+for module, name in {examples!r}:
+    for test in finder.find(getattr(importlib.import_module(module), name), name, globs={{}}):
+        result = runner.run(test)  # a failing example is printed, with what it gave
+        assert result.failed == 0, f"{{module}}.{{name}}: {{result.failed}} failing example(s), above"
+        ran[name] = result.attempted
+thin = [name for _, name in {examples!r} if ran.get(name, 0) < 3]
+assert not thin, f"give these docstrings an Examples section: {{thin}}"
+"""
+
+
+@pytest.mark.timeout(600)
+def test_the_public_verbs_docstring_examples_run(docs_world: dict[str, Path], tmp_path: Path) -> None:
+    work, env = page_folder(docs_world, tmp_path)
+    session = PythonSession(work, env, None if COLD else docs_world["socket"])
+    try:
+        ok, output = session.run(Block(DOCS / "api.md", 1, "python", DOCTESTS.format(examples=API_EXAMPLES)))
+    finally:
+        session.close()
+    assert ok, output[-6000:]

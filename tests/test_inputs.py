@@ -335,7 +335,7 @@ def test_dataset_names_that_differ_get_different_folders(tmp_path: Path, tiny_ti
     for s in slugs:
         assert s and s.isascii() and s not in (".", "..") and "/" not in s and len(s) <= 60
     assert unique_slug("shapes") == "shapes" and unique_slug("cifar10") == "cifar10"  # plain names keep their folder
-    assert unique_slug("my data") == "my-data-b2167b0a"  # the README's example
+    assert unique_slug("my data") == "my-data-b2167b0a"  # the example on the Data sources page (docs/data.md)
     assert cache_path("c", "数据", "timm:x", "0" * 64).parent != cache_path("c", "画像", "timm:x", "0" * 64).parent
     # end to end: two datasets named only with non-ASCII characters, same files, same mtimes
     a = make_image_folder(tmp_path / "数据", classes=2, per_class=3)
