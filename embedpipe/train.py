@@ -270,15 +270,15 @@ def fit_head(
     chosen, how = chosen_by(head)
     how_selected = getattr(head, "selection_", None) or {}
     rule = how_selected.get("rule")
-    val_rows = how_selected.get("val_rows") if rule in ("holdout", "kfold") else len(Xv)
+    val_rows = how_selected.get("val_rows") if rule in ("holdout", "kfold", "loo") else len(Xv)
     selection: dict[str, Any] | None = None
     if how:
         selection = {"how": how, "rule": rule or "eval_set", "val_rows": val_rows}
-        if rule in ("holdout", "kfold"):
+        if rule in ("holdout", "kfold", "loo"):
             selection["val"] = how_selected.get("describe", "rows of train, by the head's own selection rule")
     n_classes = len(head.classes_)
     val_se = standard_error(val, val_rows) if val is not None and val_rows else None
-    warning = few_val_warning(name, val, val_rows or 0, n_classes, kfold=rule == "kfold")
+    warning = few_val_warning(name, val, val_rows or 0, n_classes, kfold=rule in ("kfold", "loo"))
     return FitResult(name, layer, dict(params or {}), val, test.get("top1"),
                      fit_s, len(Xtr), n_classes, test_metrics=test, report=report, model=head,
                      chosen=chosen, selection=selection, val_rows=val_rows if val is not None else None,

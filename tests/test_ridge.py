@@ -61,7 +61,7 @@ def test_leave_one_out_selection_is_brute_force_leave_one_out(n: int, d: int) ->
     X, y = problem(n, d, 3, seed=2, signal=0.5)
     alphas = (0.01, 0.3, 3.0, 30.0, 300.0)
     head = RidgeHead(alphas=alphas, standardize=False).fit(X, y)
-    assert head.selection_ == "loo" and set(head.val_scores_) == {repr(a) for a in alphas}
+    assert head.selection_["rule"] == "loo" and set(head.val_scores_) == {repr(a) for a in alphas}
     loo = {}
     for a in alphas:
         keep = ~np.eye(n, dtype=bool)
@@ -86,7 +86,7 @@ def test_kfold_selection_scores_each_fold_with_a_fit_on_the_others() -> None:
         hits = sum(int((sk_ridge(X[fold != f], y[fold != f], a, 3).predict(X[fold == f].astype(np.float64)).argmax(1)
                         == y[fold == f]).sum()) for f in range(3))
         assert head.val_scores_[repr(a)] == pytest.approx(hits / len(y))
-    assert head.selection_ == "3-fold"
+    assert head.selection_ == {"rule": "kfold", "folds": 3, "val_rows": len(y), "n_classes": 3, "describe": "3 stratified folds of train"}
 
 
 @pytest.mark.parametrize("n, d", [(60, 8), (16, 40)], ids=["d<=n", "n<d"])
@@ -95,7 +95,7 @@ def test_val_selection_picks_the_best_val_alpha_then_refits_on_train_and_val(n: 
     Xv, yv = problem(n // 2, d, 3, seed=5, signal=0.6)
     alphas = (0.01, 1.0, 100.0, 1e4)
     kept = RidgeHead(alphas=alphas, refit=False, standardize=False).fit(X, y, eval_set=(Xv, yv))
-    assert kept.selection_ == "val"
+    assert kept.selection_["rule"] == "eval_set"
     for a in alphas:  # each alpha's val accuracy is that of the train-only Ridge
         pred = sk_ridge(X, y, a, 3).predict(Xv.astype(np.float64)).argmax(1)
         assert kept.val_scores_[repr(a)] == pytest.approx(float(np.mean(pred == yv)))
@@ -116,7 +116,7 @@ def test_holdout_rule_selects_on_rows_held_out_of_train() -> None:
     own = RidgeHead(selection=HoldOut()).fit(X, y)
     given = RidgeHead().fit(X[~held], y[~held], eval_set=(X[held], y[held]))
     assert own._selects() and not RidgeHead()._selects() and not RidgeHead(alpha=1.0, selection=HoldOut())._selects()
-    assert own.selection_ == "val" and own.val_scores_ == given.val_scores_
+    assert own.selection_["rule"] == "eval_set" and own.val_scores_ == given.val_scores_
     np.testing.assert_array_equal(own.predict_proba(X), given.predict_proba(X))
 
 

@@ -113,6 +113,18 @@ def test_a_small_cache_without_val_selects_by_kfold_and_says_so(
     assert held.selection is not None and held.selection["rule"] == "eval_set" and held.selection["val_rows"] == 6
 
 
+def test_ridge_on_a_small_cache_without_val_selects_alpha_on_train_and_says_how(
+        tmp_path: Path, tiny_timm_weights: str) -> None:
+    cache = _no_val_cache(tmp_path, tiny_timm_weights)
+    (r,) = train_heads(cache, "ridge", save=False)  # Auto picks k-fold: ridge runs its own folds, no carve
+    assert r.n_train == 42 and set(r.chosen) == {"alpha"} and r.chosen["alpha"] == r.model.alpha_
+    assert r.selection is not None and r.selection["rule"] == "kfold" and r.selection["val_rows"] == 42
+    assert r.selection["how"].startswith("alpha: best mean accuracy over 5 folds of train")
+    (loo,) = train_heads(cache, "ridge", save=False, selection=HoldOut())  # carved: alpha on the carve
+    assert loo.selection is not None and loo.selection["rule"] == "eval_set" and loo.n_train == 36
+    assert "val accuracy" in loo.selection["how"] and "refit on train + val" in loo.selection["how"]
+
+
 def test_a_val_accuracy_of_zero_on_three_images_warns() -> None:
     X = np.eye(3, 4, dtype=np.float32) * 5
     data = {"train": (X, np.array([0, 1, 2])), "val": (X, np.array([1, 2, 0])),

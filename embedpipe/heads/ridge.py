@@ -38,7 +38,7 @@ from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
 from .logreg import binary_margin
 from .registry import register_head
-from .select import HoldOut
+from .select import HoldOut, KFold, Rule
 
 # The default alpha grid, relative to the mean eigenvalue of Xc^T Xc (the mean squared norm of a
 # centred row divided by the number of features; with standardised features, the number of rows):
@@ -189,9 +189,10 @@ class RidgeHead(Head):
     cv : int or None, default=None
         Selection without validation rows: None = exact leave-one-out (hat-matrix identity, no extra
         decomposition); an integer k >= 2 = stratified k-fold (k more decompositions).
-    selection : HoldOut or None, default=None
-        None = select on train itself (``cv``) when ``fit`` gets no ``eval_set``; a ``HoldOut`` rule =
-        hold its rows out of train instead and select on them, as logreg does (``heads.select``).
+    selection : HoldOut, KFold, Auto or None, default=None
+        None, ``Auto`` = select on train itself (``cv``) when ``fit`` gets no ``eval_set``; ``KFold``
+        = its folds (when ``cv`` is None); a ``HoldOut`` rule = hold its rows out of train instead
+        and select on them, as logreg does (``heads.select``).
     device : str, default="auto"
         Torch device of the solver; ``"auto"`` = CUDA when present.
 
@@ -214,8 +215,10 @@ class RidgeHead(Head):
     best_val_score_ : float or None
         Selection accuracy at ``alpha_`` (on validation rows, leave-one-out or out-of-fold); None with
         a fixed ``alpha``.
-    selection_ : str
-        Where the held-out scores came from: ``"val"``, ``"loo"`` or ``"<k>-fold"``.
+    selection_ : dict
+        Where the held-out scores came from: ``rule`` is ``"eval_set"``, ``"loo"`` (exact
+        leave-one-out on train) or ``"kfold"`` (with ``folds``), with ``val_rows``, the number of
+        rows scored, and ``n_classes`` (as every selecting head records it).
 
     Examples
     --------
@@ -225,8 +228,10 @@ class RidgeHead(Head):
     >>> y = np.repeat([0, 1, 2], 20)
     >>> X = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]
     >>> head = RidgeHead().fit(X, y)
-    >>> head.coef_.shape, head.predict_proba(X[:2]).shape, head.selection_
+    >>> head.coef_.shape, head.predict_proba(X[:2]).shape, head.selection_["rule"]
     ((3, 8), (2, 3), 'loo')
+    >>> head.chosen_params()  # doctest: +ELLIPSIS
+    {'alpha': ...}
     >>> bool(head.score(X, y) > 0.9)
     True
     >>> bool(np.allclose(head.decision_function(X), X @ head.coef_.T + head.intercept_, atol=1e-4))
@@ -242,7 +247,7 @@ class RidgeHead(Head):
         refit: bool = True,
         standardize: bool = False,
         cv: int | None = None,
-        selection: HoldOut | None = None,
+        selection: Rule | None = None,
         device: str = "auto",
     ) -> None:
         self.alpha = alpha
@@ -256,7 +261,7 @@ class RidgeHead(Head):
     def _selects(self) -> bool:
         # Without an eval_set, rows are held out of train only under an explicit HoldOut rule; the
         # default selects on train itself (leave-one-out or k-fold), which needs no rows held out.
-        return self.alpha is None and self.selection is not None
+        return self.alpha is None and isinstance(self.selection, HoldOut)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         if self.cv is not None and (isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2):
@@ -266,6 +271,7 @@ class RidgeHead(Head):
         dev = resolve_device(self.device)
         k = len(self.classes_)
         has_val = X_val is not None and y_val is not None and len(y_val) > 0
+        cv = self.cv if self.cv is not None or not isinstance(self.selection, KFold) else self.selection.folds
         X_all = np.concatenate([X, X_val]) if has_val and self.refit and X_val is not None else X
         scale = standardizer(X_all)[1] if self.standardize else None
         Xc = _rows(X, scale, dev)  # centred below, in place
@@ -281,14 +287,16 @@ class RidgeHead(Head):
             assert X_val is not None and y_val is not None
             Dv = _rows(X_val, scale, dev) - mu  # validation rows centred with the train mean
             folds = [_Fold((Dv @ V).float(), Q.float(), s, ybar.float(), torch.from_numpy(y_val).to(dev))]
-            self.selection_ = "val"
-        elif self.cv is None:
+            self.selection_ = {"rule": "eval_set", "val_rows": len(y_val), "n_classes": k}
+        elif cv is None:
             folds = [_Fold(P.float(), Q.float(), s, ybar.float(), yt[rows], lev=P * P, n_fit=len(yt))
                      for rows, P in _row_blocks(Xc, V)]
-            self.selection_ = "loo"
+            self.selection_ = {"rule": "loo", "val_rows": len(yt), "n_classes": k,
+                               "describe": "exact leave-one-out on train"}
         else:
-            folds = list(_kfolds(Xc, yt, k, self.cv))
-            self.selection_ = f"{self.cv}-fold"
+            folds = list(_kfolds(Xc, yt, k, cv))
+            self.selection_ = {"rule": "kfold", "folds": int(cv), "val_rows": len(yt), "n_classes": k,
+                               "describe": f"{cv} stratified folds of train"}
         mean_eig = float(s.sum()) / Xc.shape[1] or 1.0  # 1.0: every row is the same (nothing to scale by)
         grid = [float(self.alpha)] if self.alpha is not None else (
             [float(a) for a in self.alphas] if self.alphas is not None else
@@ -317,6 +325,20 @@ class RidgeHead(Head):
         self.coef_ = W.T.cpu().numpy().astype(np.float32)
         self.intercept_ = b.cpu().numpy().astype(np.float32)
 
+    def chosen_params(self) -> dict[str, Any]:
+        return {"alpha": float(self.alpha_)} if self.alpha is None else {}
+
+    def how_chosen(self) -> str | None:
+        if self.alpha is not None or self.best_val_score_ is None:
+            return None
+        rule = self.selection_.get("rule")
+        where = {"eval_set": "val accuracy", "loo": "leave-one-out accuracy on train"}.get(
+            rule, f"mean accuracy over {self.selection_.get('folds')} folds of train")
+        alphas = [float(a) for a in self.val_scores_]
+        refit = "; then refit on train + val" if rule == "eval_set" and self.refit else ""
+        return (f"alpha: best {where} ({self.best_val_score_:.4f}) of {len(alphas)} values "
+                f"{min(alphas):.3g}..{max(alphas):.3g}{refit}")
+
     def decision_function(self, X: Any) -> np.ndarray:
         """Class scores ``X @ coef_.T + intercept_`` on raw X, shape (n_samples, n_classes); with two
         classes, scikit-learn's binary convention: the score of ``classes_[1]`` minus that of
@@ -337,7 +359,7 @@ class RidgeHead(Head):
 
     def _state_spec(self) -> StateSpec:
         return ({"alpha_": "number", "temperature_": "number", "val_scores_": "dict[str,number]",
-                 "best_val_score_": "number?", "selection_": "str"},
+                 "best_val_score_": "number?", "selection_": "dict"},
                 {"coef_": ArraySpec(("k", "d")), "intercept_": ArraySpec(("k",))})
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -345,7 +367,7 @@ class RidgeHead(Head):
             raise ValueError(f"temperature_ must be > 0, got {state['temperature_']!r}")
         self.alpha_, self.temperature_ = float(state["alpha_"]), float(state["temperature_"])
         self.val_scores_, self.best_val_score_ = dict(state["val_scores_"]), state["best_val_score_"]
-        self.selection_ = str(state["selection_"])
+        self.selection_ = dict(state["selection_"])
         self.coef_, self.intercept_ = arrays["coef_"], arrays["intercept_"]
 
 
