@@ -229,8 +229,10 @@ class Head(ClassifierMixin, BaseEstimator):
                 self._fit(X, y_index, None, None)
                 return
             holdout = HoldOut(seed=rule.seed)
-            _logger.warning("%s selects on a held-out %.0f%% of train instead of %d-fold cross-validation: %s",
-                            who, holdout.fraction * 100, rule.folds, why_not)
+            # a warning when k-fold was asked for by name; under the default rule it is the head's documented way
+            level = logging.WARNING if isinstance(getattr(self, "selection", None), KFold) else logging.INFO
+            _logger.log(level, "%s selects on a held-out %.0f%% of train instead of %d-fold cross-validation: %s",
+                        who, holdout.fraction * 100, rule.folds, why_not)
             rule = holdout
         X, y_index, X_val, y_val = selection_rows(X, y_index, None, rule, who)
         if X_val is not None and y_val is not None:
