@@ -69,7 +69,10 @@ def test_finetune_trains_saves_and_predicts_raw_images(map_cache, tmp_path: Path
     assert all("top" in p and len(p["top"]) == 2 for p in preds)
 
 
-def test_unfreezing_changes_only_the_unfrozen_blocks(map_cache, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_unfreezing_changes_only_the_unfrozen_blocks(map_cache, capsys, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # no stderr handler (an earlier progress=True call in this process may have added embedpipe's):
+    # whatever reaches stderr now was printed, not logged
+    monkeypatch.setattr(logging.getLogger("embedpipe"), "handlers", [])
     ctx = create_head("finetune").context_params(map_cache, LAYER)
     X, y = map_cache.load("train", LAYER)
     # head_epochs=0: the top block trains from the first epoch, so whichever epoch early stopping (on
