@@ -914,7 +914,8 @@ def test_logreg_kfold_picks_the_C_of_a_brute_force_loop_over_the_folds() -> None
     X, y = make_classification(n_samples=80, n_features=12, n_informative=5, n_classes=3, class_sep=0.7,
                                random_state=3)
     Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
-    head = create_head("logreg", Cs=Cs, patience=None, tol=1e-6, selection=KFold()).fit(X, y)
+    # sweep_iter=500: every C of the path converged, as the brute-force fits are (the default is a proxy)
+    head = create_head("logreg", Cs=Cs, patience=None, tol=1e-6, sweep_iter=500, selection=KFold()).fit(X, y)
     masks = KFold().val_masks(y, "test")
     brute = {c: float(np.mean([create_head("logreg", C=c, tol=1e-6).fit(X[~m], y[~m]).score(X[m], y[m])
                                for m in masks])) for c in Cs}
@@ -945,3 +946,21 @@ def test_every_selecting_head_selects_by_kfold_on_small_train(name: str, caplog:
         assert head.selection_["rule"] == "kfold" and head.selection_["val_rows"] == 60 and not caplog.records
         assert "5 stratified folds" in (head.how_chosen() or "") and head.chosen_params()
     assert head.score(X, y) > chance  # FAST settings: a quick fit, better than the majority class
+
+
+@pytest.mark.timeout(60)
+def test_logreg_quick_sweep_picks_the_C_of_the_converged_sweep() -> None:
+    """The selection proxy (a few preconditioned L-BFGS iterations per C) chooses a C that scores, fully
+    converged, about as well as the converged sweep's best; the final fit at it is the fixed-C fit."""
+    X, y = make_classification(n_samples=600, n_features=30, n_informative=8, n_classes=5, flip_y=0.05,
+                               random_state=4)
+    Xtr, ytr, Xv, yv = X[:450], y[:450], X[450:], y[450:]
+    Cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    quick = create_head("logreg", Cs=Cs, patience=None, refit=False).fit(Xtr, ytr, eval_set=(Xv, yv))
+    full = create_head("logreg", Cs=Cs, patience=None, refit=False, sweep_iter=500,
+                       tol=1e-6).fit(Xtr, ytr, eval_set=(Xv, yv))
+    assert quick.sweep_iter < full.sweep_iter
+    # the proxy's C scores, fully converged, within 3 of the 150 validation rows of the best C
+    assert full.val_scores_[repr(quick.C_)] >= full.best_val_score_ - 0.02
+    fixed = create_head("logreg", C=quick.C_).fit(Xtr, ytr)
+    np.testing.assert_allclose(quick.predict_proba(Xv), fixed.predict_proba(Xv), atol=0.02)
