@@ -1,6 +1,7 @@
 """The measurements behind the heads' design choices, in one run (about a minute on 2 cores).
 
     .venv/bin/python benchmarks/solvers.py
+    .venv/bin/python benchmarks/solvers.py multilayer   # multilayer vs logreg, solvers-multilayer.*
 
 Writes benchmarks/results/solvers.csv and solvers.md with, on the synthetic 100-class data of
 benchmarks/heads.py:
@@ -250,12 +251,59 @@ def logreg_sweep_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def multilayer_rows() -> list[dict[str, Any]]:
+    """multilayer against logreg on the demo's glyphs cache, layers ``pooled,block4`` concatenated (as
+    ``embedpipe train --head multilayer`` passes them), in one run: fit seconds, the ratio to logreg's,
+    test accuracy and the chosen keep and C, for the head's defaults and cheaper screening settings
+    (FISTA iterations ``lasso_iters``, the fraction probe's ``probe_iter``), with the 1-minute load
+    average and the CPU's vector features."""
+    import os
+
+    from heads import ROOT
+
+    from embedpipe import create_head, open_cache
+    from embedpipe.bench import cpu_isa
+    from embedpipe.heads.multilayer import MultiLayerHead
+
+    layer = "pooled,block4"
+    metas = [m for m in sorted((ROOT / "cache" / "glyphs").glob("effnet-lite0-*/meta.h5"))
+             if all(n in open_cache(m.parent).layers for n in layer.split(","))]
+    if not metas:
+        return []
+    cache = open_cache(metas[0].parent)
+    train, val, test = (cache.load(s, layer) for s in ("train", "val", "test"))
+    study = f"multilayer vs logreg: glyphs {layer}"
+    default = create_head("multilayer")
+    t0 = time.perf_counter()
+    logreg = create_head("logreg").fit(*train, eval_set=val)
+    base = time.perf_counter() - t0
+    rows = [{"study": study, "variant": "logreg (the reference)",
+             "value": f"test {logreg.score(*test):.4f}, C {logreg.C_:g}, {base:.1f} s",
+             "unit": f"load {os.getloadavg()[0]:.1f}, {cpu_isa()}"}]
+    print(rows[-1], flush=True)
+    variants = [{"lasso_iters": 60, "probe_iter": 100}, {"lasso_iters": 30, "probe_iter": 20}]
+    for kw in variants:
+        t0 = time.perf_counter()
+        head = create_head("multilayer", **MultiLayerHead.context_params(cache, layer), **kw).fit(*train, eval_set=val)
+        secs = time.perf_counter() - t0
+        is_default = all(getattr(default, k) == v for k, v in kw.items())
+        rows.append({"study": study, "variant": ", ".join(f"{k}={v}" for k, v in kw.items()) + used(is_default),
+                     "value": f"test {head.score(*test):.4f}, keep {head.keep_:g}, C {head.C_:g}, {secs:.1f} s = "
+                              f"{secs / base:.2f}x logreg",
+                     "unit": f"load {os.getloadavg()[0]:.1f}"})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     from _common import environment, write_results
 
     env = environment()
-    rows = [{**r, **env} for r in ridge_rows() + logreg_sweep_rows() + logreg_rows() + lgbm_rows()]
-    _, md = write_results("solvers", rows, ["study", "variant", "value", "unit"])
+    if sys.argv[1:] == ["multilayer"]:  # the multilayer study alone (several minutes on 2 cores)
+        name, rows = "solvers-multilayer", multilayer_rows()
+    else:
+        name, rows = "solvers", ridge_rows() + logreg_sweep_rows() + logreg_rows() + lgbm_rows()
+    _, md = write_results(name, [{**r, **env} for r in rows], ["study", "variant", "value", "unit"])
     print(md.read_text())
 
 
