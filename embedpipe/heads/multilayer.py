@@ -115,18 +115,16 @@ class MultiLayerHead(Head):
         Their names, for the contribution report (default ``layer0``, ``layer1``, ...).
     alpha : float, default=0.02
         Group-lasso strength as a fraction of ``lambda_max`` (the penalty that zeroes every weight).
-    lasso_iters : int, default=30
-        FISTA iterations of the screening fit (a ranking of features, not a model).
+    lasso_iters : int, default=60
+        FISTA iterations of the screening fit.
     keep : float or None, default=None
         Fixed fraction of features to keep; None = choose from ``keeps`` on validation rows.
     keeps : tuple of float, default=(0.25, 0.5, 1.0)
         Fractions tried on validation rows.
     probe_C : float, default=30.0
         Inverse L2 strength of the quick fit that scores each fraction.
-    probe_iter : int, default=20
-        Its L-BFGS iterations (a ranking of fractions, not a final model). On glyphs (``pooled,block4``)
-        30 FISTA and 20 probe iterations chose as 60 and 100 did at a fraction of the time
-        (benchmarks/solvers.py).
+    probe_iter : int, default=100
+        Its L-BFGS iterations (a ranking of fractions, not a final model).
     C : float or None, default=None
         The final classifier's C; None = the logreg head's sweep over ``Cs`` on validation rows.
     Cs : tuple of float, default=DEFAULT_ML_CS
@@ -201,11 +199,11 @@ class MultiLayerHead(Head):
         layer_dims: tuple[int, ...] | None = None,
         layer_names: tuple[str, ...] | None = None,
         alpha: float = 0.02,
-        lasso_iters: int = 30,
+        lasso_iters: int = 60,
         keep: float | None = None,
         keeps: tuple[float, ...] = DEFAULT_KEEPS,
         probe_C: float = 30.0,
-        probe_iter: int = 20,
+        probe_iter: int = 100,
         C: float | None = None,
         Cs: tuple[float, ...] = DEFAULT_ML_CS,
         max_iter: int = 500,
