@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 ifneq ($(TORCH_INDEX),)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch torchvision --index-url $(TORCH_INDEX)
 endif
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray,docs]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray,docs,quality,arrow]"
 	touch $(STAMP)
 
 demo: $(STAMP)
