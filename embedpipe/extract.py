@@ -383,6 +383,8 @@ def _meta_attrs(
         "feature_key": fkey,
         "dataset": source.name,
         "source": source.description,
+        "source_kind": source.kind,  # with source_root: where the images are (data/reopen.py opens them)
+        "source_root": source.root,
         "backbone": json.dumps({**bb.config.to_dict(), "precision": bb.precision}),
         "backbone_fingerprint": bb.fingerprint,
         "preprocess": json.dumps(bb.preprocess, default=str),

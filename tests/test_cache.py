@@ -65,7 +65,8 @@ def test_schema_is_plain_h5py(image_folder: Path, tiny_timm_weights: str, tmp_pa
     cache, _ = _extract(str(image_folder), tiny_timm_weights, tmp_path / "c", shard_size=10, dtype="float16")
     with h5py.File(cache.path / "meta.h5") as f:
         ids = f["ids"].asstr()[()]
-        assert f.attrs["schema_version"] == 1 and f.attrs["n_shards"] == 3 and len(ids) == 24
+        assert f.attrs["schema_version"] == 2 and f.attrs["n_shards"] == 3 and len(ids) == 24
+        assert f.attrs["source_kind"] == "folder" and f.attrs["source_root"] == str(image_folder.resolve())
         assert list(f["label_names"].asstr()[()]) == cache.label_names
         assert set(f["split"].asstr()[()]) == {"train", "val", "test"}
         for key in ("key", "feature_key", "backbone", "backbone_fingerprint", "versions", "created_at", "split_rule"):

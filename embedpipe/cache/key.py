@@ -29,7 +29,10 @@ from typing import Any
 
 from ..data.sources import Record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # meta.h5's layout; 2 added source_kind and source_root (where the images are)
+READABLE_SCHEMAS = (1, 2)  # schema 1 reads as 2 with the source's kind and root unknown
+KEY_SCHEMA = 1  # part of every feature key: bumped only when what the key hashes changes, never for
+# metadata added beside the features, so that caches keep their identity (and their rows) across versions
 
 
 def digest(obj: Any) -> str:
@@ -41,7 +44,7 @@ def feature_key(
     compute: dict[str, Any] | None = None, decode: str = "pil-draft",
 ) -> str:
     """Everything listed in the module docstring; ``compute`` = ``Backbone.compute_provenance()``."""
-    return digest({"schema": SCHEMA_VERSION, "backbone": backbone_fingerprint, "compute": compute or {},
+    return digest({"schema": KEY_SCHEMA, "backbone": backbone_fingerprint, "compute": compute or {},
                    "decode": decode, "layers": sorted(layers), "dtype": dtype})
 
 

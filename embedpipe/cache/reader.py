@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.errors import EmbedpipeError, first_line
 from ..core.locking import held_by_another
-from .key import SCHEMA_VERSION
+from .key import READABLE_SCHEMAS, SCHEMA_VERSION
 from .writer import shard_name, strings_digest
 
 # meta.h5 attributes stored as JSON text (HDF5 attributes hold no nested objects); read_meta decodes them
@@ -206,10 +206,10 @@ class Cache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser().resolve()
         self.meta = _folder_meta(self.path)
-        if self.meta.get("schema_version") != SCHEMA_VERSION:
+        if self.meta.get("schema_version") not in READABLE_SCHEMAS:
             raise EmbedpipeError(
                 f"{self.path} has cache schema {self.meta.get('schema_version')}, this embedpipe reads "
-                f"{SCHEMA_VERSION}; re-run extract to rebuild it"
+                f"{' and '.join(map(str, READABLE_SCHEMAS))} (writes {SCHEMA_VERSION}); re-run extract to rebuild it"
             )
         self.layout = ShardLayout.of(self.meta)
         self._check_shards()
@@ -282,6 +282,17 @@ class Cache:
         """Bytes on disk of meta.h5 and every shard."""
         files = [self.path / "meta.h5"] + [self.path / shard_name(i) for i in range(self.n_shards)]
         return sum(p.stat().st_size for p in files if p.is_file())
+
+    @property
+    def source_kind(self) -> str:
+        """Where the images are: ``folder``, ``csv``, ``builtin``, ``torchvision``, or ``unknown``
+        (caches written before schema 2, or from a custom Source); see ``data/reopen.py``."""
+        return str(self.meta.get("source_kind") or "unknown")
+
+    @property
+    def source_root(self) -> str:
+        """The image folder, the manifest file or the set's name; "" when unknown."""
+        return str(self.meta.get("source_root") or "")
 
     @property
     def backbone(self) -> dict[str, Any]:

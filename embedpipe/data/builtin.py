@@ -28,6 +28,7 @@ class DigitsSource(Source):
 
         digits = load_digits()
         self.name = "digits"
+        self.kind, self.root = "builtin", "digits"
         self.description = "scikit-learn digits (1797 images, 10 classes)"
         self.images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
         self.records = [

@@ -112,6 +112,8 @@ class GlyphsSource(Source):
 
     def __init__(self, n_classes: int = 1500, seed: int = 0) -> None:
         self.name = "glyphs"
+        if (n_classes, seed) == (1500, 0):  # what `--data glyphs` builds, so the set can be rebuilt by name
+            self.kind, self.root = "builtin", "glyphs"
         self.seed = seed
         self.classes = dict(glyph_classes(n_classes))
         self.description = f"glyphs v{VERSION}: {n_classes} Unicode characters x {self.per_class}, DejaVu fonts"

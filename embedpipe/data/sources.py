@@ -63,6 +63,8 @@ class Source:
     records: list[Record]
     description: str = ""
     notes: tuple[str, ...] = ()
+    kind: str = "custom"  # where the images live: folder, csv, builtin, torchvision; custom = unknown
+    root: str = ""  # the folder, the manifest file, or the set's name (built-in, torchvision)
 
     def open(self, record: Record) -> Image.Image:
         assert record.path is not None
@@ -338,6 +340,7 @@ class ImageFolderSource(Source):
 
     def __init__(self, root: str, signature: str = "stat") -> None:
         self.root = os.path.abspath(root)
+        self.kind = "folder"
         self.name = display_name(Path(self.root).name)
         listing = list_image_folder(self.root)
         records = _unique_ids([*listing.failed, *check_entries(listing.entries, signature)], listing.notes)
@@ -359,6 +362,7 @@ class CsvSource(Source):
 
     def __init__(self, csv_path: str, signature: str = "stat") -> None:
         self.csv_path = os.path.abspath(csv_path)
+        self.kind, self.root = "csv", self.csv_path
         base = os.path.dirname(self.csv_path)
         shown = display_name(csv_path)
         self.name = display_name(Path(csv_path).stem)

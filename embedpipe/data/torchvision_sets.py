@@ -45,6 +45,7 @@ class TorchvisionSource(Source):
                 f"{describe(e)}"[:300]
             ) from None
         self.name = name.lower()
+        self.kind, self.root = "torchvision", name
         self.description = f"torchvision {name} ({root})"
         self.arrays: dict[str, Any] = {s: d.data for s, d in parts.items()}
         classes = parts["train"].classes
