@@ -9,6 +9,7 @@ from .core.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from .advise import advise
+    from .audit import AuditResult, audit
     from .backbones import BackboneConfig, create_backbone, list_backbones
     from .bench import benchmark
     from .cache import Cache, open_cache
@@ -18,13 +19,15 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from .train import evaluate, few_shot, train, train_heads
 
 # The public API, imported on first use: `import embedpipe` (and the CLI's --help, list, info) needs no
-# torch or scikit-learn. `extract`, `train`, `predict` and `advise` are functions that share their
+# torch or scikit-learn. `extract`, `train`, `predict`, `advise` and `audit` are functions that share their
 # submodule's name; the function is what `embedpipe.<name>` means, whichever is imported first.
 __getattr__, __dir__ = lazy_exports(__name__, {
     "BackboneConfig": ".backbones",
     "Cache": ".cache",
     "ExtractConfig": ".extract",
+    "AuditResult": ".audit",
     "advise": ".advise",
+    "audit": ".audit",
     "benchmark": ".bench",
     "create_backbone": ".backbones",
     "create_head": ".heads",
@@ -40,12 +43,14 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 __all__ = [
+    "AuditResult",
     "BackboneConfig",
     "Cache",
     "EmbedpipeError",
     "ExtractConfig",
     "__version__",
     "advise",
+    "audit",
     "benchmark",
     "create_backbone",
     "create_head",
