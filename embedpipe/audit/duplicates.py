@@ -2,13 +2,19 @@
 
 * **Exact**: rows whose files have the same bytes (``hashes.py``; rendered sets: the same pixels).
 * **Near**: candidate pairs come from the embedding (every row's ``NEIGHBOURS`` nearest rows with a
-  cosine of at least ``CANDIDATE_COSINE``, ``search.py``); each candidate is then verified with a
-  second signal, because a cosine threshold alone does not separate copies from look-alikes (a copy
+  cosine of at least ``CANDIDATE_COSINE``, ``search.py``); each candidate is then verified with
+  second signals, because a cosine threshold alone does not separate copies from look-alikes (a copy
   re-saved at another size and JPEG quality and cropped a little can fall to 0.76, while unrelated
-  nearest neighbours reach 0.93). The signal is the pixel correlation of the two images as
-  ``THUMB`` x ``THUMB`` grey thumbnails, the best over shifts of up to ``SHIFT`` pixels (a crop of a
-  few percent moves the content by a pixel or two at that size), normalised for brightness and
-  contrast. A pair is a near duplicate when it reaches ``PIXEL_CORRELATION``.
+  nearest neighbours reach 0.93). A pair is a near duplicate when both hold:
+
+  - the pixel correlation of the two images as ``THUMB`` x ``THUMB`` grey thumbnails (area
+    averaged, so resizing and JPEG noise vanish; brightness and contrast normalised away) reaches
+    ``PIXEL_CORRELATION``;
+  - their perceptual hashes (imagehash's ``phash``, 64 bits) differ in at most ``PHASH_BITS`` bits
+    (skipped, with a warning, when imagehash is not installed).
+
+  Either signal alone lets through different renderings of one simple shape (the same glyph in
+  two sizes); a shift-tolerant correlation lets through even more (benchmarks/audit.py).
 * A pair whose image cannot be opened (the file is gone, or the cache does not know where its images
   are) cannot be verified: it is reported when its cosine alone reaches ``COSINE_ALONE``, and counted
   as unverified in the summary.
@@ -35,9 +41,10 @@ _logger = get_logger(__name__)
 # Defaults, each with its reason (benchmarks/audit.py measures them; docs/audit.md has the numbers).
 NEIGHBOURS = 3  # nearest rows kept per row: a source with two copies finds both
 CANDIDATE_COSINE = 0.70  # below the lowest cosine of a planted copy to its source (0.76 in the issue's data)
-THUMB = 32  # side of the grey thumbnail compared: small enough that re-encoding and resizing vanish
-SHIFT = 2  # pixels of shift tried each way at THUMB size: a crop of up to 5 % moves content by 1.6 px
-PIXEL_CORRELATION = 0.90  # verified near duplicate at or above this
+THUMB = 16  # side of the grey thumbnail compared: a crop of up to 5 % moves content by under a pixel
+SHIFT = 0  # pixels of shift tried each way: shifts let re-renderings of one glyph pass as copies
+PIXEL_CORRELATION = 0.92  # planted copies: 5th percentile 0.93; other candidate pairs: 99th percentile 0.91
+PHASH_BITS = 12  # planted copies differ in at most 12 of 64 bits; most other candidates in more
 COSINE_ALONE = 0.95  # an unverifiable pair is still reported at or above this (the issue: 17 of 17 true)
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
@@ -55,12 +62,13 @@ class DuplicateInfo:
     unverified: int = 0
     exact: int = 0
     verify_seconds: float = 0.0
+    phash: bool = True  # whether the perceptual hash took part (imagehash installed)
     unopened: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"search": self.search, "search_seconds": round(self.search_seconds, 3),
                 "candidates": self.candidates, "verified": self.verified, "unverified": self.unverified,
-                "exact": self.exact, "verify_seconds": round(self.verify_seconds, 3),
+                "exact": self.exact, "verify_seconds": round(self.verify_seconds, 3), "phash": self.phash,
                 "images_not_opened": len(self.unopened)}
 
 
@@ -85,6 +93,15 @@ def pixel_correlation(a: np.ndarray, b: np.ndarray, shift: int = SHIFT) -> float
             c = float(core @ other / denom) if denom > 1e-6 else (1.0 if core_norm == 0 and denom == 0 else 0.0)
             best = max(best, c)
     return best
+
+
+def perceptual_hash(img: Image.Image) -> Any:
+    """imagehash's ``phash`` of the image, or None when imagehash is not installed."""
+    try:
+        import imagehash  # optional: the quality extra
+    except ImportError:
+        return None
+    return imagehash.phash(img)
 
 
 def candidate_pairs(nb: Neighbours, threshold: float = CANDIDATE_COSINE) -> dict[tuple[int, int], float]:
@@ -113,7 +130,7 @@ def cosine(Xn: np.ndarray, i: int, j: int) -> float:
 def find_duplicates(
     Xn: np.ndarray, nb: Neighbours, ids: Sequence[str], splits: Sequence[str], open_image: Opener,
     hashes: Sequence[str | None] | None = None, *, candidate_cosine: float = CANDIDATE_COSINE,
-    pixel_threshold: float = PIXEL_CORRELATION, cosine_alone: float = COSINE_ALONE,
+    pixel_threshold: float = PIXEL_CORRELATION, phash_bits: int = PHASH_BITS, cosine_alone: float = COSINE_ALONE,
 ) -> tuple[list[dict[str, Any]], DuplicateInfo]:
     """Exact and verified near-duplicate pairs among the rows of ``Xn``.
 
@@ -129,7 +146,7 @@ def find_duplicates(
         ``open_image(id) -> PIL.Image.Image | None`` (None: the image cannot be opened).
     hashes : sequence of str or None, optional
         Content hashes (``hashes.content_hashes``); None = no exact-duplicate check.
-    candidate_cosine, pixel_threshold, cosine_alone : float
+    candidate_cosine, pixel_threshold, phash_bits, cosine_alone : float or int
         The thresholds of the module docstring.
 
     Returns
@@ -149,28 +166,31 @@ def find_duplicates(
     candidates = {p: s for p, s in candidate_pairs(nb, candidate_cosine).items() if p not in same}
     info.candidates = len(candidates)
     t0 = time.perf_counter()
-    thumbs: dict[int, np.ndarray | None] = {}
+    thumbs: dict[int, tuple[np.ndarray, Any] | None] = {}
 
-    def thumb(i: int) -> np.ndarray | None:
+    def thumb(i: int) -> tuple[np.ndarray, Any] | None:
         if i not in thumbs:
             img = open_image(ids[i])
-            thumbs[i] = thumbnail(img) if img is not None else None
+            thumbs[i] = (thumbnail(img), perceptual_hash(img)) if img is not None else None
             if img is None:
                 info.unopened.append(ids[i])
         return thumbs[i]
 
     for (i, j), sim in sorted(candidates.items(), key=lambda kv: -kv[1]):
-        a, b = thumb(i), thumb(j)
-        if a is None or b is None:
+        ta, tb = thumb(i), thumb(j)
+        if ta is None or tb is None:
             if sim >= cosine_alone:
                 found[(i, j)] = {"a": i, "b": j, "similarity": sim, "exact": False,
                                  "verified_by": "cosine only (image not found)", "signal": None}
                 info.unverified += 1
             continue
-        signal = pixel_correlation(a, b)
-        if signal >= pixel_threshold:
+        signal = pixel_correlation(ta[0], tb[0])
+        bits = int(ta[1] - tb[1]) if ta[1] is not None and tb[1] is not None else None
+        info.phash = bits is not None
+        if signal >= pixel_threshold and (bits is None or bits <= phash_bits):
             found[(i, j)] = {"a": i, "b": j, "similarity": sim, "exact": False,
-                             "verified_by": "pixel correlation", "signal": signal}
+                             "verified_by": "pixel correlation" + (" + phash" if bits is not None else ""),
+                             "signal": signal, "phash_bits": bits}
             info.verified += 1
     info.verify_seconds = time.perf_counter() - t0
     rows = []

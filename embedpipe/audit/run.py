@@ -212,11 +212,12 @@ def audit(
             if hashes is not None else "not checked (" + ("hash_files=False" if not hash_files
                                                           else "the cache does not record where its images are") + ")",
             "search": f"{nb.method} cosine nearest neighbours (k={dup.NEIGHBOURS})",
-            "verify": f"pixel correlation of {dup.THUMB}x{dup.THUMB} grey thumbnails, best over shifts of "
-                      f"up to {dup.SHIFT} px",
+            "verify": f"pixel correlation of {dup.THUMB}x{dup.THUMB} grey thumbnails"
+                      + (" and perceptual hash (imagehash phash)" if dinfo.phash else
+                         " (imagehash not installed: pip install \"embedpipe[quality]\" adds the perceptual hash)"),
         },
         "thresholds": {"candidate_cosine": dup.CANDIDATE_COSINE, "pixel_correlation": dup.PIXEL_CORRELATION,
-                       "cosine_alone": dup.COSINE_ALONE},
+                       "phash_bits": dup.PHASH_BITS, "cosine_alone": dup.COSINE_ALONE},
         "hashing": hash_stats.to_dict() if hash_stats is not None else None,
         "images_not_opened": {"count": len(dinfo.unopened), "ids": dinfo.unopened[:top]},
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
