@@ -49,8 +49,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as bench  # noqa: E402
-
+import _common as bench
 
 # -- data sets ----------------------------------------------------------------------------------
 

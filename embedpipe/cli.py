@@ -286,6 +286,41 @@ def cmd_advise(args: argparse.Namespace) -> None:
     _emit(args, report, format_advice(report))
 
 
+def cmd_audit(args: argparse.Namespace) -> None:
+    from .audit import audit  # start-up: each verb imports only what it runs
+
+    result = audit(args.cache, layer=args.layer, top=args.top, out=args.out, data=args.data,
+                   search=args.search, progress=not args.json)
+    shown = result.to_json()
+    _emit(args, shown, _audit_text(shown))
+
+
+def _audit_text(shown: dict[str, Any]) -> str:
+    s = shown["summary"]
+    d = s["duplicates"]
+    rows = s["rows"]
+    lines = [f"audited {rows['audited']} rows of {s['cache']} ({s['layer']}; {rows['failed']} failed to decode)",
+             f"duplicates: {d['count']} pairs ({d['exact']} exact, {d['near']} near; {d['across_splits']} across "
+             f"splits); leaks: {d['leaked_rows']} val/test rows with a near-copy in train",
+             f"  method: {s['method']['search']}, verified by {s['method']['verify']}"]
+    for pair in shown["duplicates"][:10]:
+        lines.append(f"  {'LEAK ' if pair['leak'] else ''}{pair['a']} ({pair['splits'][0]}) ~ {pair['b']} "
+                     f"({pair['splits'][1]}): {pair['similarity']:.3f}")
+    for name in ("label_issues", "outliers"):
+        part = s[name]
+        lines.append(f"{name.replace('_', ' ')}: {part['count']}" + (f" ({part['status']})" if part.get("status") != "ok" else ""))
+    cb = s["class_balance"]
+    lines.append(f"classes: {cb['classes']}, smallest {cb['smallest'][0]} ({cb['smallest'][1]}), largest "
+                 f"{cb['largest'][0]} ({cb['largest'][1]})")
+    if any(s[name]["more"] for name in ("duplicates", "label_issues", "outliers")):
+        lines.append(f"lists capped at {s['top']} (--top); the full result: {s.get('saved', '')}")
+    elif s.get("saved"):
+        lines.append(f"saved: {s['saved']}")
+    if s.get("report"):
+        lines.append(f"report: {s['report']}")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .train import evaluate  # start-up: each verb imports only what it runs
 
@@ -491,6 +526,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", help="accuracy-by-depth plot (default: <cache>/advise.png)")
     p.add_argument("--no-plot", action="store_true", help="skip the plot (default: off)")
     p.set_defaults(func=cmd_advise)
+
+    p = verb("audit", "what is wrong with the data: exact and near duplicates, train/test leaks, likely label "
+                      "errors, outliers",
+             epilog="Near-duplicate candidates come from the cached features and are verified with the images "
+                    "(pixel correlation and perceptual hash); exact duplicates from hashing the files (kept in "
+                    "<cache>/audit for the next run). The full result is saved as <cache>/audit/audit-<layer>.json.")
+    p.add_argument("--cache", required=True, help=CACHE_HELP)
+    p.add_argument("--layer", default="pooled", help="the vector layer to compare (default: %(default)s)")
+    p.add_argument("--top", type=int, default=1000, metavar="N",
+                   help="entries per list in the output and the report; the summary counts the rest "
+                        "(default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="folder of the Markdown report and contact sheets "
+                                                "(default: <cache>/audit)")
+    p.add_argument("--data", help="where the images are, for caches that do not record it (written by an "
+                                  "older embedpipe): the folder, .csv or built-in name extracted from "
+                                  "(default: what the cache records)")
+    p.add_argument("--search", choices=("auto", "exact", "ivf-pca"), default="auto",
+                   help="nearest-neighbour search: exact all pairs, or ivf-pca (approximate, for large caches); "
+                        "auto = exact up to 50,000 rows (default: %(default)s)")
+    p.set_defaults(func=cmd_audit)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")
     p.add_argument("--head-file", required=True, metavar="FILE",
