@@ -137,8 +137,12 @@ def audit(
     Examples
     --------
     >>> import embedpipe
-    >>> result = embedpipe.audit("cache/photos/effnet-lite0-0123abcd")  # doctest: +SKIP
-    >>> result.leaks[:3], result.to_json()["summary"]["duplicates"]["count"]  # doctest: +SKIP
+    >>> cache = embedpipe.extract("photos", progress=False)
+    >>> result = embedpipe.audit(cache, top=5)
+    >>> sorted(result.to_json())
+    ['duplicates', 'label_issues', 'outliers', 'summary']
+    >>> result.summary["rows"]["audited"], type(result.leaks)
+    (30, <class 'list'>)
     """
     t0 = time.perf_counter()
     if progress:
