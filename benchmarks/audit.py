@@ -307,7 +307,7 @@ def main() -> None:
     if not args.skip_scale:
         sizes = (20_000, 50_000) if args.quick else (50_000, 100_000, 200_000)
         for n in sizes:
-            for method in ("ivf-pca", *(("exact",) if n <= 50_000 else ())):
+            for method in ("faiss-ivf", *(("ivf-pca", "exact") if n <= 50_000 else ())):
                 row = {**scale_run(n, method), **facts, "load_1min": round(os.getloadavg()[0], 2)}
                 rows.append(row)
                 print(row, flush=True)

@@ -542,9 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="where the images are, for caches that do not record it (written by an "
                                   "older embedpipe): the folder, .csv or built-in name extracted from "
                                   "(default: what the cache records)")
-    p.add_argument("--search", choices=("auto", "exact", "ivf-pca"), default="auto",
-                   help="nearest-neighbour search: exact all pairs, or ivf-pca (approximate, for large caches); "
-                        "auto = exact up to 50,000 rows (default: %(default)s)")
+    p.add_argument("--search", choices=("auto", "exact", "faiss-ivf", "ivf-pca"), default="auto",
+                   help="nearest-neighbour search: exact all pairs, or approximate for large caches (faiss-ivf, "
+                        "or ivf-pca without FAISS); auto = exact up to 50,000 rows (default: %(default)s)")
     p.set_defaults(func=cmd_audit)
 
     p = verb("evaluate", "score a saved head: top-1, top-5, mean per-class recall")

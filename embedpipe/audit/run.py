@@ -36,7 +36,7 @@ from ..data.reopen import ImageOpener, SourceLocation
 from . import duplicates as dup
 from .hashes import content_hashes
 from .result import DEFAULT_TOP, AuditResult
-from .search import EXACT_MAX_ROWS, nearest, normalised
+from .search import choose_method, nearest, normalised
 
 _logger = get_logger(__name__)
 
@@ -109,8 +109,9 @@ def audit(
     data : str, Path or None, default=None
         Where the images are, for a cache that does not record it (written before cache schema 2):
         the image folder, ``.csv`` manifest or built-in name it was extracted from.
-    search : {"auto", "exact", "ivf-pca"}, default="auto"
-        Nearest-neighbour search: ``auto`` is exact up to 50,000 rows, ivf-pca above.
+    search : {"auto", "exact", "faiss-ivf", "ivf-pca"}, default="auto"
+        Nearest-neighbour search: ``auto`` is exact up to 50,000 rows (or on a GPU), above that
+        faiss-ivf (FAISS, the quality extra), or ivf-pca when FAISS is not installed.
     device : str, default="auto"
         Where the search's matmuls run: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
     hash_files : bool, default=True
@@ -177,10 +178,10 @@ def audit(
         signatures = _signatures(cache)[rows]
         hashes, hash_stats = content_hashes(ids, list(signatures), opener, cache.path)
         seconds["hashing"] = time.perf_counter() - t
-    _logger.log(level(progress), "searching near duplicates among %d rows (%s)", len(ids),
-                "exact" if search == "auto" and len(ids) <= EXACT_MAX_ROWS else search)
+    method = choose_method(len(ids), device) if search == "auto" else search
+    _logger.log(level(progress), "searching near duplicates among %d rows (%s)", len(ids), method)
     Xn = normalised(X, inplace=True)
-    nb = nearest(Xn, dup.NEIGHBOURS, method=search, device=device, progress=progress)
+    nb = nearest(Xn, dup.NEIGHBOURS, method=method, device=device, progress=progress)
     seconds["search"] = nb.seconds
     found_dups, dinfo = dup.find_duplicates(Xn, nb, ids, splits, opener, hashes)
     seconds["verify"] = dinfo.verify_seconds

@@ -1,7 +1,7 @@
 """Nearest neighbours by cosine over a cache's features, in flat memory.
 
 ``nearest(X, k)`` returns every row's ``k`` nearest other rows (cosine similarity, largest first).
-Two methods, chosen by the number of rows (``EXACT_MAX_ROWS``):
+The method is chosen by the number of rows (``EXACT_MAX_ROWS``, ``choose_method``):
 
 * ``exact``: all pairs, in square blocks of ``BLOCK_ROWS`` rows (a block's similarities are
   ``BLOCK_ROWS**2`` float32 values: 64 MB), only the blocks on and above the diagonal (each
@@ -12,6 +12,9 @@ Two methods, chosen by the number of rows (``EXACT_MAX_ROWS``):
   ``PROBES`` nearest cells and is compared with the rows of those cells in PCA space; its
   ``RESCORE`` best are re-scored with the exact cosine on the full features. Time grows as
   n x PROBES x CELL_ROWS; memory is the features plus the (n, PCA_DIMS) projection.
+* ``faiss-ivf``: the same PCA, cells and probes, with FAISS's ``IndexIVFFlat`` doing the k-means and
+  the scan in C++ (at 50,000 x 1,280 on 2 cores: 5.5 s against torch's 36 s for the same scan). The
+  default above ``EXACT_MAX_ROWS`` when FAISS (the ``quality`` extra) is installed, else ivf-pca.
 
 The features are normalised once into a float16 copy (half the bytes of float32); every matmul reads
 blocks of it converted to float32.
@@ -37,6 +40,8 @@ EXACT_MAX_ROWS = 50_000  # exact all-pairs search up to this many rows (50k x 1,
 BLOCK_ROWS = 4096  # rows per block of the exact search: a 4096 x 4096 float32 block is 64 MB
 PCA_DIMS = 128  # ivf-pca's search space: copies stay each other's neighbours, the scan is 10x cheaper than 1,280
 PCA_SAMPLE = 20_000  # rows the PCA is fitted on (its covariance is d x d whatever n is)
+PCA_OVERSAMPLE = 16  # extra directions of the subspace iteration: the leading ones converge faster
+PCA_ITERS = 4  # subspace iterations: the leading 128 directions of pooled features settle by then
 CELL_ROWS = 256  # rows per k-means cell on average: n / CELL_ROWS cells
 PROBES = 8  # cells each row searches: planted copies found >= 0.99 at 200k rows
 KMEANS_SAMPLE = 64  # training rows per cell for k-means (FAISS warns below 39)
@@ -117,14 +122,21 @@ def exact(Xn: np.ndarray, k: int, device: str = "auto", progress: bool = False) 
 
 
 def _pca(Xn: np.ndarray, dims: int, rng: np.random.Generator, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, components (d, dims)) fitted on a sample of rows."""
+    """(mean, components (d, dims)) of a sample of rows, by subspace iteration on the covariance
+    (a few matmuls: a full eigendecomposition of a 1,280 x 1,280 matrix takes 10-40 s on 2 busy cores)."""
     sample = np.sort(rng.choice(len(Xn), min(len(Xn), PCA_SAMPLE), replace=False))
     S = torch.from_numpy(Xn[sample]).to(dev).float()
     mean = S.mean(0)
     S -= mean
     cov = S.T @ S / max(1, len(S) - 1)
-    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues; float32 is ample for the leading ones
-    return mean, vecs[:, -dims:].flip(1).contiguous()
+    gen = torch.Generator(device="cpu").manual_seed(SEED)
+    Q = torch.randn(cov.shape[0], min(cov.shape[0], dims + PCA_OVERSAMPLE), generator=gen).to(dev)
+    for _ in range(PCA_ITERS):
+        Q, _ = torch.linalg.qr(cov @ Q)
+    small = (Q.T @ cov @ Q).double().cpu().numpy()
+    _, vecs = np.linalg.eigh((small + small.T) / 2)  # Rayleigh-Ritz on the small subspace; ascending
+    top = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1][:, :dims])).float().to(dev)
+    return mean, (Q @ top).contiguous()
 
 
 def _project(Xn: np.ndarray, mean: torch.Tensor, comps: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -202,19 +214,48 @@ def ivf_pca(Xn: np.ndarray, k: int, device: str = "auto", progress: bool = False
             cand_vals[q], cand_idx[q] = _merge(cand_vals[q], cand_idx[q], top.values, members[top.indices], r)
     bar.close()
     del P
+    return _rescore(Xn, cand_idx, k, dev)
+
+
+def _rescore(Xn: np.ndarray, cand_idx: torch.Tensor, k: int, dev: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row's candidates (-1 = none) by the exact cosine on the full features."""
+    n = len(Xn)
     idx = np.full((n, k), -1, dtype=np.int64)
     vals = np.full((n, k), -np.inf, dtype=np.float32)
     for a0, a1 in _blocks(n, RESCORE_BLOCK):
-        ci = cand_idx[a0:a1]
+        ci = cand_idx[a0:a1].to(dev)
         A = torch.from_numpy(Xn[a0:a1]).to(dev).float()
         B = torch.from_numpy(Xn[ci.clamp(min=0).cpu().numpy()]).to(dev).float()  # (rows, r, d)
         s = torch.einsum("nd,nrd->nr", A, B)
-        s[ci < 0] = -math.inf
+        s[(ci < 0) | (ci == torch.arange(a0, a1, device=dev)[:, None])] = -math.inf
         top = torch.topk(s, min(k, s.shape[1]), dim=1)
         kk = top.values.shape[1]
         vals[a0:a1, :kk] = top.values.cpu().numpy()
         idx[a0:a1, :kk] = torch.gather(ci, 1, top.indices).cpu().numpy()
+    idx[~np.isfinite(vals)] = -1
     return idx, vals
+
+
+def faiss_ivf(Xn: np.ndarray, k: int, device: str = "auto", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-``k``: the PCA of ``ivf_pca``, then FAISS's IVFFlat (the same cells and probes,
+    scanned in C++: 6x faster than torch's per-cell matmuls at 50,000 rows), then exact re-scoring."""
+    import faiss  # optional: the quality extra
+
+    dev = torch.device("cpu")
+    n, d = Xn.shape
+    rng = np.random.default_rng(SEED)
+    mean, comps = _pca(Xn, min(PCA_DIMS, d), rng, dev)
+    P = _project(Xn, mean, comps, dev).numpy()
+    cells = max(1, min(n // CELL_ROWS, n // 2))
+    quantizer = faiss.IndexFlatL2(P.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, P.shape[1], cells)
+    index.cp.seed = SEED
+    index.train(P[np.sort(rng.choice(n, min(n, cells * KMEANS_SAMPLE), replace=False))])
+    index.add(P)
+    index.nprobe = min(PROBES, cells)
+    _, cand = index.search(P, min(RESCORE + 1, n))  # +1: a row finds itself first
+    del P, index
+    return _rescore(Xn, torch.from_numpy(cand), k, dev)
 
 
 def nearest(X: np.ndarray, k: int = 3, *, method: str = "auto", device: str = "auto",
@@ -227,8 +268,9 @@ def nearest(X: np.ndarray, k: int = 3, *, method: str = "auto", device: str = "a
         Features (float16 or float32); normalised here.
     k : int, default=3
         Neighbours per row.
-    method : {"auto", "exact", "ivf-pca"}, default="auto"
-        ``auto``: exact up to ``EXACT_MAX_ROWS`` rows, ivf-pca above.
+    method : {"auto", "exact", "faiss-ivf", "ivf-pca"}, default="auto"
+        ``auto``: exact up to ``EXACT_MAX_ROWS`` rows (or on a GPU), above that faiss-ivf when FAISS
+        is installed, else ivf-pca (the same method in torch, slower).
     device : str, default="auto"
         Where the matmuls run: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
     progress : bool, default=False
@@ -245,15 +287,38 @@ def nearest(X: np.ndarray, k: int = 3, *, method: str = "auto", device: str = "a
     if n < 2:
         raise EmbedpipeError(f"near-duplicate search needs at least 2 rows, the cache has {n}")
     if method == "auto":
-        method = "exact" if n <= EXACT_MAX_ROWS else "ivf-pca"
-    if method not in ("exact", "ivf-pca"):
-        raise EmbedpipeError(f"unknown search method {method!r}: use auto, exact or ivf-pca")
+        method = choose_method(n, device)
+    if method not in METHODS:
+        raise EmbedpipeError(f"unknown search method {method!r}: use auto, {', '.join(METHODS)}")
+    if method == "faiss-ivf" and not has_faiss():
+        raise EmbedpipeError('search method faiss-ivf needs FAISS: pip install "embedpipe[quality]"')
     k = min(k, n - 1)
     t0 = time.perf_counter()
     Xn = normalised(X, inplace)
     with torch.inference_mode():
-        idx, vals = (exact if method == "exact" else ivf_pca)(Xn, k, device, progress)
+        idx, vals = {"exact": exact, "faiss-ivf": faiss_ivf, "ivf-pca": ivf_pca}[method](Xn, k, device, progress)
     return Neighbours(idx, vals, method, time.perf_counter() - t0)
+
+
+METHODS = ("exact", "faiss-ivf", "ivf-pca")
+
+
+def has_faiss() -> bool:
+    import importlib.util  # only to ask whether the optional FAISS is installed
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def choose_method(n: int, device: str = "auto") -> str:
+    """``exact`` up to ``EXACT_MAX_ROWS`` rows or on a GPU; else ``faiss-ivf``, or ``ivf-pca`` (with a
+    warning naming the extra) when FAISS is not installed."""
+    if n <= EXACT_MAX_ROWS or _device(device).type == "cuda":
+        return "exact"
+    if has_faiss():
+        return "faiss-ivf"
+    _logger.warning('FAISS is not installed: searching %d rows with ivf-pca in torch, several times slower; '
+                    'pip install "embedpipe[quality]" adds it', n)
+    return "ivf-pca"
 
 
 class _NoBar:
