@@ -5,7 +5,8 @@ is a leak), likely label errors and outliers, a summary, a stable JSON contract 
 with contact sheets. ``run.py`` holds the steps; ``result.py`` the result and its JSON contract.
 """
 
+from .duplicates import DuplicateConfig
 from .result import DEFAULT_TOP, AuditResult
 from .run import audit
 
-__all__ = ["DEFAULT_TOP", "AuditResult", "audit"]
+__all__ = ["DEFAULT_TOP", "AuditResult", "DuplicateConfig", "audit"]

@@ -48,6 +48,32 @@ PHASH_BITS = 12  # planted copies differ in at most 12 of 64 bits; most other ca
 COSINE_ALONE = 0.95  # an unverifiable pair is still reported at or above this (the issue: 17 of 17 true)
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
+
+@dataclass(frozen=True)
+class DuplicateConfig:
+    """The near-duplicate thresholds (module docstring); ``audit(..., duplicates=DuplicateConfig(...))``.
+
+    Attributes
+    ----------
+    candidate_cosine : float
+        A neighbour is a candidate at or above this cosine.
+    pixel_correlation : float
+        A candidate is verified at or above this correlation of 16 x 16 grey thumbnails...
+    phash_bits : int
+        ...and at most this many differing bits of the 64-bit perceptual hash.
+    cosine_alone : float
+        A candidate whose image cannot be opened is reported at or above this cosine.
+    """
+
+    candidate_cosine: float = CANDIDATE_COSINE
+    pixel_correlation: float = PIXEL_CORRELATION
+    phash_bits: int = PHASH_BITS
+    cosine_alone: float = COSINE_ALONE
+
+    def to_dict(self) -> dict[str, float]:
+        return {"candidate_cosine": self.candidate_cosine, "pixel_correlation": self.pixel_correlation,
+                "phash_bits": self.phash_bits, "cosine_alone": self.cosine_alone}
+
 Opener = Callable[[str], "Image.Image | None"]
 
 
@@ -130,7 +156,7 @@ def cosine(Xn: np.ndarray, i: int, j: int) -> float:
 def find_duplicates(
     Xn: np.ndarray, nb: Neighbours, ids: Sequence[str], splits: Sequence[str], open_image: Opener,
     hashes: Sequence[str | None] | None = None, *, candidate_cosine: float = CANDIDATE_COSINE,
-    pixel_threshold: float = PIXEL_CORRELATION, phash_bits: int = PHASH_BITS, cosine_alone: float = COSINE_ALONE,
+    pixel_correlation: float = PIXEL_CORRELATION, phash_bits: int = PHASH_BITS, cosine_alone: float = COSINE_ALONE,
 ) -> tuple[list[dict[str, Any]], DuplicateInfo]:
     """Exact and verified near-duplicate pairs among the rows of ``Xn``.
 
@@ -146,7 +172,7 @@ def find_duplicates(
         ``open_image(id) -> PIL.Image.Image | None`` (None: the image cannot be opened).
     hashes : sequence of str or None, optional
         Content hashes (``hashes.content_hashes``); None = no exact-duplicate check.
-    candidate_cosine, pixel_threshold, phash_bits, cosine_alone : float or int
+    candidate_cosine, pixel_correlation, phash_bits, cosine_alone : float or int
         The thresholds of the module docstring.
 
     Returns
@@ -187,7 +213,7 @@ def find_duplicates(
         signal = pixel_correlation(ta[0], tb[0])
         bits = int(ta[1] - tb[1]) if ta[1] is not None and tb[1] is not None else None
         info.phash = bits is not None
-        if signal >= pixel_threshold and (bits is None or bits <= phash_bits):
+        if signal >= pixel_correlation and (bits is None or bits <= phash_bits):
             found[(i, j)] = {"a": i, "b": j, "similarity": sim, "exact": False,
                              "verified_by": "pixel correlation" + (" + phash" if bits is not None else ""),
                              "signal": signal, "phash_bits": bits}

@@ -90,7 +90,7 @@ def save_store(path: Path, rows: dict[str, list[str]]) -> None:
 
 
 def content_hashes(ids: Sequence[str], signatures: Sequence[str], opener: ImageOpener,
-                   cache_dir: Path) -> tuple[list[str | None], HashStats]:
+                   cache_dir: Path, progress: bool = False) -> tuple[list[str | None], HashStats]:
     """The content hash of every row (None where the image cannot be read), and what it cost.
 
     Parameters
@@ -101,6 +101,8 @@ def content_hashes(ids: Sequence[str], signatures: Sequence[str], opener: ImageO
         Where the images are.
     cache_dir : Path
         The cache folder; the hashes are kept in ``STORE`` below it.
+    progress : bool, default=False
+        A progress bar over the files to hash.
     """
     t0 = time.perf_counter()
     loc = opener.location
@@ -139,7 +141,12 @@ def content_hashes(ids: Sequence[str], signatures: Sequence[str], opener: ImageO
                      store_path)
         threads = HASH_THREADS if loc.has_files else 1  # rendering holds the GIL
         with ThreadPoolExecutor(threads, thread_name_prefix="embedpipe-hash") as pool:
-            for i, (digest, n) in zip(todo, pool.map(one, todo), strict=True):
+            results = pool.map(one, todo)
+            if progress:
+                from tqdm.auto import tqdm  # only when a bar is shown
+
+                results = tqdm(results, total=len(todo), desc="hashing", unit=stats.what, leave=False)
+            for i, (digest, n) in zip(todo, results, strict=True):
                 out[i] = digest
                 stats.bytes += n
                 if digest is None:

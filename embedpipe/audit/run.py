@@ -92,7 +92,7 @@ def audit(
     cache: str | Path | Cache, layer: str = "pooled", *, top: int | None = DEFAULT_TOP,
     out: str | Path | None = None, data: str | Path | None = None, search: str = "auto",
     device: str = "auto", hash_files: bool = True, report: bool = True, save: bool = True,
-    progress: bool = False,
+    duplicates: dup.DuplicateConfig | None = None, progress: bool = False,
 ) -> AuditResult:
     """Audit a cache: exact and near duplicates (leaks across splits), likely label errors, outliers.
 
@@ -121,6 +121,10 @@ def audit(
         Write the Markdown report with contact sheets (when its module is installed).
     save : bool, default=True
         Save the full result as ``<cache>/audit/audit-<layer>.json``.
+    duplicates : DuplicateConfig or None, default=None
+        The near-duplicate thresholds (``embedpipe.audit.duplicates.DuplicateConfig``); None = the
+        defaults (candidates at cosine 0.70; verified at pixel correlation 0.92 and at most 12
+        differing phash bits; unverifiable pairs at cosine 0.95).
     progress : bool, default=False
         Progress messages and bars on stderr.
 
@@ -176,24 +180,25 @@ def audit(
     if hash_files and location.kind != "unknown":
         t = time.perf_counter()
         signatures = _signatures(cache)[rows]
-        hashes, hash_stats = content_hashes(ids, list(signatures), opener, cache.path)
+        hashes, hash_stats = content_hashes(ids, list(signatures), opener, cache.path, progress)
         seconds["hashing"] = time.perf_counter() - t
     method = choose_method(len(ids), device) if search == "auto" else search
     _logger.log(level(progress), "searching near duplicates among %d rows (%s)", len(ids), method)
     Xn = normalised(X, inplace=True)
     nb = nearest(Xn, dup.NEIGHBOURS, method=method, device=device, progress=progress)
     seconds["search"] = nb.seconds
-    found_dups, dinfo = dup.find_duplicates(Xn, nb, ids, splits, opener, hashes)
+    config = duplicates or dup.DuplicateConfig()
+    found_dups, dinfo = dup.find_duplicates(Xn, nb, ids, splits, opener, hashes, **config.to_dict())
     seconds["verify"] = dinfo.verify_seconds
     del X, Xn
 
-    duplicates = [{**d, "a": ids[d["a"]], "b": ids[d["b"]], "splits": [splits[d["a"]], splits[d["b"]]],
+    pairs = [{**d, "a": ids[d["a"]], "b": ids[d["b"]], "splits": [splits[d["a"]], splits[d["b"]]],
                    "a_index": int(rows[d["a"]]), "b_index": int(rows[d["b"]])} for d in found_dups]
     names = cache.label_names
     label_issues = [{"id": ids[r["index"]], "given": names[int(r["given"])], "suggested": names[int(r["suggested"])],
                      "score": float(r["score"])} for r in steps_out["label_issues"][0]]
     outliers = [{"id": ids[r["index"]], "score": float(r["score"])} for r in steps_out["outliers"][0]]
-    leaked = {d["b"] for d in duplicates if d["leak"]}
+    leaked = {d["b"] for d in pairs if d["leak"]}
     failed = cache.failed
     summary: dict[str, Any] = {
         "cache": str(cache.path),
@@ -205,9 +210,9 @@ def audit(
         "source": {"kind": location.kind, "root": location.root},
         "duplicates": {
             "exact": dinfo.exact, "near": dinfo.verified + dinfo.unverified, "unverified": dinfo.unverified,
-            "within_split": sum(d["splits"][0] == d["splits"][1] for d in duplicates),
-            "across_splits": sum(d["splits"][0] != d["splits"][1] for d in duplicates),
-            "leaks": sum(d["leak"] for d in duplicates), "leaked_rows": len(leaked),
+            "within_split": sum(d["splits"][0] == d["splits"][1] for d in pairs),
+            "across_splits": sum(d["splits"][0] != d["splits"][1] for d in pairs),
+            "leaks": sum(d["leak"] for d in pairs), "leaked_rows": len(leaked),
             "candidates": dinfo.candidates,
         },
         "label_issues": dict(steps_out["label_issues"][1]),
@@ -221,15 +226,14 @@ def audit(
                       + (" and perceptual hash (imagehash phash)" if dinfo.phash else
                          " (imagehash not installed: pip install \"embedpipe[quality]\" adds the perceptual hash)"),
         },
-        "thresholds": {"candidate_cosine": dup.CANDIDATE_COSINE, "pixel_correlation": dup.PIXEL_CORRELATION,
-                       "phash_bits": dup.PHASH_BITS, "cosine_alone": dup.COSINE_ALONE},
+        "thresholds": config.to_dict(),
         "hashing": hash_stats.to_dict() if hash_stats is not None else None,
         "images_not_opened": {"count": len(dinfo.unopened), "ids": dinfo.unopened[:top]},
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-    order = np.array([[d["a_index"], d["b_index"]] for d in duplicates], dtype=np.int64).reshape(-1, 2)
-    result = AuditResult(str(cache.path), layer, duplicates, label_issues, outliers, summary, order,
-                         np.array([d["similarity"] for d in duplicates], dtype=np.float32), top, opener)
+    order = np.array([[d["a_index"], d["b_index"]] for d in pairs], dtype=np.int64).reshape(-1, 2)
+    result = AuditResult(str(cache.path), layer, pairs, label_issues, outliers, summary, order,
+                         np.array([d["similarity"] for d in pairs], dtype=np.float32), top, opener)
     write = _load(REPORT) if report else None
     if write is not None:
         target = Path(out) if out is not None else cache.path / "audit"
