@@ -161,11 +161,11 @@ def candidate_signals(cache: Any, opener: Any) -> list[dict[str, Any]]:
         margin = max(cos - (second[i] if nb.index[i, 0] == j else best[i]),
                      cos - (second[j] if nb.index[j, 0] == i else best[j]))
         a16, b16 = dup.thumbnail(get(i)[0], 16), dup.thumbnail(get(j)[0], 16)
-        corr16 = dup.pixel_correlation(a16, b16, 0)
+        corr16 = dup.thumbnail_correlation(a16, b16, 0)
         out.append({"a": ids[i], "b": ids[j], "cosine": cos, "margin": float(margin), "corr16": corr16,
                     "both": float(corr16 >= 0.92 and int(ha - hb) <= 12),
-                    "corr32": dup.pixel_correlation(a32, b32, 0), "corr32s2": dup.pixel_correlation(a32, b32, 2),
-                    "corr64s3": dup.pixel_correlation(a64, b64, 3), "phash": int(ha - hb)})
+                    "corr32": dup.thumbnail_correlation(a32, b32, 0), "corr32s2": dup.thumbnail_correlation(a32, b32, 2),
+                    "corr64s3": dup.thumbnail_correlation(a64, b64, 3), "phash": int(ha - hb)})
     return out
 
 

@@ -103,7 +103,7 @@ def thumbnail(img: Image.Image, size: int = THUMB) -> np.ndarray:
     return np.asarray(img.convert("L").resize((size, size), Image.Resampling.BOX), dtype=np.float32)
 
 
-def pixel_correlation(a: np.ndarray, b: np.ndarray, shift: int = SHIFT) -> float:
+def thumbnail_correlation(a: np.ndarray, b: np.ndarray, shift: int = SHIFT) -> float:
     """Best Pearson correlation of two thumbnails' centres over shifts of up to ``shift`` pixels."""
     s = shift
     n = a.shape[0]
@@ -210,7 +210,7 @@ def find_duplicates(
                                  "verified_by": "cosine only (image not found)", "signal": None}
                 info.unverified += 1
             continue
-        signal = pixel_correlation(ta[0], tb[0])
+        signal = thumbnail_correlation(ta[0], tb[0])
         bits = int(ta[1] - tb[1]) if ta[1] is not None and tb[1] is not None else None
         info.phash = bits is not None
         if signal >= pixel_correlation and (bits is None or bits <= phash_bits):
