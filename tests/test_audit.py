@@ -199,3 +199,31 @@ def test_approximate_search_finds_planted_copies() -> None:
         assert not (approx.index == np.arange(3000)[:, None]).any()
         same = approx.index[:, 0] == exact.index[:, 0]  # re-scored: the exact cosine
         assert np.allclose(approx.similarity[same, 0], exact.similarity[same, 0], atol=1e-3)
+
+
+def _far_from_mean(X: np.ndarray, y: np.ndarray, *, top: int | None = None) -> tuple[list[dict], dict]:
+    """A real (if simple) outlier step: distance to the mean, largest first."""
+    d = np.linalg.norm(X - X.mean(0), axis=1)
+    return [{"index": int(i), "score": float(d[i])} for i in np.argsort(-d)[:top]], {"method": "distance to the mean"}
+
+
+def _first_row_flipped(X: np.ndarray, y: np.ndarray, *, top: int | None = None) -> tuple[list[dict], dict]:
+    return [{"index": 0, "given": int(y[0]), "suggested": int(1 - y[0]), "score": 0.25}], {"method": "first row"}
+
+
+@pytest.mark.timeout(180)
+def test_optional_steps_are_called_and_mapped_to_ids(planted: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedpipe.audit import run
+
+    _, path = planted
+    monkeypatch.setitem(run.STEPS, "outliers", "test_audit:_far_from_mean")
+    monkeypatch.setitem(run.STEPS, "label_issues", "test_audit:_first_row_flipped")
+    monkeypatch.setattr(run, "REPORT", "no_such_report_module:write_report")
+    result = embedpipe.audit(path, save=False, top=3)
+    cache = open_cache(path)
+    first = str(cache.ids[cache.rows(None)][0])
+    assert result.label_issues == [{"id": first, "given": "class0", "suggested": "class1", "score": 0.25}]
+    assert len(result.outliers) == 22 and all(r["id"] in set(cache.ids) for r in result.outliers)
+    out = result.to_json()
+    assert len(out["outliers"]) == 3 and out["summary"]["outliers"]["more"] == 19
+    assert out["summary"]["outliers"]["status"] == "ok" and out["summary"]["outliers"]["method"] == "distance to the mean"

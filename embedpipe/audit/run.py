@@ -50,12 +50,16 @@ REPORT = "embedpipe.audit.sheets:write_report"  # (result JSON, open_image, out_
 MIN_ROWS = 11  # rows needed: the outlier step compares each row with its 10 nearest neighbours
 
 
-def _load(target: str) -> Callable[..., Any] | None:
-    """The function ``module:name`` when its module is installed, else None."""
+def _load(target: str) -> tuple[Callable[..., Any] | None, str]:
+    """(the function ``module:name``, "") when it can be imported, else (None, why not)."""
     module, _, name = target.partition(":")
     if importlib.util.find_spec(module) is None:
-        return None
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        return None, "not run: step not installed"
+    try:
+        return getattr(importlib.import_module(module), name), ""
+    except ImportError as e:  # an optional library of the step (cleanlab, imagehash) is missing
+        return None, f'not run: {getattr(e, "name", None) or e} is not installed; pip install "embedpipe[quality]"'
+
 
 
 def check_input(cache: Cache, layer: str) -> None:
@@ -167,9 +171,11 @@ def audit(
     X, _ = cache.load(None, layer, dtype=np.float16)
     steps_out: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for name, target in STEPS.items():  # before the search normalises X in place
-        fn = _load(target)
+        fn, why = _load(target)
         if fn is None:
-            steps_out[name] = ([], {"status": "not run: step not installed"})
+            steps_out[name] = ([], {"status": why})
+            if "pip install" in why:
+                _logger.warning("%s %s", name.replace("_", " "), why)
             continue
         t = time.perf_counter()
         found, info = fn(X.astype(np.float32), y, top=None)
@@ -234,7 +240,9 @@ def audit(
     order = np.array([[d["a_index"], d["b_index"]] for d in pairs], dtype=np.int64).reshape(-1, 2)
     result = AuditResult(str(cache.path), layer, pairs, label_issues, outliers, summary, order,
                          np.array([d["similarity"] for d in pairs], dtype=np.float32), top, opener)
-    write = _load(REPORT) if report else None
+    write, why = _load(REPORT) if report else (None, "")
+    if write is None and "pip install" in why:
+        _logger.warning("report %s", why)
     if write is not None:
         target = Path(out) if out is not None else cache.path / "audit"
         target.mkdir(parents=True, exist_ok=True)
