@@ -238,7 +238,7 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     assert not remote, "the site loads from the network:\n" + "\n".join(remote[:20])
 
     cli = (site / "cli.html").read_text()
-    for verb in ("list", "extract", "info", "train", "advise", "evaluate", "predict", "bench"):
+    for verb in ("list", "extract", "info", "train", "advise", "audit", "evaluate", "predict", "bench"):
         assert f"usage: embedpipe {verb}" in cli, f"the CLI reference lacks `embedpipe {verb} --help`"
     import embedpipe
 
@@ -267,7 +267,7 @@ SERVER = r"""
 import json, os, socket, sys, traceback
 import importlib
 for name in ("embedpipe", "embedpipe.cli", "embedpipe.extract", "embedpipe.train", "embedpipe.predict",
-             "embedpipe.advise", "embedpipe.bench", "embedpipe.report", "embedpipe.heads", "embedpipe.backbones",
+             "embedpipe.advise", "embedpipe.audit", "embedpipe.bench", "embedpipe.report", "embedpipe.heads", "embedpipe.backbones",
              "embedpipe.cache", "torch", "timm", "h5py", "sklearn.linear_model", "lightgbm", "matplotlib.pyplot"):
     try:
         importlib.import_module(name)
