@@ -36,7 +36,7 @@ from ..data.reopen import ImageOpener, SourceLocation
 from . import duplicates as dup
 from .hashes import content_hashes
 from .result import DEFAULT_TOP, AuditResult
-from .search import choose_method, nearest, normalised
+from .search import choose_method, nearest
 
 _logger = get_logger(__name__)
 
@@ -190,8 +190,8 @@ def audit(
         seconds["hashing"] = time.perf_counter() - t
     method = choose_method(len(ids), device) if search == "auto" else search
     _logger.log(level(progress), "searching near duplicates among %d rows (%s)", len(ids), method)
-    Xn = normalised(X, inplace=True)
-    nb = nearest(Xn, dup.NEIGHBOURS, method=method, device=device, progress=progress)
+    nb = nearest(X, dup.NEIGHBOURS, method=method, device=device, progress=progress, inplace=True)
+    Xn = X  # normalised in place by the search: the features are held once
     seconds["search"] = nb.seconds
     config = duplicates or dup.DuplicateConfig()
     found_dups, dinfo = dup.find_duplicates(Xn, nb, ids, splits, opener, hashes, **config.to_dict())
