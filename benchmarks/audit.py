@@ -29,7 +29,8 @@ low-rank plus noise, like pooled CNN features; a copy is its source plus noise, 
 searched by ``search.nearest`` in a fresh child process at each size: seconds, recall of the planted
 copies (the source is the copy's nearest row) and the child's peak resident memory
 (``resource.getrusage``: FAISS and torch work in threads, so the child is the whole process tree),
-which includes building the features; rows also record the features' own bytes and the rest, and
+which includes building the features; rows also record the features' own bytes and what the search
+added above the process's resident memory when it began (``search_rss_mb``), and
 the search's CPU seconds over all its threads (on a busy machine the wall time stretches; the CPU
 time much less: 2 free cores finish in about half to all of it).
 ``--skip-planted`` / ``--skip-scale`` re-run one part and keep the other part's committed rows.
@@ -263,6 +264,7 @@ def scale_child(n: int, method: str) -> None:
     from embedpipe.audit.search import nearest
 
     X, src, dst = synthetic(n)
+    start = _rss_now_kib()  # imports + the features + what building them left behind
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     nb = nearest(X, 3, method=method, inplace=True)
@@ -273,7 +275,15 @@ def scale_child(n: int, method: str) -> None:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this process's peak
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # and any child it started (none)
     print(json.dumps({"seconds": round(seconds, 2), "cpu_s": round(cpu, 1), "recall": round(float(found.mean()), 4),
+                      "rss_start_mb": round(start / 1024),
                       "features_mb": round(X.nbytes / 1e6), "peak_rss_mb": round(max(own, kids) / 1024)}))
+
+
+def _rss_now_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def scale_run(n: int, method: str) -> dict[str, Any]:
@@ -287,7 +297,8 @@ def scale_run(n: int, method: str) -> dict[str, Any]:
     return {"set": f"synthetic {n:,} x 1280 float16", "rule": method, "images": n, "planted": 500,
             "recall": out["recall"], "search_s": out["seconds"], "search_cpu_s": out["cpu_s"],
             "features_mb": out["features_mb"],
-            "peak_rss_mb": out["peak_rss_mb"], "rss_minus_features_mb": out["peak_rss_mb"] - out["features_mb"]}
+            "peak_rss_mb": out["peak_rss_mb"], "rss_minus_features_mb": out["peak_rss_mb"] - out["features_mb"],
+            "search_rss_mb": out["peak_rss_mb"] - out["rss_start_mb"]}
 
 
 def main() -> None:
@@ -296,6 +307,9 @@ def main() -> None:
     parser.add_argument("--scale-child", nargs=2, metavar=("N", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--skip-planted", action="store_true", help="only the scale runs")
     parser.add_argument("--skip-scale", action="store_true", help="only the planted runs")
+    parser.add_argument("--sizes", help="scale sizes, comma-separated (default: 50000,100000,200000)")
+    parser.add_argument("--methods", help="scale methods, comma-separated (default: faiss-ivf; ivf-pca and "
+                                          "exact too at 50,000 rows or fewer)")
     args = parser.parse_args()
     if args.scale_child:
         scale_child(int(args.scale_child[0]), args.scale_child[1])
@@ -317,16 +331,21 @@ def main() -> None:
                     print(row, flush=True)
     if not args.skip_scale:
         sizes = (20_000, 50_000) if args.quick else (50_000, 100_000, 200_000)
+        if args.sizes:
+            sizes = tuple(int(v) for v in args.sizes.split(","))
         for n in sizes:
-            for method in ("faiss-ivf", *(("ivf-pca", "exact") if n <= 50_000 else ())):
+            methods = ("faiss-ivf", *(("ivf-pca", "exact") if n <= 50_000 else ()))
+            for method in args.methods.split(",") if args.methods else methods:
                 row = {**scale_run(n, method), **facts, "load_1min": round(os.getloadavg()[0], 2)}
                 rows.append(row)
                 print(row, flush=True)
     name = "audit-quick" if args.quick else "audit"
     old = bench.RESULTS / f"{name}.csv"
     if (args.skip_planted or args.skip_scale) and old.is_file():  # keep the other part's rows
-        with open(old, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if bool(r.get("search_s")) == args.skip_planted]
+        fresh = {(r["set"], r["rule"]) for r in rows}
+        with open(old, newline="") as f:  # the other part's rows, and this part's that were not re-run
+            kept = [r for r in csv.DictReader(f) if (bool(r.get("search_s")) == args.skip_planted
+                                                     or (r["set"], r["rule"]) not in fresh)]
         rows = kept + rows if args.skip_scale else [*kept, *rows]
     csv_path, md_path = bench.write_results(name, rows, ["set"])
     from embedpipe.table import format_table
@@ -340,7 +359,7 @@ def main() -> None:
     if scale:
         parts += ["", "## Near-duplicate search at scale (2 CPU cores)", "",
                   format_table(scale, ["set", "rule", "recall", "search_s", "search_cpu_s", "peak_rss_mb", "features_mb",
-                                       "rss_minus_features_mb", "load_1min"])]
+                                       "search_rss_mb", "load_1min"])]
     md_path.write_text("\n".join(parts) + "\n")
     print(f"wrote {csv_path} and {md_path}")
 
