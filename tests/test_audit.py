@@ -227,3 +227,20 @@ def test_optional_steps_are_called_and_mapped_to_ids(planted: tuple[Path, Path],
     out = result.to_json()
     assert len(out["outliers"]) == 3 and out["summary"]["outliers"]["more"] == 19
     assert out["summary"]["outliers"]["status"] == "ok" and out["summary"]["outliers"]["method"] == "distance to the mean"
+
+
+def test_images_open_through_every_kind_of_source(tmp_path: Path) -> None:
+    from embedpipe.data.reopen import ImageOpener, SourceLocation
+
+    digits = ImageOpener(SourceLocation("builtin", "digits"))
+    img = digits("0/0000")
+    assert img is not None and img.size == (64, 64) and digits("0/9999") is None
+    texture(1).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,label\na.png,x\ngone.png,x\n")
+    csv_loc = SourceLocation.of(str(tmp_path / "m.csv"))
+    assert csv_loc.kind == "csv" and csv_loc.path("a.png") == str(tmp_path / "a.png")
+    opener = ImageOpener(csv_loc)
+    assert opener("a.png") is not None and opener("gone.png") is None and opener.read_bytes("gone.png") is None
+    assert ImageOpener(SourceLocation())("a.png") is None  # unknown: nothing to open
+    with pytest.raises(EmbedpipeError, match="not found"):
+        SourceLocation.of(str(tmp_path / "nowhere"))
