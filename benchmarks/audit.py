@@ -341,17 +341,20 @@ def main() -> None:
                 print(row, flush=True)
     name = "audit-quick" if args.quick else "audit"
     old = bench.RESULTS / f"{name}.csv"
-    if (args.skip_planted or args.skip_scale) and old.is_file():  # keep the other part's rows
+    if old.is_file() and (args.skip_planted or args.skip_scale or args.sizes or args.methods):
         fresh = {(r["set"], r["rule"]) for r in rows}
-        with open(old, newline="") as f:  # the other part's rows, and this part's that were not re-run
-            kept = [r for r in csv.DictReader(f) if (bool(r.get("search_s")) == args.skip_planted
-                                                     or (r["set"], r["rule"]) not in fresh)]
-        rows = kept + rows if args.skip_scale else [*kept, *rows]
-    csv_path, md_path = bench.write_results(name, rows, ["set"])
+        with open(old, newline="") as f:  # rows not measured again this time stay
+            rows = [r for r in csv.DictReader(f) if (r["set"], r["rule"]) not in fresh] + rows
+    write(name, rows)
+
+
+def write(name: str, rows: list[dict[str, Any]]) -> None:
+    """results/<name>.csv (every field) and .md (a planted table and a scale table)."""
     from embedpipe.table import format_table
 
     planted = [r for r in rows if not r.get("search_s")]
     scale = [r for r in rows if r.get("search_s")]
+    csv_path, md_path = bench.write_results(name, [*planted, *scale], ["set"])
     parts = []
     if planted:
         parts += ["## Planted duplicates", "", format_table(planted, ["set", "rule", "images", "planted", "reported",
