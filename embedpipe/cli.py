@@ -303,6 +303,9 @@ def _audit_text(shown: dict[str, Any]) -> str:
              f"duplicates: {d['count']} pairs ({d['exact']} exact, {d['near']} near; {d['across_splits']} across "
              f"splits); leaks: {d['leaked_rows']} val/test rows with a near-copy in train",
              f"  method: {s['method']['search']}, verified by {s['method']['verify']}"]
+    if d["unverified"]:
+        lines.append(f"  {d['unverified']} pairs are not verified (their images could not be opened; cosine >= "
+                     f"{s['thresholds']['cosine_alone']} alone): give --data when the cache does not know where they are")
     for pair in shown["duplicates"][:10]:
         lines.append(f"  {'LEAK ' if pair['leak'] else ''}{pair['a']} ({pair['splits'][0]}) ~ {pair['b']} "
                      f"({pair['splits'][1]}): {pair['similarity']:.3f}")

@@ -137,15 +137,15 @@ def content_hashes(ids: Sequence[str], signatures: Sequence[str], opener: ImageO
         return hashlib.sha256(f"{img.mode}{img.size}".encode() + raw).hexdigest()[:32], len(raw)
 
     if todo:
-        _logger.info("hashing %d %s for exact duplicates (kept in %s for the next run)", len(todo), stats.what,
-                     store_path)
+        shown = "files" if loc.has_files else "rendered images"
+        _logger.info("hashing %d %s for exact duplicates (kept in %s for the next run)", len(todo), shown, store_path)
         threads = HASH_THREADS if loc.has_files else 1  # rendering holds the GIL
         with ThreadPoolExecutor(threads, thread_name_prefix="embedpipe-hash") as pool:
             results = pool.map(one, todo)
             if progress:
                 from tqdm.auto import tqdm  # only when a bar is shown
 
-                results = tqdm(results, total=len(todo), desc="hashing", unit=stats.what, leave=False)
+                results = tqdm(results, total=len(todo), desc="hashing", unit="image", leave=False)
             for i, (digest, n) in zip(todo, results, strict=True):
                 out[i] = digest
                 stats.bytes += n

@@ -162,6 +162,10 @@ def audit(
         raise EmbedpipeError(f"top must be 0 or more (or None for all), got {top}")
     location = SourceLocation.of(data) if data is not None else SourceLocation.from_meta(cache.meta)
     opener = ImageOpener(location)
+    if location.kind == "unknown":
+        _logger.warning("cache %s does not record where its images are (written by an older embedpipe): no exact-"
+                        "duplicate check, and near duplicates are judged by cosine alone; give the data with "
+                        "data= (--data) to verify them with the images", cache.path)
     rows = cache.rows(None)
     ids = [str(i) for i in cache.ids[rows]]
     splits = [str(s) for s in cache.splits[rows]]
