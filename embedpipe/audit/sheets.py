@@ -183,11 +183,11 @@ def _pair_entry(d: dict[str, Any], opener: _Opener) -> _Entry:
 
 
 def _issue_entry(r: dict[str, Any], opener: _Opener) -> _Entry:
-    return [opener.thumb(str(r["id"]))], [f"{r['given']} ->", f"{r['suggested']} ({r['score']:.2f})", str(r["id"])], None
+    return [opener.thumb(str(r["id"]))], [f"given: {r['given']}", f"-> {r['suggested']} ({r['score']:.3f})", str(r["id"])], None
 
 
 def _outlier_entry(r: dict[str, Any], opener: _Opener) -> _Entry:
-    return [opener.thumb(str(r["id"]))], [f"score {r['score']:.2f}", str(r["id"])], None
+    return [opener.thumb(str(r["id"]))], [f"score {r['score']:.3f}", str(r["id"])], None
 
 
 def _sheet(entries: Sequence[_Entry], wide: int = 1) -> Image.Image:
