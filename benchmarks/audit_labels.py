@@ -3,6 +3,8 @@ same cached features, in one run.
 
     .venv/bin/python benchmarks/audit_labels.py                  # digits + glyphs caches under cache/
     .venv/bin/python benchmarks/audit_labels.py --quick          # digits only, one seed
+    .venv/bin/python benchmarks/audit_labels.py --data glyphs --glyph-classes 0 --methods embedpipe,datalab --append
+                                                                 # all 1,500 glyph classes, beside Datalab
 
 Each case takes the ``train`` rows of a cache's ``pooled`` layer, flips ``--flip`` (5 %) of their labels
 to another class chosen at random (seeded), and asks each method for its ranked list of likely label
@@ -20,13 +22,14 @@ With k = the number of flipped rows: ``precision_at_k`` = flipped rows among the
 divided by the list's length up to k (min(k, flagged)); ``recall_at_k`` = the same hits divided by k.
 (When a list is at least k long the two are equal.) ``flagged`` is the list's full length. Each row
 records the seconds (probabilities and ranking together), the 1-minute load average and the CPU's ISA.
-Glyphs has 1,500 classes of 8 images; ``--glyph-classes`` keeps the first N classes (said in the row).
+Glyphs has 1,500 classes of 8 images (6 in train); ``--glyph-classes`` keeps the first N classes (said in the row).
 Writes benchmarks/results/audit-labels.csv and audit-labels.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -96,7 +99,8 @@ def datalab(X: np.ndarray, y: np.ndarray) -> list[int]:
     return [int(i) for i in flagged.index]
 
 
-def measure(cases: list[tuple[str, Path, int | None]], seeds: list[int], heads: list[str], share: float) -> list[dict[str, Any]]:
+def measure(cases: list[tuple[str, Path, int | None]], seeds: list[int], heads: list[str], share: float,
+            only: list[str] | None = None) -> list[dict[str, Any]]:
     from _common import environment
 
     from embedpipe.bench import cpu_isa
@@ -105,6 +109,7 @@ def measure(cases: list[tuple[str, Path, int | None]], seeds: list[int], heads: 
     methods: dict[str, Callable[[np.ndarray, np.ndarray], list[int]]] = {
         **{"embedpipe" if h == "ridge" else f"embedpipe-{h}": embedpipe_method(h) for h in heads},
         "sklearn-logreg": sklearn_logreg, "datalab": datalab}
+    methods = {m: fn for m, fn in methods.items() if only is None or m in only}
     rows = []
     for name, path, classes in cases:
         X, y = load(path, classes)
@@ -131,19 +136,24 @@ def measure(cases: list[tuple[str, Path, int | None]], seeds: list[int], heads: 
 
 
 def main() -> None:
-    from _common import write_results
+    from _common import RESULTS, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--digits", type=Path, help="digits cache (default: cache/digits/effnet-lite0-*)")
     ap.add_argument("--glyphs", type=Path, help="glyphs cache (default: cache/glyphs/effnet-lite0-*)")
-    ap.add_argument("--glyph-classes", type=int, default=300, help="keep the first N glyph classes (default 300)")
+    ap.add_argument("--glyph-classes", type=int, default=100, help="keep the first N glyph classes (default 100; 0 = all)")
     ap.add_argument("--seeds", type=int, default=3, help="flips per data set (seeds 0..N-1)")
     ap.add_argument("--flip", type=float, default=0.05, help="share of training labels flipped")
     ap.add_argument("--heads", default="ridge", help="embedpipe heads to try, comma-separated (default ridge)")
+    ap.add_argument("--methods", help="run only these methods, comma-separated (e.g. embedpipe,datalab)")
+    ap.add_argument("--data", default="digits,glyphs", help="data sets, comma-separated (default digits,glyphs)")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in results/audit-labels.csv")
     ap.add_argument("--quick", action="store_true", help="digits only, one seed")
     args = ap.parse_args()
     cases = []
-    for name, given, classes in (("digits", args.digits, None), ("glyphs", args.glyphs, args.glyph_classes)):
+    for name, given, classes in (("digits", args.digits, None), ("glyphs", args.glyphs, args.glyph_classes or None)):
+        if name not in args.data.split(","):
+            continue
         path = given or find_cache(name)
         if path is None:
             print(f"no cache/{name}/effnet-lite0-*: run `embedpipe extract --data {name} --layers pooled`")
@@ -151,7 +161,11 @@ def main() -> None:
         if name == "glyphs" and args.quick:
             continue
         cases.append((name if classes is None else f"{name} ({classes} classes)", path, classes))
-    rows = measure(cases, [0] if args.quick else list(range(args.seeds)), args.heads.split(","), args.flip)
+    rows = measure(cases, [0] if args.quick else list(range(args.seeds)), args.heads.split(","), args.flip,
+                   args.methods.split(",") if args.methods else None)
+    if args.append and (RESULTS / "audit-labels.csv").exists():
+        with open(RESULTS / "audit-labels.csv", newline="") as f:
+            rows = [*csv.DictReader(f), *rows]
     csv_path, md_path = write_results("audit-labels", rows, [
         "data", "classes", "rows", "flipped", "seed", "method", "precision_at_k", "recall_at_k", "flagged",
         "seconds", "load_1m", "cpu_isa"])
