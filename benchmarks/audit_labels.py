@@ -1,10 +1,12 @@
 """Planted label errors: embedpipe's find_label_issues beside cleanlab's two usual routes, on the
 same cached features, in one run.
 
+    .venv/bin/python benchmarks/audit_labels.py --quick          # digits only, one seed (about 8 min on 2 cores)
+    # the committed table: seeds 0 and 1, then seed 2 appended, then all 1,500 glyph classes beside Datalab
+    # (scikit-learn's LogisticRegression is the slow part: 2-6 min per flip on 2 busy cores)
     .venv/bin/python benchmarks/audit_labels.py                  # digits + glyphs caches under cache/
-    .venv/bin/python benchmarks/audit_labels.py --quick          # digits only, one seed
-    .venv/bin/python benchmarks/audit_labels.py --data glyphs --glyph-classes 0 --methods embedpipe,datalab --append
-                                                                 # all 1,500 glyph classes, beside Datalab
+    .venv/bin/python benchmarks/audit_labels.py --first-seed 2 --seeds 1 --append
+    .venv/bin/python benchmarks/audit_labels.py --data glyphs --glyph-classes 0 --methods embedpipe,datalab --seeds 1 --append
 
 Each case takes the ``train`` rows of a cache's ``pooled`` layer, flips ``--flip`` (5 %) of their labels
 to another class chosen at random (seeded), and asks each method for its ranked list of likely label
@@ -135,6 +137,16 @@ def measure(cases: list[tuple[str, Path, int | None]], seeds: list[int], heads: 
     return rows
 
 
+def number(text: str) -> Any:
+    """A CSV cell back as the int or float it was written from (other text as it is)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     from _common import RESULTS, write_results
 
@@ -142,7 +154,8 @@ def main() -> None:
     ap.add_argument("--digits", type=Path, help="digits cache (default: cache/digits/effnet-lite0-*)")
     ap.add_argument("--glyphs", type=Path, help="glyphs cache (default: cache/glyphs/effnet-lite0-*)")
     ap.add_argument("--glyph-classes", type=int, default=100, help="keep the first N glyph classes (default 100; 0 = all)")
-    ap.add_argument("--seeds", type=int, default=3, help="flips per data set (seeds 0..N-1)")
+    ap.add_argument("--seeds", type=int, default=2, help="flips per data set (seeds first..first+N-1)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first flip seed (default 0)")
     ap.add_argument("--flip", type=float, default=0.05, help="share of training labels flipped")
     ap.add_argument("--heads", default="ridge", help="embedpipe heads to try, comma-separated (default ridge)")
     ap.add_argument("--methods", help="run only these methods, comma-separated (e.g. embedpipe,datalab)")
@@ -161,11 +174,14 @@ def main() -> None:
         if name == "glyphs" and args.quick:
             continue
         cases.append((name if classes is None else f"{name} ({classes} classes)", path, classes))
-    rows = measure(cases, [0] if args.quick else list(range(args.seeds)), args.heads.split(","), args.flip,
+    rows = measure(cases, [args.first_seed] if args.quick else
+                   list(range(args.first_seed, args.first_seed + args.seeds)), args.heads.split(","), args.flip,
                    args.methods.split(",") if args.methods else None)
     if args.append and (RESULTS / "audit-labels.csv").exists():
         with open(RESULTS / "audit-labels.csv", newline="") as f:
-            rows = [*csv.DictReader(f), *rows]
+            rows = [*({k: number(v) for k, v in r.items()} for r in csv.DictReader(f)), *rows]
+        order = {d: i for i, d in enumerate(dict.fromkeys(r["data"] for r in rows))}
+        rows.sort(key=lambda r: (order[r["data"]], int(r["seed"])))  # stable: methods keep their order
     csv_path, md_path = write_results("audit-labels", rows, [
         "data", "classes", "rows", "flipped", "seed", "method", "precision_at_k", "recall_at_k", "flagged",
         "seconds", "load_1m", "cpu_isa"])
