@@ -160,7 +160,8 @@ def main() -> None:
     ap.add_argument("--heads", default="ridge", help="embedpipe heads to try, comma-separated (default ridge)")
     ap.add_argument("--methods", help="run only these methods, comma-separated (e.g. embedpipe,datalab)")
     ap.add_argument("--data", default="digits,glyphs", help="data sets, comma-separated (default digits,glyphs)")
-    ap.add_argument("--append", action="store_true", help="keep the rows already in results/audit-labels.csv")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in results/audit-labels.csv (a re-measured row replaces its old one)")
     ap.add_argument("--quick", action="store_true", help="digits only, one seed")
     args = ap.parse_args()
     cases = []
@@ -179,7 +180,9 @@ def main() -> None:
                    args.methods.split(",") if args.methods else None)
     if args.append and (RESULTS / "audit-labels.csv").exists():
         with open(RESULTS / "audit-labels.csv", newline="") as f:
-            rows = [*({k: number(v) for k, v in r.items()} for r in csv.DictReader(f)), *rows]
+            new = {(r["data"], r["seed"], r["method"]) for r in rows}  # a re-measured row replaces the old one
+            old = [{k: number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+            rows = [*(r for r in old if (r["data"], r["seed"], r["method"]) not in new), *rows]
         order = {d: i for i, d in enumerate(dict.fromkeys(r["data"] for r in rows))}
         rows.sort(key=lambda r: (order[r["data"]], int(r["seed"])))  # stable: methods keep their order
     csv_path, md_path = write_results("audit-labels", rows, [
