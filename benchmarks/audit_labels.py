@@ -1,12 +1,13 @@
 """Planted label errors: embedpipe's find_label_issues beside cleanlab's two usual routes, on the
 same cached features, in one run.
 
-    .venv/bin/python benchmarks/audit_labels.py --quick          # digits only, one seed (about 8 min on 2 cores)
-    # the committed table: seeds 0 and 1, then seed 2 appended, then all 1,500 glyph classes beside Datalab
-    # (scikit-learn's LogisticRegression is the slow part: 2-6 min per flip on 2 busy cores)
-    .venv/bin/python benchmarks/audit_labels.py                  # digits + glyphs caches under cache/
-    .venv/bin/python benchmarks/audit_labels.py --first-seed 2 --seeds 1 --append
+    .venv/bin/python benchmarks/audit_labels.py                  # digits + glyphs (100 classes), 3 flips each
     .venv/bin/python benchmarks/audit_labels.py --data glyphs --glyph-classes 0 --methods embedpipe,datalab --seeds 1 --append
+                                                                 # then all 1,500 glyph classes, beside Datalab
+    .venv/bin/python benchmarks/audit_labels.py --quick          # digits only, one flip
+
+scikit-learn's LogisticRegression is the slow part: 2-6 minutes per flip on 2 busy cores (about 25
+minutes in all). ``--methods`` and ``--append`` re-measure some methods and keep the other rows.
 
 Each case takes the ``train`` rows of a cache's ``pooled`` layer, flips ``--flip`` (5 %) of their labels
 to another class chosen at random (seeded), and asks each method for its ranked list of likely label
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--digits", type=Path, help="digits cache (default: cache/digits/effnet-lite0-*)")
     ap.add_argument("--glyphs", type=Path, help="glyphs cache (default: cache/glyphs/effnet-lite0-*)")
     ap.add_argument("--glyph-classes", type=int, default=100, help="keep the first N glyph classes (default 100; 0 = all)")
-    ap.add_argument("--seeds", type=int, default=2, help="flips per data set (seeds first..first+N-1)")
+    ap.add_argument("--seeds", type=int, default=3, help="flips per data set (seeds first..first+N-1)")
     ap.add_argument("--first-seed", type=int, default=0, help="the first flip seed (default 0)")
     ap.add_argument("--flip", type=float, default=0.05, help="share of training labels flipped")
     ap.add_argument("--heads", default="ridge", help="embedpipe heads to try, comma-separated (default ridge)")
