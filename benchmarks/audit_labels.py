@@ -18,8 +18,9 @@ errors:
 - ``embedpipe-logreg``: the same with the logreg head (``--heads``);
 - ``sklearn-logreg``: ``cleanlab.filter.find_label_issues`` on out-of-fold probabilities of
   scikit-learn's ``LogisticRegression(max_iter=1000)`` from ``cross_val_predict`` (5 stratified folds);
-- ``datalab``: cleanlab's ``Datalab(data, label_name).find_issues(features=X, issue_types={"label": {}})``, (needs `pip install datasets`, which Datalab imports; not an embedpipe dependency)
-  its flagged rows ranked by ``label_score``.
+- ``datalab``: cleanlab's ``Datalab(data, label_name).find_issues(features=X, issue_types={"label": {}})``,
+  its flagged rows ranked by ``label_score`` (Datalab imports ``datasets``: ``pip install datasets``; it
+  is not an embedpipe dependency).
 
 With k = the number of flipped rows: ``precision_at_k`` = flipped rows among the first k of the list,
 divided by the list's length up to k (min(k, flagged)); ``recall_at_k`` = the same hits divided by k.
