@@ -230,11 +230,17 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+SHOWN_ITEMS = 12  # entries of a long summary list or dict (per-class counts) written into audit.md
+
+
 def _plain(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+        items = list(value.items())
+        more = f", ... ({len(items) - SHOWN_ITEMS} more in the JSON)" if len(items) > SHOWN_ITEMS else ""
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in items[:SHOWN_ITEMS]) + more
     if isinstance(value, list | tuple):
-        return ", ".join(map(_plain, value)) or "none"
+        more = f", ... ({len(value) - SHOWN_ITEMS} more in the JSON)" if len(value) > SHOWN_ITEMS else ""
+        return (", ".join(map(_plain, value[:SHOWN_ITEMS])) + more) or "none"
     return str(value)
