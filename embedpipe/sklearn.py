@@ -165,7 +165,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """
         self._check_params()
         _paths(X)
-        self._check_feature_names(X, reset=True)  # records feature_names_in_ for a DataFrame
+        columns = getattr(X, "columns", None)
+        if columns is not None and all(isinstance(c, str) for c in columns):
+            self.feature_names_in_ = np.asarray(list(columns), dtype=object)  # as scikit-learn records it
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self.n_features_in_ = 1
         return self
 

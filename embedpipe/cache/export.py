@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.atomic import publish
 from ..core.errors import EmbedpipeError, os_reason
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def export(cache: Cache, out: str | Path, format: str = "parquet", layers: Seque
             rows = _write_arrow(cache, tmp, format, names, dtype)
         if out.is_dir() and format == "npy":
             _remove_tree(out)
-        os.replace(tmp, out)
+        publish(tmp, out)
     except OSError as e:
         _remove_tree(tmp)
         raise EmbedpipeError(f"writing {out} failed ({os_reason(e)}); free space or choose another --out") from None
