@@ -9,7 +9,10 @@ the order given. So an image is embedded once per store, whatever the folds, can
 joblib worker processes that ask for it.
 
 The object holds only its parameters (it pickles in a few hundred bytes); the backbone is built once
-per process, on first use, and shared by every clone in that process.
+per process, on first use, and shared by every clone in that process. Its model is loaded only when
+something is missing from the store: the store's key is remembered per backbone configuration and
+weights file, so a process that finds every image stored (a joblib worker, a second search) never
+loads it.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from .cache.images import ImageStore, StoreStats
-from .cache.key import feature_key
+from .cache.images import ImageStore, StoreStats, recall_key, remember_key
+from .cache.key import digest, feature_key
 from .core.errors import EmbedpipeError
 from .core.paths import cache_root
+from .core.provenance import library_versions
 from .data.sources import display_name
 from .extraction.decode import (
     Batch,
@@ -42,7 +46,7 @@ from .extraction.decode import (
 from .extraction.defaults import default_batch_size
 from .extraction.embed import BatchDecoder, Embedder, gpu_decoder
 
-CHUNK = 4096  # paths read and hashed at a time: memory holds at most this many files' bytes
+CHUNK = 256  # paths read and hashed at a time: memory holds at most this many files' bytes
 READ_THREADS = min(8, (os.cpu_count() or 1) + 1)  # file reads and PIL decodes release the GIL
 ON_ERROR = ("raise", "nan")
 
@@ -51,14 +55,40 @@ _BACKBONES: dict[tuple[Any, ...], Backbone] = {}  # one backbone per process and
 
 @dataclass
 class _Run:
-    """What one process needs to embed misses: the backbone, its store, and the stages."""
+    """What one process needs: the backbone (its model loaded only when something is embedded), its
+    store, and the decode and embed stages (built on first use)."""
 
     backbone: Backbone
     layer: str
     store: ImageStore
-    opts: DecodeOptions
-    decoder: BatchDecoder | None
-    embedder: Embedder | None = None
+    stages: tuple[DecodeOptions, BatchDecoder | None, Embedder] | None = None
+
+    def ready(self) -> tuple[DecodeOptions, BatchDecoder | None, Embedder]:
+        if self.stages is None:
+            opts, decoder, _ = _decode_path(self.backbone)
+            self.stages = (opts, decoder, Embedder(self.backbone, [self.layer], opts,
+                                                   decoder.decode_bytes if decoder else None))
+        return self.stages
+
+
+def _decode_path(bb: Backbone) -> tuple[DecodeOptions, BatchDecoder | None, str]:
+    """The CPU decode options, the batch decoder (nvJPEG on CUDA) and the decode path's name, as
+    ``extract`` chooses them."""
+    opts = DecodeOptions(bb.pixel_preprocess, bb.transform, draft=True)
+    decoder = gpu_decoder() if opts.pre is not None and bb.device.type == "cuda" else None
+    return opts, decoder, opts.path if decoder is None else f"{decoder.path}+{opts.path}"
+
+
+def _identity(bb: Backbone, layer: str) -> str | None:
+    """What decides the store's key, known without loading the model (see cache/images.recall_key);
+    None for hub weights, whose identity is a digest of the loaded state_dict."""
+    weights = bb.weights_file()
+    if weights is None:
+        return None
+    st = os.stat(weights)
+    return digest({"config": bb.config.to_dict(), "weights": [os.path.abspath(weights), st.st_size, st.st_mtime_ns],
+                   "device": bb.device.type, "precision": bb.precision, "layer": layer,
+                   "versions": library_versions()})
 
 
 _RUNS: dict[tuple[Any, ...], _Run] = {}
@@ -233,25 +263,31 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             raise EmbedpipeError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
 
     def _run(self) -> _Run:
-        """The backbone, store and stages for these parameters, built once per process."""
+        """The backbone, store and stages for these parameters, built once per process. When every
+        image is already stored, the model is never loaded (the store's key is recalled)."""
         root = cache_root(self.cache_dir)
         key = (self.backbone, self.weights, self.device, self.layer, root)
         if key in _RUNS:
             return _RUNS[key]
         bb = _backbone(self.backbone, self.weights, self.device)
-        layer = bb.check_layers([self.layer])[0]
-        if len(bb.shapes[layer]) != 1:
-            raise EmbedpipeError(f"layer {layer} is an unpooled map; ImageEmbedder returns vectors: use "
-                                 f"{layer.removesuffix(':map')} or {layer.removesuffix(':map')}:grid2")
-        opts = DecodeOptions(bb.pixel_preprocess, bb.transform, draft=True)
-        decoder = gpu_decoder() if opts.pre is not None and bb.device.type == "cuda" else None
-        decode_path = opts.path if decoder is None else f"{decoder.path}+{opts.path}"
-        fkey = feature_key(bb.fingerprint, [layer], "float32", compute=bb.compute_provenance(), decode=decode_path)
-        store = ImageStore.open(root, bb.spec, fkey, {
-            "backbone": bb.config.to_dict(), "backbone_fingerprint": bb.fingerprint, "layer": layer,
-            "dim": bb.dims[layer], "dtype": "float32", "decode": decode_path, "preprocess": bb.preprocess,
-            "compute": bb.compute_provenance()})
-        _RUNS[key] = run = _Run(bb, layer, store, opts, decoder)
+        identity = _identity(bb, self.layer)
+        fkey = recall_key(root, identity) if identity else None
+        store = ImageStore.open(root, bb.spec, fkey, None) if fkey else None
+        if store is None:
+            layer = bb.check_layers([self.layer])[0]
+            if len(bb.shapes[layer]) != 1:
+                raise EmbedpipeError(f"layer {layer} is an unpooled map; ImageEmbedder returns vectors: use "
+                                     f"{layer.removesuffix(':map')} or {layer.removesuffix(':map')}:grid2")
+            _, _, decode_path = _decode_path(bb)
+            fkey = feature_key(bb.fingerprint, [layer], "float32", compute=bb.compute_provenance(), decode=decode_path)
+            store = ImageStore.open(root, bb.spec, fkey, {
+                "backbone": bb.config.to_dict(), "backbone_fingerprint": bb.fingerprint, "layer": layer,
+                "dim": bb.dims[layer], "dtype": "float32", "decode": decode_path, "preprocess": bb.preprocess,
+                "compute": bb.compute_provenance()})
+            assert store is not None
+            if identity:
+                remember_key(root, identity, fkey)
+        _RUNS[key] = run = _Run(bb, str(store.meta["layer"]), store)
         return run
 
     def _transform_chunk(self, run: _Run, paths: list[str]) -> np.ndarray:
@@ -261,10 +297,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if run.store.missing(digests):
             with run.store.writing():
                 todo = {d: data for d, data, _ in read if d}
-                missing = run.store.missing(list(todo))  # re-read under the lock: another writer may have them
+                missing = set(run.store.missing(list(todo)))  # re-read under the lock: another writer may have them
                 if missing:
-                    self._embed(run, [(d, todo[d], paths[i]) for i, (d, _, _) in enumerate(read)
-                                      if d in set(missing)])
+                    self._embed(run, [(d, todo[d], paths[i]) for i, (d, _, _) in enumerate(read) if d in missing])
         X = np.full((len(paths), run.store.dim), np.nan, np.float32)
         have = [i for i, (d, _, _) in enumerate(read) if d]
         problems: list[tuple[str, str]] = [(paths[i], reason) for i, (d, _, reason) in enumerate(read) if not d]
@@ -289,18 +324,16 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             seen.setdefault(d, (data, path))
         digests = list(seen)
         size = self.batch_size or default_batch_size(run.backbone.device)
-        if run.embedder is None:
-            run.embedder = Embedder(run.backbone, [run.layer], run.opts,
-                                    run.decoder.decode_bytes if run.decoder else None)
+        opts, decoder, embedder = run.ready()
         with ThreadPoolExecutor(READ_THREADS) as pool:
-            for batch_digests, batch in _batches(pool, run, digests, seen, size):
+            for batch_digests, batch in _batches(pool, opts, decoder, digests, seen, size):
                 rows: dict[int, np.ndarray] = {}
 
                 def sink(r: list[int], out: dict[str, np.ndarray], rows: dict[int, np.ndarray] = rows) -> None:
                     rows.update(zip(r, out[run.layer], strict=True))
 
-                failed = dict(batch.failed) | dict(run.embedder.submit(batch, sink))
-                run.embedder.flush()
+                failed = dict(batch.failed) | dict(embedder.submit(batch, sink))
+                embedder.flush()
                 feats = np.zeros((len(batch_digests), run.store.dim), np.float32)
                 for r, v in rows.items():
                     feats[r] = v
@@ -308,11 +341,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 run.store.append(batch_digests, feats, ok, [failed.get(r, "") for r in range(len(batch_digests))])
 
 
-def _batches(pool: ThreadPoolExecutor, run: _Run, digests: list[str], seen: dict[str, tuple[bytes, str]],
-             size: int) -> Iterator[tuple[list[str], Batch]]:
+def _batches(pool: ThreadPoolExecutor, opts: DecodeOptions, decoder: BatchDecoder | None, digests: list[str],
+             seen: dict[str, tuple[bytes, str]], size: int) -> Iterator[tuple[list[str], Batch]]:
     """Decoded batches, the next one decoding in the pool while the caller embeds this one."""
     def decode(part: list[str]) -> Batch:
-        return collate(list(pool.map(lambda r: _decode(run, r, *seen[part[r]]), range(len(part)))))
+        return collate(list(pool.map(lambda r: _decode(opts, decoder, r, *seen[part[r]]), range(len(part)))))
 
     parts = [digests[i : i + size] for i in range(0, len(digests), size)]
     with ThreadPoolExecutor(1) as ahead:
@@ -325,11 +358,11 @@ def _batches(pool: ThreadPoolExecutor, run: _Run, digests: list[str], seen: dict
             yield part, batch
 
 
-def _decode(run: _Run, row: int, data: bytes, path: str) -> Sample:
+def _decode(opts: DecodeOptions, decoder: BatchDecoder | None, row: int, data: bytes, path: str) -> Sample:
     """The decode stage on bytes already read: the batch decoder takes what it can (CUDA JPEGs)."""
-    if run.decoder is not None and run.decoder.route(data):
+    if decoder is not None and decoder.route(data):
         return Sample(row, data=data, name=path)
-    return decode_bytes_cpu(row, data, run.opts, path)
+    return decode_bytes_cpu(row, data, opts, path)
 
 
 def _read(path: str) -> tuple[str, bytes, str]:

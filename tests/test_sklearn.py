@@ -115,6 +115,12 @@ def test_joblib_worker_processes_share_the_store(paths: list[str], tiny_timm_wei
     assert [p.returncode for p in procs] == [0, 0] and sums[0] == sums[1]
     stats = emb.store_stats()
     assert (stats.rows, stats.duplicates) == (38, 0)
+    # a process that finds every image stored reads them without loading the model
+    again = subprocess.run([sys.executable, "-c", code + "\nfrom embedpipe.sklearn import _BACKBONES\n"
+                            "print([bb._model is None for bb in _BACKBONES.values()])"],
+                           capture_output=True, text=True, timeout=100)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [sums[0].strip(), "[True]"]
 
 
 def test_pickle_clone_params_and_pandas_output(paths: list[str], tiny_timm_weights: str, tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ and an edited file (even with its size and mtime kept) is embedded again. One st
   share the store. A writer waiting for another waits as long as new row files keep appearing, and
   gives up after ``WAIT_WITHOUT_PROGRESS_S`` without one (``core.locking.exclusive``).
 
+``<root>/images/keys/<identity>.json`` remembers which key a backbone configuration gave (identified
+by its config, its weights file's path, size and mtime, device, precision, layer and library
+versions), so a process whose images are all stored never loads the model.
+
 Row files are immutable, so a process keeps what it has read (the index always, features up to
 ``MEMO_BYTES``) and only ever reads the files that are new since it last looked.
 """
@@ -84,6 +88,27 @@ def store_path(root: Path, backbone_spec: str, key: str) -> Path:
     return root / STORE_FOLDER / f"{slug(backbone_spec) or 'backbone'}-{key[:16]}"
 
 
+def recall_key(root: Path, identity: str) -> str | None:
+    """The feature key remembered for ``identity`` (a digest of what decides the key without loading
+    the model: the backbone's config, its weights file's path, size and mtime, device, precision,
+    layer and library versions), or None. Lets a process whose images are all stored skip loading
+    the model just to compute its fingerprint."""
+    try:
+        return str(json.loads((root / STORE_FOLDER / "keys" / f"{identity}.json").read_text())["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_key(root: Path, identity: str, key: str) -> None:
+    """Record ``identity`` -> ``key`` (atomically; concurrent writers write the same text)."""
+    folder = root / STORE_FOLDER / "keys"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / f"{identity}.json", json.dumps({"key": key}).encode())
+    except OSError:
+        pass  # only a shortcut: without it the next process loads the model to find the key
+
+
 class ImageStore:
     """One feature key's store (see the module docstring). ``open`` creates it when missing."""
 
@@ -92,11 +117,14 @@ class ImageStore:
         self.dim = int(meta["dim"])
 
     @classmethod
-    def open(cls, root: Path, backbone_spec: str, key: str, meta: dict[str, Any]) -> ImageStore:
-        """The store for ``key`` under ``root``, created with ``meta`` (plus schema, key, date) if new."""
+    def open(cls, root: Path, backbone_spec: str, key: str, meta: dict[str, Any] | None) -> ImageStore | None:
+        """The store for ``key`` under ``root``, created with ``meta`` (plus schema, key, date) if new;
+        with ``meta=None`` an existing store only (None when there is none)."""
         path = store_path(root, backbone_spec, key)
         meta_file = path / "meta.json"
-        if not meta_file.is_file():
+        if meta is None and not meta_file.is_file():
+            return None
+        if meta is not None and not meta_file.is_file():
             full = {"schema_version": STORE_SCHEMA, "key": key, **meta,
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
             try:
@@ -125,8 +153,14 @@ class ImageStore:
     def index(self) -> dict[str, Entry]:
         """sha256 -> Entry for every image in the store (reads only row files new since last time)."""
         with _LOCK:
+            names = self._row_files()
             entries, seen = _MEMO.setdefault(self.path, ({}, set()))
-            for name in self._row_files():
+            if not seen <= set(names):  # row files deleted (the store was removed): start afresh
+                entries.clear()
+                seen.clear()
+                for file in [f for f in _FEATURES if f.parent.parent == self.path]:
+                    del _FEATURES[file]
+            for name in names:
                 if name in seen:
                     continue
                 try:
