@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from .extract import ExtractConfig, extract
     from .heads import create_head, list_heads
     from .predict import predict
+    from .sklearn import ImageEmbedder
     from .train import evaluate, few_shot, train, train_heads
 
 # The public API, imported on first use: `import embedpipe` (and the CLI's --help, list, info) needs no
@@ -24,6 +25,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "BackboneConfig": ".backbones",
     "Cache": ".cache",
     "ExtractConfig": ".extract",
+    "ImageEmbedder": ".sklearn",
     "advise": ".advise",
     "benchmark": ".bench",
     "create_backbone": ".backbones",
@@ -44,6 +46,7 @@ __all__ = [
     "Cache",
     "EmbedpipeError",
     "ExtractConfig",
+    "ImageEmbedder",
     "__version__",
     "advise",
     "benchmark",
