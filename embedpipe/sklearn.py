@@ -61,7 +61,17 @@ class _Run:
     backbone: Backbone
     layer: str
     store: ImageStore
+    root: Path
+    identity: str | None
+    verified: bool  # the store's key was computed from the loaded model, not recalled
     stages: tuple[DecodeOptions, BatchDecoder | None, Embedder] | None = None
+
+    def verify(self) -> None:
+        """Before embedding, compute the key from the loaded model; if a recalled key was stale (the
+        backbone's code changed under the same versions), switch to the right store."""
+        if not self.verified:
+            self.store = _true_store(self.backbone, self.layer, self.root, self.identity)
+            self.layer, self.verified = str(self.store.meta["layer"]), True
 
     def ready(self) -> tuple[DecodeOptions, BatchDecoder | None, Embedder]:
         if self.stages is None:
@@ -89,6 +99,25 @@ def _identity(bb: Backbone, layer: str) -> str | None:
     return digest({"config": bb.config.to_dict(), "weights": [os.path.abspath(weights), st.st_size, st.st_mtime_ns],
                    "device": bb.device.type, "precision": bb.precision, "layer": layer,
                    "versions": library_versions()})
+
+
+def _true_store(bb: Backbone, layer: str, root: Path, identity: str | None) -> ImageStore:
+    """The store of the key computed from the loaded model (created when new), remembered for
+    ``identity``."""
+    layer = bb.check_layers([layer])[0]
+    if len(bb.shapes[layer]) != 1:
+        raise EmbedpipeError(f"layer {layer} is an unpooled map; ImageEmbedder returns vectors: use "
+                             f"{layer.removesuffix(':map')} or {layer.removesuffix(':map')}:grid2")
+    _, _, decode_path = _decode_path(bb)
+    fkey = feature_key(bb.fingerprint, [layer], "float32", compute=bb.compute_provenance(), decode=decode_path)
+    store = ImageStore.open(root, bb.spec, fkey, {
+        "backbone": bb.config.to_dict(), "backbone_fingerprint": bb.fingerprint, "layer": layer,
+        "dim": bb.dims[layer], "dtype": "float32", "decode": decode_path, "preprocess": bb.preprocess,
+        "compute": bb.compute_provenance()})
+    assert store is not None
+    if identity:
+        remember_key(root, identity, fkey)
+    return store
 
 
 _RUNS: dict[tuple[Any, ...], _Run] = {}
@@ -225,11 +254,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self._check_params()
         paths = _paths(X)
         run = self._run()
-        out = np.empty((len(paths), run.store.dim), np.float32)
-        for start in range(0, len(paths), CHUNK):
-            part = paths[start : start + CHUNK]
-            out[start : start + len(part)] = self._transform_chunk(run, part)
-        return out
+        parts = [self._transform_chunk(run, paths[start : start + CHUNK]) for start in range(0, len(paths), CHUNK)]
+        return np.concatenate(parts) if parts else np.empty((0, run.store.dim), np.float32)
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         """``fit`` then ``transform``: through the store, like ``transform``."""
@@ -273,27 +299,19 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         identity = _identity(bb, self.layer)
         fkey = recall_key(root, identity) if identity else None
         store = ImageStore.open(root, bb.spec, fkey, None) if fkey else None
+        verified = store is None
         if store is None:
-            layer = bb.check_layers([self.layer])[0]
-            if len(bb.shapes[layer]) != 1:
-                raise EmbedpipeError(f"layer {layer} is an unpooled map; ImageEmbedder returns vectors: use "
-                                     f"{layer.removesuffix(':map')} or {layer.removesuffix(':map')}:grid2")
-            _, _, decode_path = _decode_path(bb)
-            fkey = feature_key(bb.fingerprint, [layer], "float32", compute=bb.compute_provenance(), decode=decode_path)
-            store = ImageStore.open(root, bb.spec, fkey, {
-                "backbone": bb.config.to_dict(), "backbone_fingerprint": bb.fingerprint, "layer": layer,
-                "dim": bb.dims[layer], "dtype": "float32", "decode": decode_path, "preprocess": bb.preprocess,
-                "compute": bb.compute_provenance()})
-            assert store is not None
-            if identity:
-                remember_key(root, identity, fkey)
-        _RUNS[key] = run = _Run(bb, str(store.meta["layer"]), store)
+            store = _true_store(bb, self.layer, root, identity)
+        layer = str(store.meta["layer"]) if verified else self.layer  # as asked, until the key is verified
+        _RUNS[key] = run = _Run(bb, layer, store, root, identity, verified)
         return run
 
     def _transform_chunk(self, run: _Run, paths: list[str]) -> np.ndarray:
         with ThreadPoolExecutor(READ_THREADS) as pool:
             read = list(pool.map(_read, paths))
         digests = [d for d, _, _ in read if d]
+        if run.store.missing(digests):
+            run.verify()
         if run.store.missing(digests):
             with run.store.writing():
                 todo = {d: data for d, data, _ in read if d}

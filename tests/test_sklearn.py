@@ -6,6 +6,7 @@ apply to a transformer that takes paths."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -121,6 +122,24 @@ def test_joblib_worker_processes_share_the_store(paths: list[str], tiny_timm_wei
                            capture_output=True, text=True, timeout=100)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [sums[0].strip(), "[True]"]
+
+
+def test_a_stale_remembered_key_is_corrected_before_embedding(paths: list[str], tiny_timm_weights: str,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedpipe.sklearn as sk
+
+    root = tmp_path / "c"
+    pooled, other = embedder(tiny_timm_weights, root), embedder(tiny_timm_weights, root, layer="block1")
+    X, _ = pooled.transform(paths[:3]), other.transform(paths[:3])
+    right, wrong = (e.store_stats().path for e in (pooled, other))
+    remembered = {f: json.loads(f.read_text())["key"] for f in (root / "images" / "keys").glob("*.json")}
+    mine = next(f for f, k in remembered.items() if right.endswith(k[:16]))
+    mine.write_text(json.dumps({"key": remembered[next(f for f in remembered if f != mine)]}))  # block1's
+    monkeypatch.setattr(sk, "_RUNS", {})  # a fresh process
+    fresh = embedder(tiny_timm_weights, root)
+    assert fresh.store_stats().path == wrong  # recalled without loading the model
+    np.testing.assert_array_equal(fresh.transform(paths[:4])[:3], X)  # a miss: the key is computed, and right
+    assert fresh.store_stats().path == right and json.loads(mine.read_text())["key"][:16] == right[-16:]
 
 
 def test_pickle_clone_params_and_pandas_output(paths: list[str], tiny_timm_weights: str, tmp_path: Path) -> None:
