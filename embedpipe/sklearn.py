@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from .cache.images import ImageStore, StoreStats, recall_key, remember_key
 from .cache.key import digest, feature_key
 from .core.errors import EmbedpipeError
 from .core.paths import cache_root
-from .core.provenance import library_versions
+from .core.version import __version__
 from .data.sources import display_name
 from .extraction.decode import (
     Batch,
@@ -98,7 +99,8 @@ def _identity(bb: Backbone, layer: str) -> str | None:
     st = os.stat(weights)
     return digest({"config": bb.config.to_dict(), "weights": [os.path.abspath(weights), st.st_size, st.st_mtime_ns],
                    "device": bb.device.type, "precision": bb.precision, "layer": layer,
-                   "versions": library_versions()})
+                   "versions": {name: metadata.version(name) for name in ("torch", "timm", "open_clip_torch", "h5py")}
+                   | {"embedpipe": __version__}})  # installed versions, read without importing timm (2 s)
 
 
 def _true_store(bb: Backbone, layer: str, root: Path, identity: str | None) -> ImageStore:
