@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from .extract import ExtractConfig, extract
     from .heads import create_head, list_heads
     from .predict import predict
+    from .sklearn import ImageEmbedder
     from .train import evaluate, few_shot, train, train_heads
 
 # The public API, imported on first use: `import embedpipe` (and the CLI's --help, list, info) needs no
@@ -26,6 +27,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "Cache": ".cache",
     "ExtractConfig": ".extract",
     "AuditResult": ".audit",
+    "ImageEmbedder": ".sklearn",
     "advise": ".advise",
     "audit": ".audit",
     "benchmark": ".bench",
@@ -48,6 +50,7 @@ __all__ = [
     "Cache",
     "EmbedpipeError",
     "ExtractConfig",
+    "ImageEmbedder",
     "__version__",
     "advise",
     "audit",

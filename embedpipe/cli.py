@@ -231,6 +231,16 @@ def _head_file_info(args: argparse.Namespace) -> None:
     _emit(args, obj, "\n".join(lines))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .cache import open_cache  # start-up: each verb imports only what it runs
+
+    stats = open_cache(args.cache).export(args.out, args.format, _csv(args.layer) if args.layer else None,
+                                          args.dtype)
+    text = (f"wrote {stats.rows} rows x {', '.join(stats.layers)} ({stats.dtype}) to {stats.out} "
+            f"({_bytes(stats.bytes)}, {stats.seconds:.1f}s); left out {stats.skipped_failed} rows that failed to decode")
+    _emit(args, vars(stats), text)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .table import format_table  # start-up: each verb imports only what it runs
     from .train import few_shot, train_heads
@@ -494,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a head file written by `embedpipe train`: its head, parameters, learned values "
                         "(e.g. the chosen C_) and what it was trained on (default: none; give this or --cache)")
     p.set_defaults(func=cmd_info)
+
+    p = verb("export", "write a cache as Parquet, an Arrow file or .npy files (pandas, polars, DuckDB read them)",
+             epilog="Columns: id, label (class name), split, one fixed-size list per layer. Rows whose image "
+                    "failed to decode are left out and counted. Streams shard by shard: memory stays flat.")
+    p.add_argument("--cache", required=True, help=CACHE_HELP)
+    p.add_argument("--format", choices=["parquet", "arrow", "npy"], default="parquet",
+                   help="parquet or arrow (need pyarrow: pip install \"embedpipe[arrow]\"), or npy: a folder with "
+                        "<layer>.npy per layer and rows.csv (id,label,split) (default: %(default)s)")
+    p.add_argument("--layer", default=None, help="layer(s) to write, comma-separated (default: every cached layer)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="value type of the features (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write (a folder for npy) (required)")
+    p.set_defaults(func=cmd_export)
 
     p = verb("train", "fit heads on a cache (train split; val for selection) and report val/test accuracy "
                       "and the hyperparameters each head chose",

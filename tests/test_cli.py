@@ -112,7 +112,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_timm_weights: str, tiny_cl
 def test_every_verb_has_help_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(verbs) == {"list", "extract", "info", "train", "advise", "audit", "evaluate", "predict", "bench"}
+    assert set(verbs) == {"list", "extract", "info", "train", "advise", "audit", "evaluate", "predict", "bench",
+                          "export"}
     for name, sub in verbs.items():
         text = sub.format_help()
         assert "--json" in text, name

@@ -506,7 +506,7 @@ def test_every_block_of_the_page_runs(page: Path, docs_world: dict[str, Path], t
 API_EXAMPLES = [("embedpipe.extract", "extract"), ("embedpipe.extract", "run_extract"),
                 ("embedpipe.train", "train"), ("embedpipe.train", "train_heads"), ("embedpipe.train", "evaluate"),
                 ("embedpipe.train", "few_shot"), ("embedpipe.predict", "predict"), ("embedpipe.advise", "advise"),
-                ("embedpipe.audit", "audit"), ("embedpipe.bench", "benchmark")]
+                ("embedpipe.audit", "audit"), ("embedpipe.bench", "benchmark"), ("embedpipe.sklearn", "ImageEmbedder")]
 DOCTESTS = """
 import doctest, importlib
 finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)

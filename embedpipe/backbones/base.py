@@ -133,6 +133,11 @@ class Backbone:
         """What identifies the weights: a file digest, or the hub tag that names them."""
         return file_digest(self.config.weights) if self.config.weights else "default"
 
+    def weights_file(self) -> str | None:
+        """The local file the weights load from (None for hub weights): what a key can identify
+        without loading the model."""
+        return self.config.weights
+
     # -- the public interface ----------------------------------------------------------------
     @property
     def spec(self) -> str:

@@ -80,5 +80,8 @@ class EffnetLite0Backbone(TimmBackbone):
             raise EmbedpipeError(f"{TIMM_NAME} weights do not fit: missing {missing[:3]}")
         self._setup(model, dict(PREPROCESS))
 
+    def weights_file(self) -> str | None:
+        return self._weights_file()
+
     def _weights_id(self) -> str:
         return file_digest(self._weights_file())

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..core.errors import EmbedpipeError, first_line
 from ..core.locking import held_by_another
+from . import export as _export
 from .key import READABLE_SCHEMAS, SCHEMA_VERSION
 from .writer import shard_name, strings_digest
 
@@ -401,6 +402,88 @@ class Cache:
             X[at : at + len(xb)], y[at : at + len(yb)] = xb, yb
             at += len(xb)
         return X, y
+
+    # -- Arrow / Parquet ---------------------------------------------------------------------
+    def iter_arrow(self, layers: str | Sequence[str] | None = None, dtype: str = "float32") -> Iterator[Any]:
+        """Stream the cache as ``pyarrow.RecordBatch`` es, one per shard, with flat memory.
+
+        Columns: ``id``, ``label`` (the class name), ``split`` and one ``fixed_size_list`` column per
+        layer. Rows whose image failed to decode are left out (``Cache.failed`` lists them).
+
+        Parameters
+        ----------
+        layers : str, list of str or None, default=None
+            Vector layers to include; None = every layer of the cache. A ``block<k>:map`` layer is
+            refused (export its pooled ``block<k>``).
+        dtype : {"float32", "float16"}, default="float32"
+            Value type of the feature columns.
+
+        Yields
+        ------
+        pyarrow.RecordBatch
+            The good rows of one shard, in cache order.
+
+        Raises
+        ------
+        EmbedpipeError
+            pyarrow is not installed (``pip install "embedpipe[arrow]"``), or an unknown layer or dtype.
+
+        Examples
+        --------
+        >>> import embedpipe
+        >>> cache = embedpipe.extract("photos", progress=False)
+        >>> sum(batch.num_rows for batch in cache.iter_arrow()) == len(cache.rows(None))
+        True
+        """
+        return _export.iter_arrow(self, layers, dtype)
+
+    def to_arrow(self, layers: str | Sequence[str] | None = None, dtype: str = "float32") -> Any:
+        """The cache as one ``pyarrow.Table`` (columns as for ``iter_arrow``; failed rows left out).
+
+        Parameters
+        ----------
+        layers : str, list of str or None, default=None
+            Vector layers to include; None = every layer of the cache.
+        dtype : {"float32", "float16"}, default="float32"
+            Value type of the feature columns.
+
+        Returns
+        -------
+        pyarrow.Table
+            ``id``, ``label``, ``split`` and one fixed-size-list column per layer; the schema's
+            metadata records the cache key, backbone and dataset.
+
+        Examples
+        --------
+        >>> import embedpipe
+        >>> table = embedpipe.extract("photos", progress=False).to_arrow()
+        >>> table.column_names
+        ['id', 'label', 'split', 'pooled']
+        >>> df = table.to_pandas()     # or polars.from_arrow(table), or duckdb.sql("SELECT ... FROM table")
+        """
+        return _export.to_arrow(self, layers, dtype)
+
+    def export(self, out: str | Path, format: str = "parquet", layers: str | Sequence[str] | None = None,
+               dtype: str = "float32") -> _export.ExportStats:
+        """Write the cache to a Parquet file, an Arrow IPC file, or a folder of ``.npy`` files.
+
+        Parameters
+        ----------
+        out : str or Path
+            The file (parquet, arrow) or folder (npy) to write; replaced when it exists.
+        format : {"parquet", "arrow", "npy"}, default="parquet"
+            ``npy`` writes ``<layer>.npy`` per layer and ``rows.csv`` (id, label, split) into ``out``.
+        layers : str, list of str or None, default=None
+            Vector layers to write; None = every layer of the cache.
+        dtype : {"float32", "float16"}, default="float32"
+            Value type of the features.
+
+        Returns
+        -------
+        ExportStats
+            ``rows`` written, ``skipped_failed`` (rows whose image failed, left out), ``bytes``, ``seconds``.
+        """
+        return _export.export(self, out, format, layers, dtype)
 
     def load_ids(self, split: str | None = "train") -> np.ndarray:
         return self.ids[self.rows(split)]

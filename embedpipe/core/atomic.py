@@ -46,3 +46,17 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
     with atomic_file(path) as f:
         f.write(data)
     return Path(path)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Rename a finished temporary file or folder that a library wrote itself (pyarrow's writers, a
+    folder of ``.npy`` files) over ``path`` atomically: its files are fsync'ed first, the folder after."""
+    tmp, path = Path(tmp), Path(path)
+    for file in (sorted(tmp.iterdir()) if tmp.is_dir() else [tmp]):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
