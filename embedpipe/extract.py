@@ -384,7 +384,8 @@ def _meta_attrs(
         "dataset": source.name,
         "source": source.description,
         "source_kind": source.kind,  # with source_root: where the images are (data/reopen.py opens them)
-        "source_root": source.root,
+        # HDF5 text is UTF-8: a root that is not (undecodable bytes) is kept as ids are, backslash-escaped
+        "source_root": source.root.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
         "backbone": json.dumps({**bb.config.to_dict(), "precision": bb.precision}),
         "backbone_fingerprint": bb.fingerprint,
         "preprocess": json.dumps(bb.preprocess, default=str),

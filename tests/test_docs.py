@@ -515,7 +515,7 @@ for module, name in {examples!r}:
     for test in finder.find(getattr(importlib.import_module(module), name), name, globs={{}}):
         result = runner.run(test)  # a failing example is printed, with what it gave
         assert result.failed == 0, f"{{module}}.{{name}}: {{result.failed}} failing example(s), above"
-        ran[name] = result.attempted
+        ran[name] = ran.get(name, 0) + result.attempted  # a class: its own and its methods' examples
 thin = [name for _, name in {examples!r} if ran.get(name, 0) < 3]
 assert not thin, f"give these docstrings an Examples section: {{thin}}"
 """

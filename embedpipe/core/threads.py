@@ -32,6 +32,7 @@ import contextlib
 import functools
 import glob
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -68,11 +69,18 @@ def torch_default_threads() -> int:
     return physical_cores()
 
 
-@functools.cache
+_CONTROLLER: dict[int, ThreadpoolController] = {}
+
+
 def _controller() -> ThreadpoolController:
-    """threadpoolctl's view of the thread pools loaded when it is first needed (numpy's BLAS, torch's
-    OpenMP); made once, since making one scans every loaded library (milliseconds)."""
-    return ThreadpoolController()
+    """threadpoolctl's view of the loaded thread pools (numpy's BLAS, torch's OpenMP, FAISS's BLAS once
+    it is imported). Making one scans every loaded library (milliseconds), so it is made again only
+    when modules were imported since: a native library arrives with an import."""
+    count = len(sys.modules)
+    if count not in _CONTROLLER:
+        _CONTROLLER.clear()
+        _CONTROLLER[count] = ThreadpoolController()
+    return _CONTROLLER[count]
 
 
 def user_setting() -> str | None:
