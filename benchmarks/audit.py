@@ -19,7 +19,7 @@ Writes benchmarks/results/audit.csv and audit.md.
 Into each, ``planted`` test images are copied into train as leaks happen: cropped by up to 5 % (split
 at random between the sides), resized by a factor of 1 to 3, brightness changed by up to ±5 %, and
 saved as JPEG at quality 70 to 95. Each set is embedded with effnet-lite0 (``pooled``), and every
-candidate pair (a row and its 3 nearest rows with cosine >= 0.5) gets each second signal; then each
+candidate pair (a row and its 5 nearest rows with cosine >= 0.5) gets each second signal; then each
 rule is scored: recall = planted pairs reported / planted, precision = planted pairs reported / pairs
 reported (both sets are free of natural duplicates, so every other pair is a false positive). The
 ``audit`` row is ``embedpipe.audit`` itself with its defaults.
@@ -176,7 +176,8 @@ def candidate_signals(cache: Any, opener: Any) -> list[dict[str, Any]]:
                     "reg64": dup.registered_correlation(wa, wb, 64),
                     "reg32w64": dup.registered_correlation(a64, b64, 32),
                     "reg32_mutual": min(reg32, 2 * mutual - 1),
-                    "reg32_phash": float(reg32 >= dup.PIXEL_CORRELATION and int(ha - hb) <= dup.PHASH_BITS),
+                    "reg32_phash": float(reg32 >= dup.PIXEL_CORRELATION and int(ha - hb) <= 12),
+                    "reg32_gate": reg32 if corr16 >= dup.GATE_CORRELATION else -1.0,
                     "corr32": dup.thumbnail_correlation(a32, b32, 0), "corr32s2": dup.thumbnail_correlation(a32, b32, 2),
                     "corr64s3": dup.thumbnail_correlation(a64, b64, 3), "phash": int(ha - hb)})
     return out
@@ -210,12 +211,14 @@ RULES = {  # name -> (signal, threshold, larger is a duplicate)
     "registered corr 16px >= 0.96": ("reg16", 0.96, True),
     "registered corr 32px >= 0.94": ("reg32", 0.94, True),
     "registered corr 32px >= 0.96": ("reg32", 0.96, True),
+    "registered corr 32px >= 0.965": ("reg32", 0.965, True),
     "registered corr 32px (from 64px) >= 0.96": ("reg32w64", 0.96, True),
     "registered corr 32px >= 0.97": ("reg32", 0.97, True),
     "registered corr 64px >= 0.92": ("reg64", 0.92, True),
     "registered corr 64px >= 0.94": ("reg64", 0.94, True),
     "registered corr 32px >= 0.92 and mutual": ("reg32_mutual", 0.92, True),
-    "registered corr 32px >= 0.96 and phash <= 12": ("reg32_phash", 1, True),
+    "registered corr 32px >= 0.965 and phash <= 12": ("reg32_phash", 1, True),
+    "16px corr >= 0.6 (gate), then registered 32px >= 0.965": ("reg32_gate", 0.965, True),
 }
 
 

@@ -7,7 +7,10 @@
   re-saved at another size and JPEG quality and cropped a little can fall to 0.76, while unrelated
   nearest neighbours reach 0.93). A pair is a near duplicate when both hold:
 
-  - the **registered pixel correlation** reaches ``PIXEL_CORRELATION``. Each image is kept as a
+  - a cheap gate first: the plain pixel correlation of the two images as ``GATE_THUMB`` x
+    ``GATE_THUMB`` grey thumbnails reaches ``GATE_CORRELATION`` (far below any copy's, so it only
+    spares the registration most unrelated pairs);
+  - the **registered pixel correlation** reaches ``PIXEL_CORRELATION``. Each image is reduced to a
     ``WORK`` x ``WORK`` grey working copy (area averaged, so resizing and JPEG noise vanish). A copy
     cropped a little and resized shows its source's content shifted and magnified by a few per
     cent, which at the pixel level decorrelates thin strokes and sharp edges; so the crop is
@@ -16,12 +19,14 @@
     that crop is resized to ``THUMB`` x ``THUMB``, and its Pearson correlation with the other image
     at ``THUMB`` x ``THUMB`` (brightness and contrast normalised away) is taken, both ways round,
     keeping the better;
-  - their perceptual hashes (imagehash's ``phash``, 64 bits) differ in at most ``PHASH_BITS`` bits
-    (skipped, with a warning, when imagehash is not installed).
+  - optionally (``phash_bits``, off by default), their perceptual hashes (imagehash's ``phash``, 64
+    bits) differ in at most that many bits.
 
   Unregistered correlation at 16 x 16 misses about one copy in five of small grayscale glyphs; a
   correlation that tries shifts only (no scale) lets different renderings of one glyph pass as
-  copies; the perceptual hash alone lets through grayscale look-alikes (benchmarks/audit.py).
+  copies; the perceptual hash alone lets through grayscale look-alikes, and as a second condition
+  it drops copies of glyphs (a crop moves a glyph's hash by up to 20 bits) without adding
+  precision to the registered correlation (benchmarks/audit.py).
 * A pair whose image cannot be opened (the file is gone, or the cache does not know where its images
   are) cannot be verified: it is reported when its cosine alone reaches ``COSINE_ALONE``, and counted
   as unverified in the summary.
@@ -46,15 +51,17 @@ from .search import Neighbours
 _logger = get_logger(__name__)
 
 # Defaults, each with its reason (benchmarks/audit.py measures them; docs/audit.md has the numbers).
-NEIGHBOURS = 3  # nearest rows kept per row: a source with two copies finds both
+NEIGHBOURS = 5  # nearest rows kept per row: at 3, a glyph copy 4th nearest to its source was missed
 CANDIDATE_COSINE = 0.70  # below the lowest cosine of a planted copy to its source (0.76 in the issue's data)
 WORK = 128  # side of the grey working copy registration crops from: at 64, small glyphs' copies fell to 0.94
 THUMB = 32  # side compared after registration: fine enough for strokes, coarse enough to average JPEG noise
 MAX_CROP = 0.06  # fraction of each side a registration may crop away: a leak's crop is up to 5 % in all
 CROP_STEPS = 13  # crops tried per side: 0 to MAX_CROP in steps of 0.5 % (0.6 px at WORK; finer gained nothing)
+GATE_THUMB = 16  # side of the thumbnails of the cheap gate (1 KB each, held for every candidate image)
+GATE_CORRELATION = 0.6  # the gate: planted copies 0.80 or more; a quarter of glyph candidates, 1/25 of colour ones pass
 SHIFT = 0  # pixels of shift tried each way by the unregistered ``thumbnail_correlation`` (benchmark only)
-PIXEL_CORRELATION = 0.96  # planted copies: minimum 0.974 (glyphs), 0.995 (colour); other colour candidates: below 0.93
-PHASH_BITS = 12  # planted copies differ in at most 12 of 64 bits; most other candidates in more
+PIXEL_CORRELATION = 0.965  # planted copies: minimum 0.974 (glyphs), 0.995 (colour); other colour candidates: below 0.93
+PHASH_BITS = None  # off: planted glyph copies differ in up to 20 of 64 bits, where look-alikes differ in 4
 COSINE_ALONE = 0.95  # an unverifiable pair is still reported at or above this (the issue: 17 of 17 true)
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 _GONE = object()  # an image that could not be opened
@@ -70,18 +77,19 @@ class DuplicateConfig:
         A neighbour is a candidate at or above this cosine.
     pixel_correlation : float
         A candidate is verified at or above this registered correlation (``registered_correlation``)...
-    phash_bits : int
-        ...and at most this many differing bits of the 64-bit perceptual hash.
+    phash_bits : int or None
+        ...and, when not None, at most this many differing bits of the 64-bit perceptual hash
+        (imagehash's ``phash``; ignored, with a warning, when imagehash is not installed).
     cosine_alone : float
         A candidate whose image cannot be opened is reported at or above this cosine.
     """
 
     candidate_cosine: float = CANDIDATE_COSINE
     pixel_correlation: float = PIXEL_CORRELATION
-    phash_bits: int = PHASH_BITS
+    phash_bits: int | None = PHASH_BITS
     cosine_alone: float = COSINE_ALONE
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return {"candidate_cosine": self.candidate_cosine, "pixel_correlation": self.pixel_correlation,
                 "phash_bits": self.phash_bits, "cosine_alone": self.cosine_alone}
 
@@ -99,7 +107,7 @@ class DuplicateInfo:
     unverified: int = 0
     exact: int = 0
     verify_seconds: float = 0.0
-    phash: bool = True  # whether the perceptual hash took part (imagehash installed)
+    phash: bool = False  # whether the perceptual hash took part (asked for, and imagehash installed)
     unopened: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,7 +235,8 @@ def cosine(Xn: np.ndarray, i: int, j: int) -> float:
 def find_duplicates(
     Xn: np.ndarray, nb: Neighbours, ids: Sequence[str], splits: Sequence[str], open_image: Opener,
     hashes: Sequence[str | None] | None = None, *, candidate_cosine: float = CANDIDATE_COSINE,
-    pixel_correlation: float = PIXEL_CORRELATION, phash_bits: int = PHASH_BITS, cosine_alone: float = COSINE_ALONE,
+    pixel_correlation: float = PIXEL_CORRELATION, phash_bits: int | None = PHASH_BITS,
+    cosine_alone: float = COSINE_ALONE,
 ) -> tuple[list[dict[str, Any]], DuplicateInfo]:
     """Exact and verified near-duplicate pairs among the rows of ``Xn``.
 
@@ -263,22 +272,21 @@ def find_duplicates(
     candidates = {p: s for p, s in candidate_pairs(nb, candidate_cosine).items() if p not in same}
     info.candidates = len(candidates)
     t0 = time.perf_counter()
-    # Two passes, so that memory holds 8 bytes per image, not a working copy: the perceptual hashes
-    # first (cheap, and most candidates fail them), then the registration of the pairs left, whose
-    # images are opened again. Without imagehash every pair is left, and the working copies are
-    # kept from the first opening instead.
-    hashed: dict[int, Any] = {}
+    # Two passes, so that memory holds a 1 KB gate thumbnail per image, not a 16 KB working copy:
+    # the cheap gate (and the hash, when asked for) first, then the registration of the pairs left,
+    # whose images are opened again.
+    first: dict[int, Any] = {}
     work: dict[int, np.ndarray | None] = {}
 
-    def first(i: int) -> Any:
-        if i not in hashed:
+    def gate(i: int) -> Any:
+        if i not in first:
             img = open_image(ids[i])
-            hashed[i] = _GONE if img is None else perceptual_hash(img)
             if img is None:
                 info.unopened.append(ids[i])
-            elif hashed[i] is None:
-                work[i] = thumbnail(img).astype(np.uint8)
-        return hashed[i]
+                first[i] = _GONE
+            else:
+                first[i] = (thumbnail(img, GATE_THUMB), perceptual_hash(img) if phash_bits is not None else None)
+        return first[i]
 
     def working(i: int) -> np.ndarray | None:
         if i not in work:
@@ -288,17 +296,18 @@ def find_duplicates(
 
     left = []
     for (i, j), sim in sorted(candidates.items(), key=lambda kv: -kv[1]):
-        ha, hb = first(i), first(j)
-        if ha is _GONE or hb is _GONE:
+        ga, gb = gate(i), gate(j)
+        if ga is _GONE or gb is _GONE:
             if sim >= cosine_alone:
                 found[(i, j)] = {"a": i, "b": j, "similarity": sim, "exact": False,
                                  "verified_by": "cosine only (image not found)", "signal": None}
                 info.unverified += 1
             continue
-        bits = int(ha - hb) if ha is not None and hb is not None else None
-        info.phash = bits is not None
-        if bits is None or bits <= phash_bits:
+        bits = int(ga[1] - gb[1]) if ga[1] is not None and gb[1] is not None else None
+        info.phash = info.phash or bits is not None
+        if thumbnail_correlation(ga[0], gb[0]) >= GATE_CORRELATION and (bits is None or bits <= phash_bits):
             left.append((i, j, sim, bits))
+    first.clear()
     for i, j, sim, bits in left:
         wa, wb = working(i), working(j)
         if wa is None or wb is None:  # gone since the first pass
