@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 import embedpipe
 from embedpipe import EmbedpipeError
+from embedpipe.audit import DuplicateConfig
 from embedpipe.audit import duplicates as dup
 from embedpipe.audit.search import has_faiss, nearest
 from embedpipe.cache import open_cache
@@ -273,3 +274,15 @@ def test_registration_undoes_a_crop_and_keeps_other_images_apart() -> None:
     # without registration the same copy falls well below the threshold
     assert dup.thumbnail_correlation(dup.thumbnail(source, 32), dup.thumbnail(copy, 32)) < 0.9
     assert dup.registered_correlation(a, other) < 0.5
+
+
+@pytest.mark.timeout(180)
+def test_perceptual_hash_is_an_optional_second_condition(planted: tuple[Path, Path]) -> None:
+    _, path = planted
+    default = embedpipe.audit(path, report=False, save=False)
+    assert default.summary["thresholds"]["phash_bits"] is None
+    assert "perceptual hash" not in default.summary["method"]["verify"]
+    loose = embedpipe.audit(path, report=False, save=False, duplicates=DuplicateConfig(phash_bits=64))
+    leak = _pairs(loose)[frozenset(("train/class1/copy.jpg", "test/class1/test0.png"))]
+    assert leak["verified_by"] == "pixel correlation (registered) + phash" and 0 <= leak["phash_bits"] <= 64
+    assert "perceptual hash" in loose.summary["method"]["verify"]
