@@ -5,6 +5,7 @@ and bad input is one line."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -13,10 +14,12 @@ import h5py
 import numpy as np
 import pytest
 from conftest import TINY_TIMM
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance
 
 import embedpipe
 from embedpipe import EmbedpipeError
+from embedpipe.audit import DuplicateConfig
+from embedpipe.audit import duplicates as dup
 from embedpipe.audit.search import has_faiss, nearest
 from embedpipe.cache import open_cache
 from embedpipe.cli import main
@@ -244,3 +247,42 @@ def test_images_open_through_every_kind_of_source(tmp_path: Path) -> None:
     assert ImageOpener(SourceLocation())("a.png") is None  # unknown: nothing to open
     with pytest.raises(EmbedpipeError, match="not found"):
         SourceLocation.of(str(tmp_path / "nowhere"))
+
+
+def strokes(seed: int) -> Image.Image:
+    """Thin dark strokes on a light, noisy 64 x 64 grey page: the kind of image where a small crop
+    moves thin lines off their pixels."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", (64, 64), 230)
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        draw.line([tuple(rng.uniform(8, 56, 2)), tuple(rng.uniform(8, 56, 2))], fill=30, width=2)
+    arr = np.asarray(img, np.float32) + rng.normal(0, 6, (64, 64))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.timeout(30)
+def test_registration_undoes_a_crop_and_keeps_other_images_apart() -> None:
+    source = strokes(0)
+    copy = source.crop((3, 0, 63, 62)).resize((150, 155), Image.Resampling.BICUBIC)  # 5 % crop, x2.4
+    buf = io.BytesIO()
+    ImageEnhance.Brightness(copy).enhance(1.04).convert("RGB").save(buf, "JPEG", quality=72)
+    copy = Image.open(io.BytesIO(buf.getvalue()))
+    a, b, other = (dup.thumbnail(img) for img in (source, copy, strokes(1)))
+    assert dup.registered_correlation(a, b) >= dup.PIXEL_CORRELATION
+    assert dup.registered_correlation(b, a) == dup.registered_correlation(a, b)  # both ways round
+    # without registration the same copy falls well below the threshold
+    assert dup.thumbnail_correlation(dup.thumbnail(source, 32), dup.thumbnail(copy, 32)) < 0.9
+    assert dup.registered_correlation(a, other) < 0.5
+
+
+@pytest.mark.timeout(180)
+def test_perceptual_hash_is_an_optional_second_condition(planted: tuple[Path, Path]) -> None:
+    _, path = planted
+    default = embedpipe.audit(path, report=False, save=False)
+    assert default.summary["thresholds"]["phash_bits"] is None
+    assert "perceptual hash" not in default.summary["method"]["verify"]
+    loose = embedpipe.audit(path, report=False, save=False, duplicates=DuplicateConfig(phash_bits=64))
+    leak = _pairs(loose)[frozenset(("train/class1/copy.jpg", "test/class1/test0.png"))]
+    assert leak["verified_by"] == "pixel correlation (registered) + phash" and 0 <= leak["phash_bits"] <= 64
+    assert "perceptual hash" in loose.summary["method"]["verify"]

@@ -47,7 +47,7 @@ class AuditResult:
     duplicates : list of dict
         Every duplicate pair, ranked leaks first then by similarity: ``a``, ``b`` (ids),
         ``similarity`` (cosine), ``splits``, ``leak``, ``exact`` (same bytes), ``verified_by``,
-        ``signal`` (the pixel correlation that verified it, or None).
+        ``signal`` (the registered pixel correlation that verified it, or None).
     label_issues : list of dict
         Likely label errors, most likely first: ``id``, ``given``, ``suggested``, ``score``.
     outliers : list of dict

@@ -127,8 +127,8 @@ def audit(
         Save the full result as ``<cache>/audit/audit-<layer>.json``.
     duplicates : DuplicateConfig or None, default=None
         The near-duplicate thresholds (``embedpipe.audit.duplicates.DuplicateConfig``); None = the
-        defaults (candidates at cosine 0.70; verified at pixel correlation 0.92 and at most 12
-        differing phash bits; unverifiable pairs at cosine 0.95).
+        defaults (candidates at cosine 0.70; verified at registered pixel correlation 0.965;
+        unverifiable pairs at cosine 0.95).
     progress : bool, default=False
         Progress messages and bars on stderr.
 
@@ -232,9 +232,11 @@ def audit(
             if hashes is not None else "not checked (" + ("hash_files=False" if not hash_files
                                                           else "the cache does not record where its images are") + ")",
             "search": f"{nb.method} cosine nearest neighbours (k={dup.NEIGHBOURS})",
-            "verify": f"pixel correlation of {dup.THUMB}x{dup.THUMB} grey thumbnails"
+            "verify": f"pixel correlation of {dup.THUMB}x{dup.THUMB} grey thumbnails after undoing a crop of up to "
+                      f"{dup.MAX_CROP:.0%} per side"
                       + (" and perceptual hash (imagehash phash)" if dinfo.phash else
-                         " (imagehash not installed: pip install \"embedpipe[quality]\" adds the perceptual hash)"),
+                         " (phash_bits ignored: imagehash is not installed; pip install \"embedpipe[quality]\" adds it)"
+                         if config.phash_bits is not None else ""),
         },
         "thresholds": config.to_dict(),
         "hashing": hash_stats.to_dict() if hash_stats is not None else None,
