@@ -6,10 +6,9 @@ penalised. With ``C=None`` it sweeps ``Cs`` from strong to weak regularisation o
 each fit from the previous solution (the CLIP paper's probe protocol), keeps the C with the best
 validation accuracy, then refits on train+val at that C. The sweep is a proxy for selection: each C
 gets ``sweep_iter`` L-BFGS iterations in the eigenbasis of the training features, preconditioned so
-that few iterations go far (``lbfgs_logreg_pre``), with bfloat16 matmuls where they are native
-(``precision``). The chosen C is then solved in full by the same preconditioned solver, whose last
-phase always runs in float32, so the final fit minimises the same objective to the same tolerance as a
-fixed C does. The sweep stops early once ``patience`` C values in a row score below the best one on
+that few iterations go far (``lbfgs_logreg_pre``), in float32 (or bfloat16: ``precision``). The
+chosen C is then solved in full by the same preconditioned solver, whose last phase always runs in
+float32, so the final fit minimises the same objective to the same tolerance as a fixed C does. The sweep stops early once ``patience`` C values in a row score below the best one on
 validation: the weakly regularised end of the path is the slow one, and past the peak it only overfits
 more.
 
@@ -55,23 +54,24 @@ def sweep_rule(name: str, values: tuple[float, ...], scores: dict[str, float], b
 
 
 def lbfgs_logreg(
-    X: torch.Tensor, y: torch.Tensor, C: float, W: torch.Tensor, b: torch.Tensor, max_iter: int, tol: float
+    X: torch.Tensor, y: torch.Tensor, C: float, W: torch.Tensor, b: torch.Tensor, max_iter: int, tol: float,
+    half: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Minimise mean CE + ||W||^2/(2Cn) from (W, b); returns the solution and iterations used.
 
-    Each evaluation is two (n, d) x (d, k) matmuls; in float32 that is BLAS-bound (benchmarks/solvers.py:
-    a hand-written gradient is no faster than autograd, bf16 matmuls are faster but too inexact here).
+    Each evaluation is two (n, d) x (d, k) matmuls (``loss_and_grad``: the gradient by hand, a third
+    faster than autograd's); ``half=True`` runs them in bfloat16, for proxies (multilayer's keep probe).
     """
     W = W.clone().requires_grad_(True)
     b = b.clone().requires_grad_(True)
-    n = X.shape[0]
+    Xh = X.bfloat16() if half else None
+    one = torch.ones((), dtype=X.dtype, device=X.device)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=tol,
                             tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
+    @torch.no_grad()
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X @ W + b, y) + (W * W).sum() / (2 * C * n)
-        loss.backward()
+        loss, W.grad, b.grad = loss_and_grad(X, Xh, W, b, y, one, C)
         return loss
 
     opt.step(closure)
@@ -250,12 +250,14 @@ class LogRegHead(Head):
         the same objective and stopping rule as a fixed ``C``. On digits, glyphs (1,500 classes) and a
         synthetic 100-class set, 4 chose Cs whose test accuracy matched the fully converged sweep at a
         fraction of its time (benchmarks/solvers.py).
-    precision : {"auto", "fp32", "bf16"}, default="auto"
-        The matmuls of the C sweep and of the first phase of the final fit. ``"auto"`` = bfloat16 on
-        GPUs and on CPUs with native bf16 (AVX-512 BF16, AMX), where they are about 4x faster, else
-        float32. The final fit always finishes in float32, so the answer and the stopping rule are the
-        float32 objective's; bfloat16 only changes which C the sweep sees as best when validation
-        accuracies are within noise of each other.
+    precision : {"fp32", "bf16", "auto"}, default="fp32"
+        The matmuls of the C sweep and of the first phase of the final fit. ``"bf16"`` runs them in
+        bfloat16 (``"auto"``: where bf16 is native, on GPUs and on CPUs with AVX-512 BF16 or AMX, where
+        the matmuls are about 4x faster; float32 elsewhere). The final fit always finishes in float32, so
+        the answer and the stopping rule are the float32 objective's, but the sweep sees slightly
+        different validation accuracies and may pick another C among near-equal ones, with a final fit
+        of a different cost: on glyphs (1,500 classes) it picked C=0.1 instead of 1000, test 0.356
+        instead of 0.368 (benchmarks/solvers.py).
 
     Attributes
     ----------
@@ -310,7 +312,7 @@ class LogRegHead(Head):
         selection: Rule | None = None,
         device: str = "auto",
         sweep_iter: int = 4,
-        precision: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         self.sweep_iter = sweep_iter
         self.precision = precision
