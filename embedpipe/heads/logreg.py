@@ -7,8 +7,8 @@ each fit from the previous solution (the CLIP paper's probe protocol), keeps the
 validation accuracy, then refits on train+val at that C. The sweep is a proxy for selection: each C
 gets ``sweep_iter`` L-BFGS iterations in the eigenbasis of the training features, preconditioned so
 that few iterations go far (``lbfgs_logreg_pre``), in float32 (or bfloat16: ``precision``). The
-chosen C is then solved in full by the same preconditioned solver, whose last phase always runs in
-float32, so the final fit minimises the same objective to the same tolerance as a fixed C does. The sweep stops early once ``patience`` C values in a row score below the best one on
+chosen C is then solved in full by the plain solver in float32 (``lbfgs_logreg``), so the final fit
+minimises the same objective to the same tolerance as a fixed C does. The sweep stops early once ``patience`` C values in a row score below the best one on
 validation: the weakly regularised end of the path is the slow one, and past the peak it only overfits
 more.
 
@@ -251,13 +251,12 @@ class LogRegHead(Head):
         synthetic 100-class set, 4 chose Cs whose test accuracy matched the fully converged sweep at a
         fraction of its time (benchmarks/solvers.py).
     precision : {"fp32", "bf16", "auto"}, default="fp32"
-        The matmuls of the C sweep and of the first phase of the final fit. ``"bf16"`` runs them in
-        bfloat16 (``"auto"``: where bf16 is native, on GPUs and on CPUs with AVX-512 BF16 or AMX, where
-        the matmuls are about 4x faster; float32 elsewhere). The final fit always finishes in float32, so
-        the answer and the stopping rule are the float32 objective's, but the sweep sees slightly
-        different validation accuracies and may pick another C among near-equal ones, with a final fit
-        of a different cost: on glyphs (1,500 classes) it picked C=0.1 instead of 1000, test 0.356
-        instead of 0.368 (benchmarks/solvers.py).
+        The matmuls of the C sweep. ``"bf16"`` runs them in bfloat16 (``"auto"``: where bf16 is native,
+        on GPUs and on CPUs with AVX-512 BF16 or AMX, where the matmuls are about 4x faster; float32
+        elsewhere). The final fit is float32 whatever this says, so the answer and the stopping rule
+        are the float32 objective's, but the sweep sees slightly different validation accuracies and
+        may pick another C among near-equal ones: on glyphs (1,500 classes) it picked C=0.1 instead of
+        1000, test 0.356 instead of 0.368 (benchmarks/solvers.py).
 
     Attributes
     ----------
@@ -366,11 +365,10 @@ class LogRegHead(Head):
                         break
             self.best_val_score_, self.C_, W, b, self.n_iter_ = best
             if self.refit:
-                Zt, yt = torch.cat([Zt, Zv]), torch.cat([yt, yv])
-            # the sweep's fits were capped at sweep_iter: finish the chosen one, in the training rows'
-            # basis also with the val rows added (any orthonormal basis gives the same objective; this
-            # one still preconditions well), in float32 at the end whatever ``precision`` says
-            W, b, self.n_iter_ = lbfgs_logreg_pre(Zt, yt, self.C_, W, b, self.max_iter, self.tol, basis, half=half)
+                Xt, yt = torch.cat([Xt, Xv]), torch.cat([yt, yv])
+            # the sweep's fits were capped at sweep_iter: finish the chosen one with the plain solver (in
+            # the eigenbasis, the final fit at mid-range C took 64 iterations where this takes about 20)
+            W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
         else:
             self.C_ = float(self.C if self.C is not None else NO_VAL_C)
             self.best_val_score_ = None
