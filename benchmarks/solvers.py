@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/solvers.py
     .venv/bin/python benchmarks/solvers.py multilayer   # multilayer vs logreg, solvers-multilayer.*
+    .venv/bin/python benchmarks/solvers.py logreg       # logreg's selection vs the ridge floor, solvers-logreg.*
 
 Writes benchmarks/results/solvers.csv and solvers.md with, on the synthetic 100-class data of
 benchmarks/heads.py:
@@ -47,9 +48,9 @@ def used(flag: bool) -> str:
 
 
 def logreg_uses_autograd() -> bool:
-    """Run the head's own solver on a tiny problem and count the tensors autograd saves for backward:
-    a hand-written gradient under no_grad saves none."""
-    from embedpipe.heads.logreg import lbfgs_logreg
+    """Run the head's own solver (the preconditioned one of the sweep and the final fit) on a tiny
+    problem and count the tensors autograd saves for backward: a hand-written gradient saves none."""
+    from embedpipe.heads.logreg import Basis, lbfgs_logreg_pre
 
     saved = 0
 
@@ -60,7 +61,8 @@ def logreg_uses_autograd() -> bool:
 
     X, y = torch.randn(8, 3), torch.arange(8) % 2
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        lbfgs_logreg(X, y, 1.0, torch.zeros(3, 2), torch.zeros(2), max_iter=2, tol=1e-4)
+        lbfgs_logreg_pre(X @ Basis(X).V, y, 1.0, torch.zeros(3, 2), torch.zeros(2), max_iter=2, tol=1e-4,
+                         basis=Basis(X))
     return saved > 0
 
 
@@ -228,7 +230,7 @@ def logreg_sweep_rows() -> list[dict[str, Any]]:
     from embedpipe.bench import cpu_isa
 
     default = create_head("logreg")
-    variants = [{"sweep_iter": 4}, {"sweep_iter": 2}, {"sweep_iter": 4, "patience": None}]
+    variants = [{"precision": "fp32"}, {"precision": "auto"}, {"precision": "fp32", "patience": None}]
     rows = []
     for task, (train, val, test) in ridge_tasks().items():
         t0 = time.perf_counter()
@@ -247,6 +249,7 @@ def logreg_sweep_rows() -> list[dict[str, Any]]:
                          "value": f"test {head.score(*test):.4f}, C {head.C_:g}, {secs:.1f} s = "
                                   f"{secs / floor:.1f}x ridge, {len(head.val_scores_)} Cs",
                          "unit": f"load {os.getloadavg()[0]:.1f}"})
+            rows[-1]["value"] += f", final fit {head.n_iter_} iterations"
         print(*rows[-len(variants) - 1:], sep="\n", flush=True)
     return rows
 
@@ -301,6 +304,8 @@ def main() -> None:
     env = environment()
     if sys.argv[1:] == ["multilayer"]:  # the multilayer study alone (several minutes on 2 cores)
         name, rows = "solvers-multilayer", multilayer_rows()
+    elif sys.argv[1:] == ["logreg"]:  # logreg's C selection against the ridge floor alone
+        name, rows = "solvers-logreg", logreg_sweep_rows()
     else:
         name, rows = "solvers", ridge_rows() + logreg_sweep_rows() + logreg_rows() + lgbm_rows()
     _, md = write_results(name, [{**r, **env} for r in rows], ["study", "variant", "value", "unit"])

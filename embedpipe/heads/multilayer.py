@@ -37,7 +37,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..core.device import resolve_device
 from .base import ArraySpec, Head, State, StateSpec, standardizer
-from .logreg import DEFAULT_CS, LogRegHead, lbfgs_logreg, sweep_rule, upgrade_v1_arrays
+from .logreg import (
+    DEFAULT_CS,
+    LogRegHead,
+    half_matmuls,
+    lbfgs_logreg,
+    sweep_rule,
+    upgrade_v1_arrays,
+)
 from .registry import register_head
 from .select import Rule
 from .torch_utils import as_tensor
@@ -57,10 +64,11 @@ def group_scale(layer_dims: tuple[int, ...] | None, n_features: int) -> np.ndarr
 
 
 def group_lasso_logreg(
-    X: torch.Tensor, y: torch.Tensor, k: int, alpha: float, iters: int
+    X: torch.Tensor, y: torch.Tensor, k: int, alpha: float, iters: int, half: bool = False
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """FISTA on mean CE(XW + b) + lam * sum_j ||W_j||_2 (row j = feature j's weights for all classes).
 
+    With ``half=True`` the two matmuls of each step run in bfloat16 (the ranking is a screen).
     Returns W (d, k), lam = alpha * lambda_max and each feature's gradient norm at W. The step is 1/L with L = ||X||_2^2 / (2n) (+ the
     bias), an upper bound of the softmax cross-entropy's curvature, so every step decreases the objective.
     """
@@ -78,9 +86,11 @@ def group_lasso_logreg(
     W = torch.zeros(d, k, dtype=X.dtype, device=X.device)
     b = torch.log(prior.clamp_min(1e-12))
     Wm, bm, t = W.clone(), b.clone(), 1.0
+    Xh = X.bfloat16() if half else None
     for _ in range(iters):
-        P = torch.softmax(X @ Wm + bm, dim=1) - Y
-        Wn = Wm - step * (X.T @ P / n)
+        S = (Xh @ Wm.bfloat16()).float() if Xh is not None else X @ Wm
+        P = torch.softmax(S + bm, dim=1) - Y
+        Wn = Wm - step * (((Xh.T @ P.bfloat16()).float() if Xh is not None else X.T @ P) / n)
         bn = bm - step * P.mean(0)
         norms = Wn.norm(dim=1, keepdim=True)
         Wn = Wn * torch.clamp(1 - step * lam / norms.clamp_min(1e-12), min=0)
@@ -245,7 +255,8 @@ class MultiLayerHead(Head):
         k = len(self.classes_)
         Xt = as_tensor((X - self.mean_) / self.scale_, dev)
         yt = torch.from_numpy(y).to(dev)
-        W, self.lambda_, grad = group_lasso_logreg(Xt, yt, k, self.alpha, self.lasso_iters)
+        half = half_matmuls(dev)  # the screen and the probe are proxies: bfloat16 where it is native
+        W, self.lambda_, grad = group_lasso_logreg(Xt, yt, k, self.alpha, self.lasso_iters, half=half)
         norms = W.norm(dim=1).cpu().numpy()
         # rank by group norm; features the lasso zeroed (ties at 0) by their gradient norm
         order = np.lexsort((-grad.cpu().numpy(), -norms))
@@ -261,7 +272,7 @@ class MultiLayerHead(Head):
             for frac in sorted(fractions):
                 cols = torch.from_numpy(np.sort(order[: max(1, round(frac * d))])).to(dev)
                 Wp, bp, _ = lbfgs_logreg(Xt[:, cols], yt, self.probe_C, torch.zeros(len(cols), k, device=dev),
-                                         torch.zeros(k, device=dev), self.probe_iter, self.tol)
+                                         torch.zeros(k, device=dev), self.probe_iter, self.tol, half=half)
                 acc = float(((Xv[:, cols] @ Wp + bp).argmax(1) == yv).float().mean())
                 self.keep_scores_[repr(float(frac))] = acc
                 if acc > best_acc + 1e-9:

@@ -24,7 +24,6 @@ loss of the held-out scores at the chosen alpha (validation, leave-one-out or ou
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..core.device import resolve_device
+from ..core.threads import one_thread
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
 from .logreg import binary_margin
 from .registry import register_head
@@ -85,28 +85,12 @@ def spectrum(Xc: torch.Tensor, G: torch.Tensor | None = None) -> tuple[torch.Ten
     nothing of ``Xc^T Y`` (it lies in the row space of Xc), so dropping them is exact.
     """
     G = _gram(Xc) if G is None else G
-    with _one_thread(G.device):
+    with one_thread(G.device):
         s, E = torch.linalg.eigh(G)
     keep = s > s.max().clamp(min=0) * RANK_TOL
     s, E = s[keep], E[:, keep]
     V = E if Xc.shape[1] <= Xc.shape[0] else (Xc.T @ E) / s.sqrt()
     return V, s
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run LAPACK's symmetric eigensolver on one CPU thread, then restore the caller's thread count.
-    It scales poorly with threads and collapses when the cores are shared: 1280 x 1280 in float64 took
-    0.3 s on 2 idle cores, 1.1-5.2 s on 2 threads of 2 busy cores and 0.5 s on 1 thread of them."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def class_sums(Xc: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
