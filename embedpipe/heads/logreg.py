@@ -118,13 +118,12 @@ def loss_and_grad(Zc: torch.Tensor, Zh: torch.Tensor | None, U: torch.Tensor, b:
     rows = torch.arange(n, device=Zc.device)
     S = (Zh @ U.to(Zh.dtype)).float() if Zh is not None else Zc @ U
     S += b
-    picked = S[rows, y].sum()
-    top = S.amax(1, keepdim=True)
-    S -= top
+    S -= S.amax(1, keepdim=True)
+    margin = S[rows, y]  # each row's score of its class, shifted: cross-entropy = log(total) - margin
     S.exp_()
     total = S.sum(1, keepdim=True)
     reg = D2 * U
-    loss = (top.sum() + total.log().sum() - picked) / n + (reg * U).sum() / (2 * C * n)
+    loss = (total.log().squeeze(1) - margin).sum() / n + (reg * U).sum() / (2 * C * n)
     S *= (1.0 / n) / total  # the softmax, over n: d loss / d scores
     S[rows, y] -= 1.0 / n
     gU = (Zh.T @ S.to(Zh.dtype)).float() if Zh is not None else Zc.T @ S
