@@ -230,7 +230,7 @@ def logreg_sweep_rows() -> list[dict[str, Any]]:
     from embedpipe.bench import cpu_isa
 
     default = create_head("logreg")
-    variants = [{"precision": "fp32"}, {"precision": "auto"}, {"precision": "fp32", "patience": None}]
+    variants = [{"precision": "auto"}, {"precision": "fp32"}, {"precision": "fp32", "patience": None}]
     rows = []
     for task, (train, val, test) in ridge_tasks().items():
         t0 = time.perf_counter()
