@@ -4,6 +4,11 @@
     .venv/bin/python benchmarks/solvers.py multilayer   # multilayer vs logreg, solvers-multilayer.*
     .venv/bin/python benchmarks/solvers.py logreg       # logreg's selection vs the ridge floor, solvers-logreg.*
 
+The multilayer study also uses the 224 px glyphs cache with five layers when it exists, built by
+
+    .venv/bin/embedpipe extract --data glyphs --cache-dir cache/layers224 \
+        --layers pooled,block2,block3,block4,block3:grid2,block4:grid2
+
 Writes benchmarks/results/solvers.csv and solvers.md with, on the synthetic 100-class data of
 benchmarks/heads.py:
 - logreg: milliseconds per loss+gradient evaluation (16k x 512 x 100) with autograd vs a
@@ -219,18 +224,59 @@ def ridge_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def torch_optim_minimize(objective: Any, x: Any, max_iter: int, done: Any, history: int = 10,
+                         check_every: int = 1, start: Any = None) -> Any:
+    """``embedpipe.heads.lbfgs.minimize`` done with ``torch.optim.LBFGS`` and its strong-Wolfe line
+    search (the heads' solver before): the baseline of the solver study."""
+    from embedpipe.heads.lbfgs import Result
+
+    params = [t.clone().requires_grad_(True) for t in x]
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=check_every, history_size=history, tolerance_grad=0.0,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    last: dict[str, Any] = {}
+
+    @torch.no_grad()
+    def closure() -> torch.Tensor:
+        loss, grads = objective(tuple(p.detach() for p in params))
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        last.update(loss=loss, grad=grads)
+        return loss
+
+    closure()
+    iters = 0
+    while not done(last["grad"]) and iters < max_iter:
+        chunk = min(check_every, max_iter - iters)
+        opt.param_groups[0].update(max_iter=chunk, max_eval=chunk * 25)
+        opt.step(closure)
+        taken = opt.state[opt._params[0]].get("n_iter", 0)
+        stalled, iters = taken - iters < chunk, taken
+        if stalled:
+            break
+    return Result(tuple(p.detach() for p in params), last["loss"], last["grad"], iters, 0, False)
+
+
 def logreg_sweep_rows() -> list[dict[str, Any]]:
-    """logreg's C selection on digits, glyphs (the demo's caches) and the synthetic 100 classes: the
-    L-BFGS iterations per C of the preconditioned sweep (``sweep_iter``) and ``patience`` against the
-    full sweep, each timed beside the closed-form ridge floor in the same run (fit seconds and the
-    ratio to ridge's), with test accuracy, the chosen C and the 1-minute load average."""
+    """logreg's C selection on digits, glyphs (the demo's caches) and the synthetic 100 classes, each
+    variant timed beside the closed-form ridge floor in the same run (fit seconds and the ratio to
+    ridge's), with test accuracy, the chosen C and the 1-minute load average: the head as it is; with
+    ``torch.optim.LBFGS`` (strong-Wolfe line search) in place of ``heads.lbfgs``; with the final fit
+    in float32 from its start (``FINAL_HALF=False``); float32 throughout; and without ``patience``."""
     import os
 
     from embedpipe import create_head
     from embedpipe.bench import cpu_isa
+    from embedpipe.heads import logreg
 
     default = create_head("logreg")
-    variants = [{"precision": "auto"}, {"precision": "fp32"}, {"precision": "fp32", "patience": None}]
+    variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+        ("precision=auto", {"precision": "auto"}, {}),
+        ("precision=auto, torch.optim.LBFGS", {"precision": "auto"}, {"minimize": torch_optim_minimize}),
+        ("precision=auto, final fit float32 throughout", {"precision": "auto"}, {"FINAL_HALF": False}),
+        ("precision=fp32", {"precision": "fp32"}, {}),
+        ("precision=auto, patience=None", {"precision": "auto", "patience": None}, {}),
+    ]
+    create_head("logreg", C=1.0, max_iter=2).fit(*synthetic_tiny())  # imports and kernels, once, outside the timings
     rows = []
     for task, (train, val, test) in ridge_tasks().items():
         t0 = time.perf_counter()
@@ -239,27 +285,46 @@ def logreg_sweep_rows() -> list[dict[str, Any]]:
         rows.append({"study": f"logreg selection: {task}", "variant": "ridge (the floor)",
                      "value": f"test {ridge.score(*test):.4f}, {floor:.1f} s",
                      "unit": f"load {os.getloadavg()[0]:.1f}, {cpu_isa()}"})
-        for kw in variants:
-            t0 = time.perf_counter()
-            head = create_head("logreg", **kw).fit(*train, eval_set=val)
-            secs = time.perf_counter() - t0
-            is_default = all(getattr(default, k) == v for k, v in kw.items())
-            rows.append({"study": f"logreg selection: {task}",
-                         "variant": ", ".join(f"{k}={v}" for k, v in kw.items()) + used(is_default),
+        for label, kw, patch in variants:
+            saved = {name: getattr(logreg, name) for name in patch}
+            for name, value in patch.items():
+                setattr(logreg, name, value)
+            try:
+                t0 = time.perf_counter()
+                head = create_head("logreg", **kw).fit(*train, eval_set=val)
+                secs = time.perf_counter() - t0
+            finally:
+                for name, value in saved.items():
+                    setattr(logreg, name, value)
+            is_default = not patch and all(getattr(default, k) == v for k, v in kw.items())
+            rows.append({"study": f"logreg selection: {task}", "variant": label + used(is_default),
                          "value": f"test {head.score(*test):.4f}, C {head.C_:g}, {secs:.1f} s = "
-                                  f"{secs / floor:.1f}x ridge, {len(head.val_scores_)} Cs",
+                                  f"{secs / floor:.1f}x ridge, {len(head.val_scores_)} Cs, "
+                                  f"final fit {head.n_iter_} iterations",
                          "unit": f"load {os.getloadavg()[0]:.1f}"})
-            rows[-1]["value"] += f", final fit {head.n_iter_} iterations"
         print(*rows[-len(variants) - 1:], sep="\n", flush=True)
     return rows
 
 
+def synthetic_tiny() -> tuple[Any, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    return (rng.normal(size=(60, 8)) + np.eye(3, 8)[y]).astype(np.float32), y
+
+
+LAYERS_CACHE = "cache/layers224/glyphs"  # benchmarks/solvers.py's docstring says how to build it
+LAYERS_224 = "pooled,block3,block4,block3:grid2,block4:grid2"
+
+
 def multilayer_rows() -> list[dict[str, Any]]:
-    """multilayer against logreg on the demo's glyphs cache, layers ``pooled,block4`` concatenated (as
-    ``embedpipe train --head multilayer`` passes them), in one run: fit seconds, the ratio to logreg's,
-    test accuracy and the chosen keep and C, for the head's defaults and cheaper screening settings
-    (FISTA iterations ``lasso_iters``, the fraction probe's ``probe_iter``), with the 1-minute load
-    average and the CPU's vector features."""
+    """multilayer against logreg in one run, on the demo's glyphs cache (layers ``pooled,block4``
+    concatenated, as ``embedpipe train --head multilayer`` passes them) and, when it exists, the
+    224 px glyphs cache with five layers (``LAYERS_CACHE``): fit seconds, the ratio to logreg's on
+    ``pooled`` of the same cache and to logreg's on the same concatenated layers, test accuracy and the
+    chosen keep and C, for the head's defaults, the 60-step FISTA screen and the 1.0 fraction, with the
+    1-minute load average and the CPU's vector features."""
     import os
 
     from heads import ROOT
@@ -268,33 +333,42 @@ def multilayer_rows() -> list[dict[str, Any]]:
     from embedpipe.bench import cpu_isa
     from embedpipe.heads.multilayer import MultiLayerHead
 
-    layer = "pooled,block4"
-    metas = [m for m in sorted((ROOT / "cache" / "glyphs").glob("effnet-lite0-*/meta.h5"))
-             if all(n in open_cache(m.parent).layers for n in layer.split(","))]
-    if not metas:
-        return []
-    cache = open_cache(metas[0].parent)
-    train, val, test = (cache.load(s, layer) for s in ("train", "val", "test"))
-    study = f"multilayer vs logreg: glyphs {layer}"
+    def find(root: Any, layer: str) -> Any:
+        metas = [m for m in sorted(root.glob("effnet-lite0-*/meta.h5"))
+                 if all(n in open_cache(m.parent).layers for n in layer.split(","))]
+        return open_cache(metas[0].parent) if metas else None
+
+    create_head("logreg", C=1.0, max_iter=2).fit(*synthetic_tiny())  # imports, once, outside the timings
     default = create_head("multilayer")
-    t0 = time.perf_counter()
-    logreg = create_head("logreg").fit(*train, eval_set=val)
-    base = time.perf_counter() - t0
-    rows = [{"study": study, "variant": "logreg (the reference)",
-             "value": f"test {logreg.score(*test):.4f}, C {logreg.C_:g}, {base:.1f} s",
-             "unit": f"load {os.getloadavg()[0]:.1f}, {cpu_isa()}"}]
-    print(rows[-1], flush=True)
-    variants = [{"lasso_iters": 60, "probe_iter": 100}, {"lasso_iters": 30, "probe_iter": 20}]
-    for kw in variants:
-        t0 = time.perf_counter()
-        head = create_head("multilayer", **MultiLayerHead.context_params(cache, layer), **kw).fit(*train, eval_set=val)
-        secs = time.perf_counter() - t0
-        is_default = all(getattr(default, k) == v for k, v in kw.items())
-        rows.append({"study": study, "variant": ", ".join(f"{k}={v}" for k, v in kw.items()) + used(is_default),
-                     "value": f"test {head.score(*test):.4f}, keep {head.keep_:g}, C {head.C_:g}, {secs:.1f} s = "
-                              f"{secs / base:.2f}x logreg",
-                     "unit": f"load {os.getloadavg()[0]:.1f}"})
-        print(rows[-1], flush=True)
+    rows: list[dict[str, Any]] = []
+    for root, layer in ((ROOT / "cache" / "glyphs", "pooled,block4"), (ROOT / LAYERS_CACHE, LAYERS_224)):
+        cache = find(root, layer)
+        if cache is None:
+            continue
+        study = f"multilayer vs logreg: glyphs {cache.meta['preprocess']['input_size'][-1]} px {layer}"
+        bases = {}
+        for cols in ("pooled", layer):
+            train, val, test = (cache.load(s, cols) for s in ("train", "val", "test"))
+            t0 = time.perf_counter()
+            logreg = create_head("logreg").fit(*train, eval_set=val)
+            bases[cols] = time.perf_counter() - t0
+            rows.append({"study": study, "variant": f"logreg on {cols}" + (" (the reference)" if cols == "pooled" else ""),
+                         "value": f"test {logreg.score(*test):.4f}, C {logreg.C_:g}, {bases[cols]:.1f} s",
+                         "unit": f"load {os.getloadavg()[0]:.1f}, {cpu_isa()}"})
+            print(rows[-1], flush=True)
+        variants = [{"lasso_iters": 0, "keeps": (0.25, 0.5)}, {"lasso_iters": 60, "keeps": (0.25, 0.5)},
+                    {"lasso_iters": 0, "keeps": (0.25, 0.5, 1.0)}]
+        for kw in variants:
+            t0 = time.perf_counter()
+            head = create_head("multilayer", **MultiLayerHead.context_params(cache, layer), **kw).fit(*train, eval_set=val)
+            secs = time.perf_counter() - t0
+            is_default = all(getattr(default, k) == v for k, v in kw.items())
+            rows.append({"study": study, "variant": ", ".join(f"{k}={v}" for k, v in kw.items()) + used(is_default),
+                         "value": f"test {head.score(*test):.4f}, keep {head.keep_:g}, C {head.C_:g}, {secs:.1f} s = "
+                                  f"{secs / bases['pooled']:.2f}x logreg on pooled, "
+                                  f"{secs / bases[layer]:.2f}x logreg on the same layers",
+                         "unit": f"load {os.getloadavg()[0]:.1f}"})
+            print(rows[-1], flush=True)
     return rows
 
 

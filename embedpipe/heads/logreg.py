@@ -7,10 +7,12 @@ each fit from the previous solution (the CLIP paper's probe protocol), keeps the
 validation accuracy, then refits on train+val at that C. The sweep is a proxy for selection: each C
 gets ``sweep_iter`` L-BFGS iterations in the eigenbasis of the training features, preconditioned so
 that few iterations go far (``lbfgs_logreg_pre``), in bfloat16 where it is native (``precision``). The
-chosen C is then solved in full by the plain solver in float32 (``lbfgs_logreg``), so the final fit
-minimises the same objective to the same tolerance as a fixed C does. The sweep stops early once ``patience`` C values in a row score below the best one on
-validation: the weakly regularised end of the path is the slow one, and past the peak it only overfits
-more.
+chosen C is then solved in full by the plain solver (``final_fit``: bfloat16 matmuls where native until
+L-BFGS stops, then float32 until the float32 gradient meets ``tol``), so the final fit minimises the
+same objective to the same tolerance as a fixed C does. The sweep stops early once ``patience`` C
+values in a row score below the best one on validation: the weakly regularised end of the path is the
+slow one, and past the peak it only overfits more. The solver is ``heads.lbfgs``: L-BFGS with a
+backtracking line search from the unit step, about one loss-and-gradient evaluation per iteration.
 
 It solves on standardised features and then folds the standardisation into the result, so ``coef_``
 and ``intercept_`` act on raw X, as scikit-learn's do (``unstandardize``), and prediction is
@@ -20,6 +22,7 @@ and ``intercept_`` act on raw X, as scikit-learn's do (``unstandardize``), and p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..core.device import cpu_has_bf16, resolve_device
 from ..core.threads import one_thread
 from .base import ArraySpec, Head, State, StateSpec, softmax_np, standardizer
+from .lbfgs import minimize
 from .registry import register_head
 from .select import Rule
 from .torch_utils import as_tensor
@@ -57,26 +61,45 @@ def lbfgs_logreg(
     X: torch.Tensor, y: torch.Tensor, C: float, W: torch.Tensor, b: torch.Tensor, max_iter: int, tol: float,
     half: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Minimise mean CE + ||W||^2/(2Cn) from (W, b); returns the solution and iterations used.
+    """Minimise mean CE + ||W||^2/(2Cn) from (W, b) until the largest gradient entry is at most ``tol``
+    (scikit-learn's rule for its L-BFGS), ``max_iter`` iterations are taken or no step decreases the
+    objective (``heads.lbfgs``); returns the solution and the iterations used.
 
     Each evaluation is two (n, d) x (d, k) matmuls (``loss_and_grad``: the gradient by hand, a third
-    faster than autograd's); ``half=True`` runs them in bfloat16, for proxies (multilayer's keep probe).
+    faster than autograd's); ``half=True`` runs them in bfloat16, for proxies (multilayer's keep probe)
+    and the first stretch of a final fit (``final_fit``).
     """
-    W = W.clone().requires_grad_(True)
-    b = b.clone().requires_grad_(True)
     Xh = X.bfloat16() if half else None
     one = torch.ones((), dtype=X.dtype, device=X.device)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=tol,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
-    @torch.no_grad()
-    def closure() -> torch.Tensor:
-        loss, W.grad, b.grad = loss_and_grad(X, Xh, W, b, y, one, C)
-        return loss
+    def objective(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        loss, gW, gb = loss_and_grad(X, Xh, p[0], p[1], y, one, C)
+        return loss, (gW, gb)
 
-    opt.step(closure)
-    iters = opt.state[opt._params[0]].get("n_iter", 0)
-    return W.detach(), b.detach(), int(iters)
+    res = minimize(objective, (W.clone(), b.clone()), max_iter, lambda g: gradient_max(g) <= tol)
+    return res.x[0], res.x[1], res.iters
+
+
+def gradient_max(g: tuple[torch.Tensor, ...]) -> float:
+    """The largest absolute entry of a gradient (the stopping rule)."""
+    return max(float(gi.abs().max()) for gi in g)
+
+
+FINAL_HALF = True  # whether a final fit in bfloat16 precision (precision) starts in bf16 (final_fit)
+
+
+def final_fit(X: torch.Tensor, y: torch.Tensor, C: float, W: torch.Tensor, b: torch.Tensor, max_iter: int,
+              tol: float, half: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The solve that produces a head's coefficients: ``lbfgs_logreg`` to ``tol``. With ``half`` (and
+    ``FINAL_HALF``) it first runs in bfloat16 matmuls until L-BFGS stops on its own, then goes on in
+    float32 from there, so the stopping rule is met by the float32 gradient: the float32 objective's
+    answer to the same tolerance. On glyphs (1,500 classes) at the chosen C=1000 that halved the final
+    fit (benchmarks/solvers.py logreg); where bf16 stalls early, float32 carries on from there."""
+    if not (half and FINAL_HALF):
+        return lbfgs_logreg(X, y, C, W, b, max_iter, tol)
+    W, b, first = lbfgs_logreg(X, y, C, W, b, max_iter, tol, half=True)
+    W, b, rest = lbfgs_logreg(X, y, C, W, b, max(max_iter - first, 1), tol)
+    return W, b, first + rest
 
 
 class Basis:
@@ -147,16 +170,9 @@ def lbfgs_logreg_pre(
     same stopping rule (the largest entry of the gradient with respect to ``W`` at most ``tol``, checked
     every ``check_every`` iterations; at most ``max_iter`` iterations); returns W (d, k) on X.
 
-    ``half=True`` runs the matmuls in bfloat16 (``loss_and_grad``). Used alone, that is a proxy (the C
-    sweep); a full solve then finishes in float32 from where it stopped, so the stopping rule is met by
-    the float32 gradient and the answer is the float32 objective's."""
-    if not half:
-        return _lbfgs_pre(Z, y, C, W, b, max_iter, tol, basis, check_every, False)
-    W, b, first = _lbfgs_pre(Z, y, C, W, b, max_iter, tol, basis, check_every, True)
-    if first >= max_iter:
-        return W, b, first
-    W, b, rest = _lbfgs_pre(Z, y, C, W, b, max_iter - first, tol, basis, check_every, False)
-    return W, b, first + rest
+    ``half=True`` runs the matmuls in bfloat16 (``loss_and_grad``), and the stopping rule sees the
+    bfloat16 gradient: a proxy, for the C sweep, whose chosen C the head then solves in full."""
+    return _lbfgs_pre(Z, y, C, W, b, max_iter, tol, basis, check_every, half)
 
 
 def _lbfgs_pre(
@@ -168,40 +184,39 @@ def _lbfgs_pre(
     Zc = Z * D
     Zh = Zc.bfloat16() if bf16 else None
     D2 = (D * D)[:, None]
-    U = ((basis.V.T @ W) / D[:, None]).requires_grad_(True)
-    b = b.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([U, b], lr=1, max_iter=check_every, history_size=10, tolerance_grad=0.0,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
-    last: dict[str, Any] = {}
-
-    @torch.no_grad()
-    def closure() -> torch.Tensor:
-        if "U" in last and torch.equal(last["U"], U) and torch.equal(last["b"], b):  # LBFGS.step's first call
-            U.grad, b.grad = last["gU"].clone(), last["gb"].clone()
-            return last["loss"]
-        loss, gU, gb = loss_and_grad(Zc, Zh, U, b, y, D2, C)
-        U.grad, b.grad = gU, gb
-        last.update(U=U.detach().clone(), b=b.detach().clone(), gU=gU.clone(), gb=gb.clone(), loss=loss)
-        return loss
-
-    def gradient_max() -> float:  # the stopping rule: the largest gradient entry with respect to W and b
-        with torch.no_grad():
-            gW = basis.V @ (last["gU"] / D[:, None])
-            return max(float(gW.abs().max()), float(last["gb"].abs().max()))
-
-    closure()  # LBFGS.step's first evaluation, cached: a start that already meets tol takes no step
-    iters = 0
-    while gradient_max() > tol and iters < max_iter:
-        chunk = min(check_every, max_iter - iters)
-        opt.param_groups[0].update(max_iter=chunk, max_eval=chunk * 25)
-        opt.step(closure)
-        done = opt.state[opt._params[0]].get("n_iter", 0)
-        stalled, iters = done - iters < chunk, done  # LBFGS stopped on its own (no more progress)
-        if stalled:
-            break
     with torch.no_grad():
-        W = basis.V @ (D[:, None] * U.detach())
-    return W, b.detach(), int(iters)
+        U = (basis.V.T @ W) / D[:, None]
+
+    def objective(p: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        loss, gU, gb = loss_and_grad(Zc, Zh, p[0], p[1], y, D2, C)
+        return loss, (gU, gb)
+
+    def done(g: tuple[torch.Tensor, ...]) -> bool:  # the stopping rule on the gradient with respect to W and b
+        return gradient_max((basis.V @ (g[0] / D[:, None]), g[1])) <= tol
+
+    res = minimize(objective, (U, b.clone()), max_iter, done, check_every=check_every)
+    with torch.no_grad():
+        W = basis.V @ (D[:, None] * res.x[0])
+    return W, res.x[1], res.iters
+
+
+@dataclass
+class Sweep:
+    """What ``LogRegHead.sweep`` found: the best validation accuracy, its C, every C's score, the
+    sweep's solution there (on standardised features), and the standardised tensors to finish on."""
+
+    best: float
+    C: float
+    scores: dict[str, float]
+    W: torch.Tensor
+    b: torch.Tensor
+    mean: np.ndarray
+    scale: np.ndarray
+    Xt: torch.Tensor
+    yt: torch.Tensor
+    Xv: torch.Tensor
+    yv: torch.Tensor
+    half: bool
 
 
 @register_head(description="multinomial L2 logistic regression, torch L-BFGS, C swept on val")
@@ -250,13 +265,12 @@ class LogRegHead(Head):
         synthetic 100-class set, 4 chose Cs whose test accuracy matched the fully converged sweep at a
         fraction of its time (benchmarks/solvers.py).
     precision : {"auto", "fp32", "bf16"}, default="auto"
-        The matmuls of the C sweep: ``"auto"`` = bfloat16 where it is native (GPUs, CPUs with AVX-512
-        BF16 or AMX), where they run about 4x faster, else float32. The final fit is float32 whatever
-        this says, so the answer and the stopping rule are the float32 objective's; the sweep sees
-        slightly different validation accuracies, which can change the pick among near-equal Cs. In
-        the same runs (benchmarks/solvers.py), bf16 against float32: glyphs (1,500 classes) C=1000
-        both, test 0.365 vs 0.361 in half the time; digits C=1 both, 0.955 vs 0.948; a synthetic
-        100-class set C=0.01 vs 0.001, 0.922 vs 0.925. ``"fp32"`` reproduces float32 sweeps exactly.
+        The matmuls of the C sweep and of the first stretch of the final fit: ``"auto"`` = bfloat16
+        where it is native (GPUs, CPUs with AVX-512 BF16 or AMX), where they run about 4x faster, else
+        float32. The final fit always ends in float32, until the float32 gradient meets ``tol``, so the
+        answer and the stopping rule are the float32 objective's; the sweep sees slightly different
+        validation accuracies, which can change the pick among near-equal Cs. bf16 against float32 in
+        the same run: benchmarks/results/solvers-logreg.md. ``"fp32"`` reproduces float32 fits exactly.
 
     Attributes
     ----------
@@ -334,48 +348,63 @@ class LogRegHead(Head):
         return self.precision == "bf16" or (self.precision == "auto" and half_matmuls(device))
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        if self.C is None and X_val is not None and y_val is not None:
+            self.finish(self.sweep(X, y, X_val, y_val))
+            return
         dev = resolve_device(self.device)
-        sweep = self.C is None and X_val is not None
-        X_all = np.concatenate([X, X_val]) if sweep and self.refit and X_val is not None else X
-        mean, scale = standardizer(X_all) if self.standardize else (
-            np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
+        mean, scale = self._standardizer(X)
         Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
         k = len(self.classes_)
-        W = torch.zeros(X.shape[1], k, device=dev)
-        b = torch.zeros(k, device=dev)
+        W, b = torch.zeros(X.shape[1], k, device=dev), torch.zeros(k, device=dev)
         self.val_scores_: dict[str, float] = {}
-        if sweep:
-            assert X_val is not None and y_val is not None
-            Xv = as_tensor((X_val - mean) / scale, dev)
-            yv = torch.from_numpy(y_val).to(dev)
-            best = (-1.0, 0.0, W, b, 0)
-            worse = 0  # C values in a row that scored below the best
-            basis = Basis(Xt)
-            Zt, Zv = basis.project(Xt), basis.project(Xv)  # the sweep's solver works in the eigenbasis
-            half = self._half(dev)
-            for C in sorted(self.Cs):
-                W, b, n_iter = lbfgs_logreg_pre(Zt, yt, C, W, b, self.sweep_iter, self.tol, basis, half=half)
-                acc = float(((Zv @ (basis.V.T @ W) + b).argmax(1) == yv).float().mean())
-                self.val_scores_[repr(C)] = acc
-                if acc > best[0]:
-                    best, worse = (acc, C, W, b, n_iter), 0
-                elif acc < best[0]:
-                    worse += 1
-                    if self.patience is not None and worse >= self.patience:
-                        break
-            self.best_val_score_, self.C_, W, b, self.n_iter_ = best
-            if self.refit:
-                Xt, yt = torch.cat([Xt, Xv]), torch.cat([yt, yv])
-            # the sweep's fits were capped at sweep_iter: finish the chosen one with the plain solver (in
-            # the eigenbasis, the final fit at mid-range C took 64 iterations where this takes about 20)
-            W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
-        else:
-            self.C_ = float(self.C if self.C is not None else NO_VAL_C)
-            self.best_val_score_ = None
-            W, b, self.n_iter_ = lbfgs_logreg(Xt, yt, self.C_, W, b, self.max_iter, self.tol)
+        self.C_ = float(self.C if self.C is not None else NO_VAL_C)
+        self.best_val_score_ = None
+        W, b, self.n_iter_ = final_fit(Xt, yt, self.C_, W, b, self.max_iter, self.tol, self._half(dev))
         # n_iter_: L-BFGS iterations of the solve that produced coef_ (scikit-learn's convention).
         # scikit-learn layout, acting on raw X: coef_ (k, d), intercept_ (k,)
         self.coef_, self.intercept_ = unstandardize(W.T.cpu().numpy(), b.cpu().numpy(), mean, scale)
+
+    def _standardizer(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return standardizer(X) if self.standardize else (
+            np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
+
+    def sweep(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> Sweep:
+        """The C sweep on validation rows (the proxy of the class docstring); ``finish`` then fits the
+        chosen C. Split in two so that multilayer can sweep several column subsets and finish one.
+        ``y`` and ``y_val`` are class indices; ``classes_`` must be set."""
+        dev = resolve_device(self.device)
+        mean, scale = self._standardizer(np.concatenate([X, X_val]) if self.refit else X)
+        Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
+        Xv, yv = as_tensor((X_val - mean) / scale, dev), torch.from_numpy(y_val).to(dev)
+        k = len(self.classes_)
+        W, b = torch.zeros(X.shape[1], k, device=dev), torch.zeros(k, device=dev)
+        scores: dict[str, float] = {}
+        best = (-1.0, 0.0, W, b)
+        worse = 0  # C values in a row that scored below the best
+        basis = Basis(Xt)
+        Zt, Zv = basis.project(Xt), basis.project(Xv)  # the sweep's solver works in the eigenbasis
+        half = self._half(dev)
+        for C in sorted(self.Cs):
+            W, b, _ = lbfgs_logreg_pre(Zt, yt, C, W, b, self.sweep_iter, self.tol, basis, half=half)
+            acc = float(((Zv @ (basis.V.T @ W) + b).argmax(1) == yv).float().mean())
+            scores[repr(C)] = acc
+            if acc > best[0]:
+                best, worse = (acc, C, W, b), 0
+            elif acc < best[0]:
+                worse += 1
+                if self.patience is not None and worse >= self.patience:
+                    break
+        return Sweep(best[0], float(best[1]), scores, best[2], best[3], mean, scale, Xt, yt, Xv, yv, half)
+
+    def finish(self, sw: Sweep) -> None:
+        """Fit the C a ``sweep`` chose, warm-started from its sweep fit (on train + validation rows with
+        ``refit``): the full solve, to ``tol`` (``final_fit``)."""
+        self.val_scores_, self.best_val_score_, self.C_ = sw.scores, sw.best, sw.C
+        Xt, yt = (torch.cat([sw.Xt, sw.Xv]), torch.cat([sw.yt, sw.yv])) if self.refit else (sw.Xt, sw.yt)
+        # the sweep's fits were capped at sweep_iter: finish the chosen one with the plain solver (in
+        # the eigenbasis, the final fit at mid-range C took 64 iterations where this takes about 35)
+        W, b, self.n_iter_ = final_fit(Xt, yt, self.C_, sw.W, sw.b, self.max_iter, self.tol, sw.half)
+        self.coef_, self.intercept_ = unstandardize(W.T.cpu().numpy(), b.cpu().numpy(), sw.mean, sw.scale)
 
     # -- k-fold selection (heads/select.py's KFold; Head._select_kfold runs the folds in lockstep) --
     def _path(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray,
@@ -384,8 +413,7 @@ class LogRegHead(Head):
         the previous one, strong to weak; yields (C, validation accuracy). ``patience`` stops all folds
         together (``_path_patience``), so every fold scores the same Cs."""
         dev = resolve_device(self.device)
-        mean, scale = standardizer(X) if self.standardize else (
-            np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
+        mean, scale = self._standardizer(X)
         Xt, yt = as_tensor((X - mean) / scale, dev), torch.from_numpy(y).to(dev)
         Xv, yv = as_tensor((X_val - mean) / scale, dev), torch.from_numpy(y_val).to(dev)
         k = len(self.classes_)

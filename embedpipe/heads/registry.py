@@ -34,7 +34,7 @@ HEADS.add_lazy("logreg", "embedpipe.heads.logreg:LogRegHead",
                "multinomial L2 logistic regression, torch L-BFGS, C swept on val")
 HEADS.add_lazy("mlp", "embedpipe.heads.mlp:MLPHead", "1-2 hidden layer MLP, AdamW + cosine, early stopping on val")
 HEADS.add_lazy("multilayer", "embedpipe.heads.multilayer:MultiLayerHead",
-               "Head2Toe: several layers, per-layer normalised, group-lasso selection, logreg")
+               "Head2Toe: several layers, per-layer normalised, group-lasso screen, logreg")
 HEADS.add_lazy("ncm", "embedpipe.heads.neighbors:NCMHead", "nearest class mean (cosine, centred), the few-shot baseline")
 HEADS.add_lazy("ridge", "embedpipe.heads.ridge:RidgeHead",
                "ridge classifier, closed form: one eigendecomposition, alpha on val or leave-one-out")
