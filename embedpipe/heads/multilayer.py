@@ -54,9 +54,16 @@ from .select import Rule
 from .torch_utils import as_tensor
 
 DEFAULT_KEEPS = (0.25, 0.5)  # fractions of features tried on val (Head2Toe tries a grid too)
+MIN_KEEP = 16  # a fraction keeps at least this many features (all of them when there are fewer)
 DEFAULT_ML_CS = DEFAULT_CS  # the final classifier's sweep: logreg's, on standardised features
 NO_VAL_C = 1.0  # C without a validation set (logreg's default)
 FINAL_FIT = "standardised"  # how the final classifier sees its features (recorded in head files)
+
+
+def kept_count(fraction: float, n_features: int) -> int:
+    """How many top-ranked features a fraction keeps: ``round(fraction * n_features)``, at least
+    ``MIN_KEEP`` (a selection among a handful of features only loses information), at most all."""
+    return min(n_features, max(MIN_KEEP, round(fraction * n_features)))
 
 
 def group_scale(layer_dims: tuple[int, ...] | None, n_features: int) -> np.ndarray:
@@ -142,6 +149,8 @@ class MultiLayerHead(Head):
     keeps : tuple of float, default=(0.25, 0.5)
         Fractions tried on validation rows, each with the final classifier's C sweep. All the
         features (1.0) tripled the fit on the five-layer glyphs cache and scored lower on val and test.
+        A fraction keeps at least 16 features (``MIN_KEEP``; all of them when there are fewer), and
+        fractions that keep the same number are tried once.
     probe_C : float, default=30.0
         With a fixed ``C``: inverse L2 strength of the quick fit that scores each fraction.
     probe_iter : int, default=100
@@ -280,7 +289,11 @@ class MultiLayerHead(Head):
         C = self.C if self.C is not None or have_val else NO_VAL_C
         self.clf_ = LogRegHead(C=C, Cs=self.Cs, standardize=True, max_iter=self.max_iter, tol=self.tol,
                                selection=self.selection, device=self.device)
-        columns = {float(f): np.sort(order[: max(1, round(f * d))]).astype(np.int64) for f in sorted(fractions)}
+        columns: dict[float, np.ndarray] = {}
+        for f in sorted(fractions):  # fractions that keep the same count are one candidate (the smallest)
+            count = kept_count(f, d)
+            if all(len(c) != count for c in columns.values()):
+                columns[float(f)] = np.sort(order[:count]).astype(np.int64)
         if have_val and C is None:
             # every fraction gets the final classifier's own C sweep (fast: logreg's proxy), the best
             # (fraction, C) on val wins, and only its final fit is run
@@ -336,7 +349,7 @@ class MultiLayerHead(Head):
         yv, k, d = torch.from_numpy(y_val).to(dev), len(self.classes_), X.shape[1]
         keeps = [self.keep] if self.keep is not None else sorted(self.keeps)
         for frac in keeps:
-            cols = np.sort(order[: max(1, round(frac * d))])
+            cols = np.sort(order[: kept_count(frac, d)])
             m, s = standardizer(X[:, cols])
             Xt, Xv = as_tensor((X[:, cols] - m) / s, dev), as_tensor((X_val[:, cols] - m) / s, dev)
             Wc, bc = torch.zeros(len(cols), k, device=dev), torch.zeros(k, device=dev)
