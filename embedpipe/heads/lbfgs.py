@@ -23,7 +23,7 @@ Objective = Callable[[Tensors], tuple[torch.Tensor, Tensors]]  # x -> (loss, gra
 
 ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * t * g'd
 MAX_BACKTRACKS = 20  # halvings (at least) before the line search gives up: the objective is flat to its precision
-FLAT = 1e-6  # a unit step's predicted decrease below this, relative to the loss, is within a float32 sum's rounding
+FLAT = 8  # a predicted decrease below FLAT machine epsilons of the loss is within its sum's rounding
 
 
 @dataclass
@@ -50,6 +50,7 @@ def minimize(
     with torch.no_grad():
         f, g = start if start is not None else objective(x)
         evals = 0 if start is not None else 1
+        flat = FLAT * torch.finfo(f.dtype).eps
         steps: list[tuple[Tensors, Tensors, float]] = []  # (s, y, 1 / s'y), oldest first
         iters, stalled = 0, False
         while iters < max_iter and not (iters % check_every == 0 and done(g)):
@@ -70,7 +71,7 @@ def minimize(
                 fn = float(f_new)
                 if fn <= f0 + ARMIJO * t * slope:
                     break
-                if -slope * t < FLAT * max(1.0, abs(f0)):  # a decrease the loss cannot resolve: converged
+                if -slope * t < flat * max(1.0, abs(f0)):  # a decrease the loss cannot resolve: converged
                     t = 0.0  # to its precision
                     break
                 # the minimiser of the quadratic through f0, the slope and fn, kept within [t/10, t/2]
