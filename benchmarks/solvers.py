@@ -1,7 +1,7 @@
 """The measurements behind the heads' design choices, in one run (about a minute on 2 cores).
 
     .venv/bin/python benchmarks/solvers.py
-    .venv/bin/python benchmarks/solvers.py multilayer   # multilayer vs logreg, solvers-multilayer.*
+    .venv/bin/python benchmarks/solvers.py multilayer [CACHE ...]  # multilayer vs logreg, solvers-multilayer.*
     .venv/bin/python benchmarks/solvers.py logreg       # logreg's selection vs the ridge floor, solvers-logreg.*
 
 The multilayer study also uses the 224 px glyphs cache with five layers when it exists, built by
@@ -318,14 +318,16 @@ LAYERS_CACHE = "cache/layers224/glyphs"  # benchmarks/solvers.py's docstring say
 LAYERS_224 = "pooled,block3,block4,block3:grid2,block4:grid2"
 
 
-def multilayer_rows() -> list[dict[str, Any]]:
+def multilayer_rows(extra: list[str]) -> list[dict[str, Any]]:
     """multilayer against logreg in one run, on the demo's glyphs cache (layers ``pooled,block4``
     concatenated, as ``embedpipe train --head multilayer`` passes them) and, when it exists, the
     224 px glyphs cache with five layers (``LAYERS_CACHE``): fit seconds, the ratio to logreg's on
     ``pooled`` of the same cache and to logreg's on the same concatenated layers, test accuracy and the
     chosen keep and C, for the head's defaults, the 60-step FISTA screen and the 1.0 fraction, with the
-    1-minute load average and the CPU's vector features."""
+    1-minute load average and the CPU's vector features. ``extra``: more cache folders holding the five
+    layers (``.../glyphs/effnet-lite0-<key>``), e.g. one extracted with ``--precision fp32``."""
     import os
+    from pathlib import Path
 
     from heads import ROOT
 
@@ -341,11 +343,14 @@ def multilayer_rows() -> list[dict[str, Any]]:
     create_head("logreg", C=1.0, max_iter=2).fit(*synthetic_tiny())  # imports, once, outside the timings
     default = create_head("multilayer")
     rows: list[dict[str, Any]] = []
-    for root, layer in ((ROOT / "cache" / "glyphs", "pooled,block4"), (ROOT / LAYERS_CACHE, LAYERS_224)):
-        cache = find(root, layer)
+    caches = [(find(ROOT / "cache" / "glyphs", "pooled,block4"), "pooled,block4"),
+              (find(ROOT / LAYERS_CACHE, LAYERS_224), LAYERS_224)]
+    caches += [(open_cache(Path(p)), LAYERS_224) for p in extra]
+    for cache, layer in caches:
         if cache is None:
             continue
-        study = f"multilayer vs logreg: glyphs {cache.meta['preprocess']['input_size'][-1]} px {layer}"
+        extracted = f"{cache.meta['preprocess']['input_size'][-1]} px, extracted in {cache.meta['compute']['precision']}"
+        study = f"multilayer vs logreg: glyphs {extracted}, {layer}"
         bases = {}
         for cols in ("pooled", layer):
             train, val, test = (cache.load(s, cols) for s in ("train", "val", "test"))
@@ -376,8 +381,8 @@ def main() -> None:
     from _common import environment, write_results
 
     env = environment()
-    if sys.argv[1:] == ["multilayer"]:  # the multilayer study alone (several minutes on 2 cores)
-        name, rows = "solvers-multilayer", multilayer_rows()
+    if sys.argv[1:2] == ["multilayer"]:  # the multilayer study alone (several minutes on 2 cores)
+        name, rows = "solvers-multilayer", multilayer_rows(sys.argv[2:])
     elif sys.argv[1:] == ["logreg"]:  # logreg's C selection against the ridge floor alone
         name, rows = "solvers-logreg", logreg_sweep_rows()
     else:

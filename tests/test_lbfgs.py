@@ -92,3 +92,19 @@ def test_multilayer_tries_each_distinct_count_once_and_keeps_at_least_16_feature
     assert len(head.selected_) == {0.1: 16, 0.5: 32}[head.keep_]
     # the selection's val score is the chosen fraction's best C: the final logreg's own sweep
     assert head.best_val_score_ == head.keep_scores_[repr(head.keep_)] == max(head.clf_.val_scores_.values())
+
+
+def test_the_sweep_basis_with_fewer_rows_than_features_spans_the_rows_and_solves_the_same_problem() -> None:
+    from embedpipe.heads.logreg import Basis, lbfgs_logreg, lbfgs_logreg_pre
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(30) % 3
+    X = torch.randn(30, 200, generator=g) + 2 * torch.eye(3, 200)[y]
+    basis = Basis(X)
+    assert basis.V.shape == (200, 30)  # the rows' span, not all 200 directions
+    np.testing.assert_allclose((basis.V.T @ basis.V).numpy(), np.eye(30), atol=1e-4)
+    np.testing.assert_allclose((X @ basis.V @ basis.V.T).numpy(), X.numpy(), atol=1e-3)  # X lies in it
+    zeros = (torch.zeros(200, 3), torch.zeros(3))
+    W_pre, b_pre, _ = lbfgs_logreg_pre(basis.project(X), y, 0.5, *zeros, max_iter=500, tol=1e-5, basis=basis)
+    W, b, _ = lbfgs_logreg(X, y, 0.5, *zeros, max_iter=500, tol=1e-5)
+    np.testing.assert_allclose((X @ W_pre + b_pre).numpy(), (X @ W + b).numpy(), atol=2e-3)
