@@ -108,3 +108,13 @@ def test_the_sweep_basis_with_fewer_rows_than_features_spans_the_rows_and_solves
     W_pre, b_pre, _ = lbfgs_logreg_pre(basis.project(X), y, 0.5, *zeros, max_iter=500, tol=1e-5, basis=basis)
     W, b, _ = lbfgs_logreg(X, y, 0.5, *zeros, max_iter=500, tol=1e-5)
     np.testing.assert_allclose((X @ W_pre + b_pre).numpy(), (X @ W + b).numpy(), atol=2e-3)
+
+
+def test_multilayer_says_how_it_chose_the_fraction() -> None:
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 20)
+    X = rng.normal(size=(60, 40)).astype(np.float32) + 2 * np.eye(3, 40, dtype=np.float32)[y]
+    swept = create_head("multilayer", Cs=(0.1, 1.0), keeps=(0.5, 1.0)).fit(X, y, eval_set=(X[::2], y[::2]))
+    assert "logreg's C sweep on each" in swept.how_chosen() and "probe" not in swept.how_chosen()
+    probed = create_head("multilayer", C=1.0, keeps=(0.5, 1.0)).fit(X, y, eval_set=(X[::2], y[::2]))
+    assert "a C=30 probe" in probed.how_chosen()

@@ -395,8 +395,9 @@ class MultiLayerHead(Head):
         if self.keep is None:
             if self.keep_scores_:
                 best = self.keep_scores_.get(repr(self.keep_), float("nan"))
+                how = "logreg's C sweep on each" if self.C is None else f"a C={self.probe_C:g} probe"
                 rules.append(f"keep: best val accuracy ({best:.4f}) of the fractions {', '.join(self.keep_scores_)} "
-                             f"with a C={self.probe_C:g} probe")
+                             f"with {how}")
             else:
                 rules.append(f"keep={self.keep_:g}: no validation rows to select it on")
         if self.C is None:
